@@ -1,0 +1,1 @@
+"""devhost: runs the registered Stockcast functions offline on Azurite and local services."""

@@ -1,0 +1,176 @@
+"""Command line of devhost: ``python -m devhost {feed,replay,bars,demo,stop}``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from devhost import azurite, feed
+from devhost.home import stockcast_home
+
+console = Console()
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    cfg = feed.FeedConfig(
+        symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),
+        days=args.days,
+        seed=args.seed,
+        start=dt.date.fromisoformat(args.start),
+        sync_every=args.sync_every,
+        bad_events=args.bad_events,
+    )
+    count = feed.write_feed(cfg, args.out)
+    console.print(f"wrote {count} messages ({len(cfg.symbols)} symbols x {cfg.days} days) to {args.out}")
+    return 0
+
+
+def _replay_files(files: Sequence[str], batch_size: int, partitions: int, seed: int) -> None:
+    from devhost.host import Host
+    from devhost.replay import make_batches, read_lines, replay
+    from devhost.runtime import prepare
+
+    prepare()
+    batches = make_batches(read_lines(files), partitions, batch_size, seed, start_sequence=time.time_ns() // 1_000_000)
+    total = sum(len(b) for b in batches)
+    with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("events", total=total)
+        stats = replay(Host(), batches, on_batch=lambda n: progress.advance(task, n))
+    console.print(f"replayed {stats.events} events in {stats.batches} batches ({stats.attempts} invocations, {stats.blobs} blobs written)")
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    _replay_files(args.files, args.batch_size, args.partitions, args.seed)
+    return 0
+
+
+def _print_bars(symbol: str | None, out: str | None) -> None:
+    from devhost.runtime import prepare
+    from devhost.store import dead_letters, stored_bars
+
+    runtime = prepare()
+    bars = stored_bars(runtime.container, symbol)
+    letters = dead_letters(runtime.container)
+    table = Table(title=f"true bars in {runtime.container.container_name}/raw")
+    for column in ("symbol", "bars", "first", "last", "last close"):
+        table.add_column(column, justify="right" if column in ("bars", "last close") else "left")
+    for sym in pc.unique(bars.column("symbol")).to_pylist():
+        rows = bars.filter(pc.equal(bars.column("symbol"), sym))
+        ts = rows.column("ts")
+        table.add_row(sym, str(rows.num_rows), f"{ts[0].as_py():%Y-%m-%d %H:%M}", f"{ts[-1].as_py():%Y-%m-%d %H:%M}", f"{rows.column('close')[-1].as_py():.4f}")
+    console.print(table)
+    console.print(f"bars stored: {bars.num_rows}   dead-lettered events: {letters.events} {letters.by_reason() or ''}")
+    if out:
+        _export(bars, Path(out))
+        console.print(f"exported {bars.num_rows} bars to {out}")
+
+
+def _export(bars, path: Path) -> None:  # noqa: ANN001
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        pq.write_table(bars, path, compression="zstd")
+    elif path.suffix == ".csv":
+        pcsv.write_csv(bars, path)
+    else:
+        raise SystemExit(f"--out must end in .csv or .parquet, not {path.suffix!r}")
+
+
+def _cmd_bars(args: argparse.Namespace) -> int:
+    _print_bars(args.symbol, args.out)
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    home = stockcast_home()
+    stopped = azurite.stop(home)
+    console.print(f"azurite: {'stopped' if stopped else 'not running'} ({home})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    home = stockcast_home()
+    if not args.keep:
+        azurite.stop(home)
+        import shutil
+
+        for sub in ("azurite", "demo"):
+            shutil.rmtree(home / sub, ignore_errors=True)
+        console.print(f"[bold]demo[/]: starting clean in {home} (use --keep to reuse state)")
+    else:
+        console.print(f"[bold]demo[/]: reusing state in {home}")
+    timings = {}
+    started = time.perf_counter()
+    path = home / "demo" / "feed.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = feed.FeedConfig(days=args.days, seed=args.seed, bad_events=6)
+    count = feed.write_feed(cfg, str(path))
+    console.print(f"[bold]1. feed[/]: {count} Airbyte messages for {', '.join(cfg.symbols)} over {cfg.days} trading days -> {path}")
+    timings["feed"] = time.perf_counter() - started
+    started = time.perf_counter()
+    _replay_files([str(path)], args.batch_size, 4, args.seed)
+    timings["ingest"] = time.perf_counter() - started
+    started = time.perf_counter()
+    _print_bars(None, None)
+    timings["summary"] = time.perf_counter() - started
+    console.print("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a devhost command."""
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the functions log")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("feed", help="generate Airbyte price messages as JSON lines")
+    p.add_argument("--symbols", default="AAPL,MSFT,NVDA,AMZN,GOOG")
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--start", default="2026-11-02", help="first trading day (ISO date)")
+    p.add_argument("--sync-every", type=int, default=15, help="minutes between Airbyte syncs")
+    p.add_argument("--bad-events", type=int, default=0, help="malformed events to mix in")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_cmd_feed)
+
+    p = sub.add_parser("replay", help="feed JSONL files through the registered ingest function")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_replay)
+
+    p = sub.add_parser("bars", help="print or export the true bars in storage")
+    p.add_argument("--symbol")
+    p.add_argument("--out", help="FILE.csv or FILE.parquet")
+    p.set_defaults(run=_cmd_bars)
+
+    p = sub.add_parser("demo", help="run the whole offline story once")
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--keep", action="store_true", help="reuse the state of a previous run")
+    p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("stop", help="stop everything devhost started for $STOCKCAST_HOME")
+    p.set_defaults(run=_cmd_stop)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

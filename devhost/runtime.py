@@ -1,0 +1,35 @@
+"""Bring up what the functions need offline: app settings, Azurite and the bars container."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from devhost import azurite
+from devhost.home import apply_app_settings, stockcast_home
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The local environment the functions run in."""
+
+    home: Path
+    azurite: azurite.Azurite
+    container: ContainerClient
+
+
+def prepare() -> Runtime:
+    """Start Azurite if needed, export app settings pointing at it, and create the container."""
+    home = stockcast_home()
+    blob = azurite.ensure(home)
+    apply_app_settings({"BarsStorage": blob.connection_string})
+    container = BlobServiceClient.from_connection_string(blob.connection_string).get_container_client(os.environ["BARS_CONTAINER"])
+    try:
+        container.create_container()
+    except ResourceExistsError:
+        pass
+    return Runtime(home, blob, container)

@@ -1,0 +1,1 @@
+"""Stockcast Function App: ingest, train_trigger and predict blueprints."""

@@ -1,0 +1,1 @@
+"""Event Hubs → Blob ingestion of Airbyte Yahoo Finance 1-minute bars."""
