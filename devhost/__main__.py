@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,10 +44,15 @@ def _replay_files(files: Sequence[str], batch_size: int, partitions: int, seed: 
     prepare()
     batches = make_batches(read_lines(files), partitions, batch_size, seed, start_sequence=time.time_ns() // 1_000_000)
     total = sum(len(b) for b in batches)
-    with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         task = progress.add_task("events", total=total)
         stats = replay(Host(), batches, on_batch=lambda n: progress.advance(task, n))
-    console.print(f"replayed {stats.events} events in {stats.batches} batches ({stats.attempts} invocations, {stats.blobs} blobs written)")
+    console.print(
+        f"replayed {stats.events} events in {stats.batches} batches "
+        f"({stats.attempts} invocations, {stats.blobs} blobs written)"
+    )
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -67,7 +73,13 @@ def _print_bars(symbol: str | None, out: str | None) -> None:
     for sym in pc.unique(bars.column("symbol")).to_pylist():
         rows = bars.filter(pc.equal(bars.column("symbol"), sym))
         ts = rows.column("ts")
-        table.add_row(sym, str(rows.num_rows), f"{ts[0].as_py():%Y-%m-%d %H:%M}", f"{ts[-1].as_py():%Y-%m-%d %H:%M}", f"{rows.column('close')[-1].as_py():.4f}")
+        table.add_row(
+            sym,
+            str(rows.num_rows),
+            f"{ts[0].as_py():%Y-%m-%d %H:%M}",
+            f"{ts[-1].as_py():%Y-%m-%d %H:%M}",
+            f"{rows.column('close')[-1].as_py():.4f}",
+        )
     console.print(table)
     console.print(f"bars stored: {bars.num_rows}   dead-lettered events: {letters.events} {letters.by_reason() or ''}")
     if out:
@@ -75,7 +87,7 @@ def _print_bars(symbol: str | None, out: str | None) -> None:
         console.print(f"exported {bars.num_rows} bars to {out}")
 
 
-def _export(bars, path: Path) -> None:  # noqa: ANN001
+def _export(bars: pa.Table, path: Path) -> None:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -116,7 +128,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = feed.FeedConfig(days=args.days, seed=args.seed, bad_events=6)
     count = feed.write_feed(cfg, str(path))
-    console.print(f"[bold]1. feed[/]: {count} Airbyte messages for {', '.join(cfg.symbols)} over {cfg.days} trading days -> {path}")
+    console.print(
+        f"[bold]1. feed[/]: {count} Airbyte messages for {', '.join(cfg.symbols)} "
+        f"over {cfg.days} trading days -> {path}"
+    )
     timings["feed"] = time.perf_counter() - started
     started = time.perf_counter()
     _replay_files([str(path)], args.batch_size, 4, args.seed)
@@ -167,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=_cmd_stop)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s"
+    )
     logging.getLogger("azure").setLevel(logging.WARNING)
     return args.run(args)
 

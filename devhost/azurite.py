@@ -60,7 +60,8 @@ def _listening(port: int) -> bool:
 
 
 def _free_port(preferred: int) -> int:
-    if not _listening(preferred):
+    """``preferred`` if it is free, else any free port (0 asks for any)."""
+    if preferred and not _listening(preferred):
         return preferred
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,8 +107,19 @@ def ensure(home: Path, timeout: float = 30.0) -> Azurite:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(binary), "--silent", "--location", str(data), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-             "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+            [
+                str(binary),
+                "--silent",
+                "--location",
+                str(data),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(port),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ],
             env={**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{key}"},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -123,7 +123,14 @@ def _bad_event(kind: str, good: dict, rng: np.random.Generator) -> bytes:
     if kind == "invalid_utf8":
         return b'{"_airbyte_stream": "price", "\xff\xfe": 1}'
     if kind == "other_stream":
-        return orjson.dumps({"_airbyte_ab_id": "check", "_airbyte_stream": "test-topic-stream", "_airbyte_emitted_at": 1, "_airbyte_data": {"test": "value"}})
+        return orjson.dumps(
+            {
+                "_airbyte_ab_id": "check",
+                "_airbyte_stream": "test-topic-stream",
+                "_airbyte_emitted_at": 1,
+                "_airbyte_data": {"test": "value"},
+            }
+        )
     bad = orjson.loads(orjson.dumps(good))
     result = bad["_airbyte_data"]["chart"]["result"][0]
     if kind == "invalid_symbol":
@@ -151,7 +158,7 @@ def generate(cfg: FeedConfig) -> Iterator[bytes]:
         for symbol in cfg.symbols:
             paths[symbol] = _simulate_day(rng, session_open, prices[symbol], cfg.null_rate)
             prices[symbol] = paths[symbol].close
-        syncs = list(range(cfg.sync_every, SESSION_MINUTES, cfg.sync_every)) + [SESSION_MINUTES + 5]
+        syncs = [*list(range(cfg.sync_every, SESSION_MINUTES, cfg.sync_every)), SESSION_MINUTES + 5]
         for k in syncs:
             for j, symbol in enumerate(cfg.symbols):
                 path = paths[symbol]

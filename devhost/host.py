@@ -137,7 +137,9 @@ def _blob_service(connection_string: str) -> BlobServiceClient:
 class Host:
     """Loads ``function_app.app`` and invokes its functions with devhost's bindings."""
 
-    def __init__(self, retry_cap: int = 5, retry_wait_cap: float = 0.5, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self, retry_cap: int = 5, retry_wait_cap: float = 0.5, clock: Callable[[], dt.datetime] | None = None
+    ) -> None:
         import function_app  # deferred: the app reads settings only once devhost exported them
 
         self.app = function_app.app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,9 @@ def read_lines(paths: Iterable[str | Path]) -> Iterator[bytes]:
                     yield line
 
 
-def make_batches(bodies: Iterable[bytes], partitions: int, batch_size: int, seed: int, start_sequence: int = 0) -> list[list[func.EventHubEvent]]:
+def make_batches(
+    bodies: Iterable[bytes], partitions: int, batch_size: int, seed: int, start_sequence: int = 0
+) -> list[list[func.EventHubEvent]]:
     """Spread bodies over partitions at random (the Kafka key is a random uuid) and cut batches.
 
     A batch holds events of one partition in order, like one trigger invocation.
@@ -51,7 +53,9 @@ def make_batches(bodies: Iterable[bytes], partitions: int, batch_size: int, seed
         per_partition[p].append(
             func.EventHubEvent(
                 body=body,
-                trigger_metadata={"PartitionContext": meta.Datum(orjson.dumps({"PartitionId": str(p)}).decode(), "json")},
+                trigger_metadata={
+                    "PartitionContext": meta.Datum(orjson.dumps({"PartitionId": str(p)}).decode(), "json")
+                },
                 enqueued_time=now,
                 partition_key=None,
                 sequence_number=seq,
@@ -64,7 +68,9 @@ def make_batches(bodies: Iterable[bytes], partitions: int, batch_size: int, seed
     return batches
 
 
-def replay(host: Host, batches: list[list[func.EventHubEvent]], on_batch=None) -> ReplayStats:  # noqa: ANN001
+def replay(
+    host: Host, batches: list[list[func.EventHubEvent]], on_batch: Callable[[int], None] | None = None
+) -> ReplayStats:
     """Invoke the registered Event Hubs function once per batch."""
     fn = host.function("eventHubTrigger")
     attempts = blobs = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,9 @@ def prepare() -> Runtime:
     home = stockcast_home()
     blob = azurite.ensure(home)
     apply_app_settings({"BarsStorage": blob.connection_string})
-    container = BlobServiceClient.from_connection_string(blob.connection_string).get_container_client(os.environ["BARS_CONTAINER"])
-    try:
+    container = BlobServiceClient.from_connection_string(blob.connection_string).get_container_client(
+        os.environ["BARS_CONTAINER"]
+    )
+    with contextlib.suppress(ResourceExistsError):
         container.create_container()
-    except ResourceExistsError:
-        pass
     return Runtime(home, blob, container)

@@ -31,8 +31,11 @@ def stored_bars(container: ContainerClient, symbol: str | None = None) -> pa.Tab
 
 @dataclass(frozen=True)
 class DeadLetters:
-    """Dead-letter records. A retried or re-sent batch writes a record again, so events are
-    counted by what they carried (reason and original body), not by record."""
+    """Dead-letter records, counted by event.
+
+    A retried or re-sent batch writes a record again, so events are counted by what they
+    carried (reason and original body), not by record.
+    """
 
     records: list[dict]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,7 @@ class DecodedBatch:
         return b"".join(orjson.dumps(d.to_record(batch_id)) + b"\n" for d in self.dead_letters)
 
 
-class _Reject(Exception):
+class _RejectError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -139,7 +139,7 @@ def _columns(chunks: Sequence[_Chunk]) -> list[np.ndarray]:
     return out
 
 
-def _convert(chunks: list[_Chunk]) -> tuple[list[_Chunk], list[np.ndarray], dict[int, _Reject]]:
+def _convert(chunks: list[_Chunk]) -> tuple[list[_Chunk], list[np.ndarray], dict[int, _RejectError]]:
     """Convert all chunks at once; only if that fails, find the chunks with bad values one by one."""
     try:
         return chunks, _columns(chunks), {}
@@ -151,51 +151,53 @@ def _convert(chunks: list[_Chunk]) -> tuple[list[_Chunk], list[np.ndarray], dict
             _columns([chunk])
             good.append(chunk)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-            bad[chunk.event_index] = _Reject(Reason.BAD_VALUE_TYPE, f"{chunk.symbol}: {exc}")
+            bad[chunk.event_index] = _RejectError(Reason.BAD_VALUE_TYPE, f"{chunk.symbol}: {exc}")
     return good, (_columns(good) if good else []), bad
 
 
 def _require(mapping: Any, key: str, kind: type, reason: str, where: str) -> Any:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     if not isinstance(value, kind):
-        raise _Reject(reason, f"{where}.{key} missing or not a {kind.__name__}")
+        raise _RejectError(reason, f"{where}.{key} missing or not a {kind.__name__}")
     return value
 
 
 def _decode_result(result: Any, event_index: int, emitted_at: int, where: str) -> _Chunk | None:
     if not isinstance(result, dict):
-        raise _Reject(Reason.MISSING_CHART, f"{where} is not an object")
+        raise _RejectError(Reason.MISSING_CHART, f"{where} is not an object")
     meta = _require(result, "meta", dict, Reason.MISSING_CHART, where)
     raw_symbol = meta.get("symbol")
     symbol = raw_symbol.upper() if isinstance(raw_symbol, str) else ""
     if not SYMBOL_PATTERN.match(symbol):
-        raise _Reject(Reason.INVALID_SYMBOL, f"{where}.meta.symbol {raw_symbol!r} is not a valid symbol")
+        raise _RejectError(Reason.INVALID_SYMBOL, f"{where}.meta.symbol {raw_symbol!r} is not a valid symbol")
     granularity = meta.get("dataGranularity", "1m")
     if granularity != "1m":
-        raise _Reject(Reason.UNSUPPORTED_GRANULARITY, f"{symbol}: dataGranularity {granularity!r}, expected '1m'")
+        raise _RejectError(Reason.UNSUPPORTED_GRANULARITY, f"{symbol}: dataGranularity {granularity!r}, expected '1m'")
     timestamps = result.get("timestamp")
     if timestamps is None:
         return None  # Yahoo omits the arrays when the range holds no trades yet
     if not isinstance(timestamps, list):
-        raise _Reject(Reason.BAD_VALUE_TYPE, f"{symbol}: timestamp is not a list")
+        raise _RejectError(Reason.BAD_VALUE_TYPE, f"{symbol}: timestamp is not a list")
     indicators = _require(result, "indicators", dict, Reason.MISSING_QUOTE, where)
     quotes = indicators.get("quote")
     if not isinstance(quotes, list) or not quotes or not isinstance(quotes[0], dict):
-        raise _Reject(Reason.MISSING_QUOTE, f"{symbol}: indicators.quote[0] missing")
+        raise _RejectError(Reason.MISSING_QUOTE, f"{symbol}: indicators.quote[0] missing")
     quote = quotes[0]
     n = len(timestamps)
     columns = []
     for name in _QUOTE_FIELDS:
         values = quote.get(name)
         if not isinstance(values, list):
-            raise _Reject(Reason.MISSING_QUOTE, f"{symbol}: quote.{name} missing")
+            raise _RejectError(Reason.MISSING_QUOTE, f"{symbol}: quote.{name} missing")
         if len(values) != n:
-            raise _Reject(Reason.LENGTH_MISMATCH, f"{symbol}: quote.{name} has {len(values)} values for {n} timestamps")
+            raise _RejectError(
+                Reason.LENGTH_MISMATCH, f"{symbol}: quote.{name} has {len(values)} values for {n} timestamps"
+            )
         columns.append(values)
     return _Chunk(event_index, symbol, emitted_at, timestamps, tuple(columns))
 
 
-def _decode_event(event: RawEvent, index: int) -> tuple[list[_Chunk], list[_Reject], bool]:
+def _decode_event(event: RawEvent, index: int) -> tuple[list[_Chunk], list[_RejectError], bool]:
     """Return (chunks, problems, ignored) for one event."""
     try:
         doc = orjson.loads(event.body)
@@ -203,34 +205,38 @@ def _decode_event(event: RawEvent, index: int) -> tuple[list[_Chunk], list[_Reje
         try:
             event.body.decode("utf-8")
         except UnicodeDecodeError:
-            return [], [_Reject(Reason.INVALID_UTF8, f"body is not UTF-8: {exc}")], False
-        return [], [_Reject(Reason.INVALID_JSON, str(exc))], False
+            return [], [_RejectError(Reason.INVALID_UTF8, f"body is not UTF-8: {exc}")], False
+        return [], [_RejectError(Reason.INVALID_JSON, str(exc))], False
     if not isinstance(doc, dict):
-        return [], [_Reject(Reason.NOT_AN_OBJECT, f"body is a JSON {type(doc).__name__}")], False
+        return [], [_RejectError(Reason.NOT_AN_OBJECT, f"body is a JSON {type(doc).__name__}")], False
     stream = doc.get("_airbyte_stream")
     if not isinstance(stream, str) or "_airbyte_data" not in doc:
-        return [], [_Reject(Reason.MISSING_ENVELOPE, "not an Airbyte record (_airbyte_stream/_airbyte_data)")], False
+        return (
+            [],
+            [_RejectError(Reason.MISSING_ENVELOPE, "not an Airbyte record (_airbyte_stream/_airbyte_data)")],
+            False,
+        )
     if stream != PRICE_STREAM:
         return [], [], True
     emitted_at = doc.get("_airbyte_emitted_at")
     if not isinstance(emitted_at, int) or isinstance(emitted_at, bool) or emitted_at <= 0:
-        return [], [_Reject(Reason.INVALID_EMITTED_AT, f"_airbyte_emitted_at {emitted_at!r}")], False
+        return [], [_RejectError(Reason.INVALID_EMITTED_AT, f"_airbyte_emitted_at {emitted_at!r}")], False
     try:
         data = _require(doc, "_airbyte_data", dict, Reason.MISSING_CHART, "record")
         chart = _require(data, "chart", dict, Reason.MISSING_CHART, "_airbyte_data")
         if chart.get("error") is not None:
-            raise _Reject(Reason.YAHOO_ERROR, f"chart.error: {orjson.dumps(chart['error']).decode()}")
+            raise _RejectError(Reason.YAHOO_ERROR, f"chart.error: {orjson.dumps(chart['error']).decode()}")
         results = chart.get("result")
         if not isinstance(results, list) or not results:
-            raise _Reject(Reason.NO_RESULT, "chart.result is empty")
-    except _Reject as reject:
+            raise _RejectError(Reason.NO_RESULT, "chart.result is empty")
+    except _RejectError as reject:
         return [], [reject], False
     chunks: list[_Chunk] = []
-    problems: list[_Reject] = []
+    problems: list[_RejectError] = []
     for i, result in enumerate(results):
         try:
             chunk = _decode_result(result, index, emitted_at, f"chart.result[{i}]")
-        except _Reject as reject:
+        except _RejectError as reject:
             problems.append(reject)
             continue
         if chunk is not None:
@@ -238,7 +244,9 @@ def _decode_event(event: RawEvent, index: int) -> tuple[list[_Chunk], list[_Reje
     return chunks, problems, False
 
 
-def _bar_reasons(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, v: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bar_reasons(
+    o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, v: np.ndarray, ts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised validation: (is_null_minute, reason code per bar; 0 = valid)."""
     nulls = np.isnan(o).astype(np.int8) + np.isnan(h) + np.isnan(lo) + np.isnan(c) + np.isnan(v)
     null_minute = nulls == 5
@@ -274,7 +282,7 @@ _CODE_REASON = {
 def decode_batch(events: Sequence[RawEvent]) -> DecodedBatch:
     """Decode a batch of events into its true bars (with lineage) and its dead letters."""
     chunks: list[_Chunk] = []
-    problems: dict[int, list[_Reject]] = {}
+    problems: dict[int, list[_RejectError]] = {}
     ignored = 0
     for index, event in enumerate(events):
         event_chunks, event_problems, is_ignored = _decode_event(event, index)
@@ -294,7 +302,7 @@ def decode_batch(events: Sequence[RawEvent]) -> DecodedBatch:
     return batch
 
 
-def _dead_letter(event: RawEvent, problems: list[_Reject], rejected: list[dict[str, Any]]) -> DeadLetter:
+def _dead_letter(event: RawEvent, problems: list[_RejectError], rejected: list[dict[str, Any]]) -> DeadLetter:
     if problems:
         first = problems[0]
         extra = [{"reason": p.reason, "detail": p.detail} for p in problems[1:]]
@@ -346,7 +354,9 @@ def _assemble(
     ]
     table = pa.Table.from_arrays(
         [
-            pa.DictionaryArray.from_arrays(pa.array(sym_idx[winners]), pa.array(symbols, type=pa.string())).cast(pa.string()),
+            pa.DictionaryArray.from_arrays(pa.array(sym_idx[winners]), pa.array(symbols, type=pa.string())).cast(
+                pa.string()
+            ),
             pa.array(ts[winners]).cast(BAR_SCHEMA.field("ts").type),
             *(pa.array(x[winners]) for x in prices),
             pa.array(volume[winners]),

@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,6 +36,7 @@ BAR_SCHEMA = pa.schema(
         pa.field("enqueued_at", pa.timestamp("ms", tz="UTC")),
     ]
 )
+
 
 def empty_bars() -> pa.Table:
     """Return an empty table with the bar schema."""
@@ -64,7 +64,7 @@ def true_bar_rows(
     span = int(minute.max()) - first + 1
     groups = (int(symbol_code.max()) + 1) * span
     if groups > 8 * n + 1_000_000:
-        order = np.lexsort(tuple(-t for t in reversed(ties)) + (-emitted_at, ts, symbol_code))
+        order = np.lexsort((*tuple(-t for t in reversed(ties)), -emitted_at, ts, symbol_code))
         key = symbol_code[order].astype(np.int64) * (1 << 40) + minute[order]
         return order[np.concatenate([[True], key[1:] != key[:-1]])]
     gid = symbol_code.astype(np.int64) * span + (minute - first)
@@ -76,7 +76,7 @@ def true_bar_rows(
     winners = candidates[~tied]
     if tied.any():
         rows = candidates[tied]
-        order = rows[np.lexsort(tuple(-t[rows] for t in reversed(ties)) + (gid[rows],))]
+        order = rows[np.lexsort((*tuple(-t[rows] for t in reversed(ties)), gid[rows]))]
         keys = gid[order]
         winners = np.concatenate([winners, order[np.concatenate([[True], keys[1:] != keys[:-1]])]])
     return winners[np.argsort(gid[winners], kind="stable")]

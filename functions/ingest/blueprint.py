@@ -62,7 +62,9 @@ def batch_id(events: list[RawEvent]) -> str:
 
 
 @bp.function_name("ingest")
-@bp.retry(strategy="exponential_backoff", max_retry_count="-1", minimum_interval="00:00:02", maximum_interval="00:05:00")
+@bp.retry(
+    strategy="exponential_backoff", max_retry_count="-1", minimum_interval="00:00:02", maximum_interval="00:05:00"
+)
 @bp.event_hub_message_trigger(
     arg_name="events",
     connection="BarsEventHub",
@@ -81,7 +83,12 @@ def ingest(events: list[func.EventHubEvent], raw: func.Out[bytes], deadletter: f
     decoded = decode_batch(raw_events)
     log.info(
         "batch=%s events=%d ignored=%d bars_received=%d true_bars=%d dead_letters=%d",
-        bid, decoded.events, decoded.ignored, decoded.bars_received, decoded.bars.num_rows, len(decoded.dead_letters),
+        bid,
+        decoded.events,
+        decoded.ignored,
+        decoded.bars_received,
+        decoded.bars.num_rows,
+        len(decoded.dead_letters),
     )
     if decoded.bars.num_rows:
         held = update_latest(
@@ -91,5 +98,11 @@ def ingest(events: list[func.EventHubEvent], raw: func.Out[bytes], deadletter: f
         raw.set(to_parquet(decoded.bars))
     if decoded.dead_letters:
         for letter in decoded.dead_letters:
-            log.warning("batch=%s dead-letter seq=%s reason=%s %s", bid, letter.event.sequence_number, letter.reason, letter.detail)
+            log.warning(
+                "batch=%s dead-letter seq=%s reason=%s %s",
+                bid,
+                letter.event.sequence_number,
+                letter.reason,
+                letter.detail,
+            )
         deadletter.set(decoded.dead_letter_jsonl(bid))

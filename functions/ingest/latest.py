@@ -29,7 +29,9 @@ def latest_blob_name(symbol: str) -> str:
     return f"latest/{symbol}.parquet"
 
 
-def update_symbol(container: ContainerClient, symbol: str, bars: pa.Table, window: int, max_attempts: int, batch_id: str) -> int:
+def update_symbol(
+    container: ContainerClient, symbol: str, bars: pa.Table, window: int, max_attempts: int, batch_id: str
+) -> int:
     """Merge ``bars`` of one symbol into its latest blob; return the rows it now holds."""
     blob = container.get_blob_client(latest_blob_name(symbol))
     for attempt in range(1, max_attempts + 1):
@@ -43,14 +45,18 @@ def update_symbol(container: ContainerClient, symbol: str, bars: pa.Table, windo
             if etag is None:
                 blob.upload_blob(to_parquet(merged), overwrite=False)
             else:
-                blob.upload_blob(to_parquet(merged), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
+                blob.upload_blob(
+                    to_parquet(merged), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
             return merged.num_rows
         except (ResourceModifiedError, ResourceExistsError):
             log.info("batch=%s latest/%s changed concurrently, attempt %d/%d", batch_id, symbol, attempt, max_attempts)
     raise LatestConflictError(f"latest/{symbol}.parquet: still conflicting after {max_attempts} attempts")
 
 
-def update_latest(container: ContainerClient, bars: pa.Table, window: int, max_attempts: int, batch_id: str) -> dict[str, int]:
+def update_latest(
+    container: ContainerClient, bars: pa.Table, window: int, max_attempts: int, batch_id: str
+) -> dict[str, int]:
     """Merge a batch's true bars into every symbol's latest blob; return rows held per symbol."""
     held = {}
     for symbol in pc.unique(bars.column("symbol")).to_pylist():
