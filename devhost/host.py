@@ -134,16 +134,21 @@ def _blob_service(connection_string: str) -> BlobServiceClient:
     return BlobServiceClient.from_connection_string(connection_string)
 
 
+@cache
+def registered_functions() -> list[Function]:
+    """The functions registered on ``function_app.app`` (the SDK indexes an app only once)."""
+    import function_app  # deferred: nothing is imported before devhost exported the app settings
+
+    return function_app.app.get_functions()
+
+
 class Host:
     """Loads ``function_app.app`` and invokes its functions with devhost's bindings."""
 
     def __init__(
         self, retry_cap: int = 5, retry_wait_cap: float = 0.5, clock: Callable[[], dt.datetime] | None = None
     ) -> None:
-        import function_app  # deferred: the app reads settings only once devhost exported them
-
-        self.app = function_app.app
-        self.registered = self.app.get_functions()  # builds every function's metadata; do it once
+        self.registered = registered_functions()
         self.retry_cap = retry_cap
         self.retry_wait_cap = retry_wait_cap
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))

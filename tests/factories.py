@@ -75,6 +75,13 @@ def table_bars(table: Any) -> dict[tuple[str, int], tuple]:
     return {
         (s, int(t.timestamp())): (o, h, lo, c, v)
         for s, t, o, h, lo, c, v in zip(
-            rows["symbol"], rows["ts"], rows["open"], rows["high"], rows["low"], rows["close"], rows["volume"], strict=True
+            rows["symbol"],
+            rows["ts"],
+            rows["open"],
+            rows["high"],
+            rows["low"],
+            rows["close"],
+            rows["volume"],
+            strict=True,
         )
     }

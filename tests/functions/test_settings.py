@@ -17,7 +17,9 @@ def test_defaults_and_connection_string():
 
 def test_identity_based_connection():
     """__blobServiceUri and __clientId select the managed identity."""
-    s = load_settings({**BASE, "BarsStorage__blobServiceUri": "https://x.blob.core.windows.net", "BarsStorage__clientId": "abc"})
+    s = load_settings(
+        {**BASE, "BarsStorage__blobServiceUri": "https://x.blob.core.windows.net", "BarsStorage__clientId": "abc"}
+    )
     assert (s.uses_identity, s.bars_storage_client_id) == (True, "abc")
 
 

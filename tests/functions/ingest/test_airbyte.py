@@ -99,7 +99,10 @@ def _with(path: str, value) -> bytes:
         (b"\xff\xfe not utf-8", Reason.INVALID_UTF8),
         (b'{"_airbyte_stream": "price", ', Reason.INVALID_JSON),
         (b"[1, 2, 3]", Reason.NOT_AN_OBJECT),
-        (message("AAPL", 5, [T0], [(10.0, 12345.678, 9.5, 10.2, 1)]).replace(b"12345.678", b"1e400"), Reason.INVALID_JSON),
+        (
+            message("AAPL", 5, [T0], [(10.0, 12345.678, 9.5, 10.2, 1)]).replace(b"12345.678", b"1e400"),
+            Reason.INVALID_JSON,
+        ),
         (b'{"hello": "world"}', Reason.MISSING_ENVELOPE),
         (_with("_airbyte_emitted_at", "yesterday"), Reason.INVALID_EMITTED_AT),
         (_with("_airbyte_data", {"quote": 1}), Reason.MISSING_CHART),
@@ -121,7 +124,12 @@ def test_event_reject_reasons(body, reason):
     assert table_bars(batch.bars) == {("MSFT", T0): GOOD}
     [letter] = batch.dead_letters
     record = letter.to_record("b1")
-    assert (record["reason"], record["sequence_number"], record["partition"], record["offset"]) == (reason, 2, "0", "64")
+    assert (record["reason"], record["sequence_number"], record["partition"], record["offset"]) == (
+        reason,
+        2,
+        "0",
+        "64",
+    )
     decoded = base64.b64decode(record["body"]) if record["body_encoding"] == "base64" else record["body"].encode()
     assert decoded == body
     assert json.loads(batch.dead_letter_jsonl("b1"))["reason"] == reason
