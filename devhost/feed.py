@@ -34,6 +34,7 @@ class FeedConfig:
     sync_every: int = 15
     null_rate: float = 0.004
     bad_events: int = 0
+    window: int | None = None  # bars per message; None = the day so far (range 1d)
 
 
 def trading_days(start: dt.date, days: int) -> list[dt.date]:
@@ -152,6 +153,7 @@ def generate(cfg: FeedConfig) -> Iterator[bytes]:
     prices = {s: float(rng.uniform(20, 500)) for s in cfg.symbols}
     messages: list[bytes] = []
     goods: list[dict] = []
+    history = {s: (np.empty(0, dtype=np.int64), np.empty((0, 5))) for s in cfg.symbols}
     for day in trading_days(cfg.start, cfg.days):
         session_open = int(dt.datetime.combine(day, dt.time(9, 30), NEW_YORK).timestamp())
         paths = {}
@@ -164,6 +166,9 @@ def generate(cfg: FeedConfig) -> Iterator[bytes]:
                 path = paths[symbol]
                 n = min(k, SESSION_MINUTES)
                 ts, ohlcv = path.ts[:n], path.ohlcv[:n]
+                if cfg.window:  # a wider range trimmed to the last `window` bars, across days
+                    ts = np.concatenate([history[symbol][0], ts])[-cfg.window :]
+                    ohlcv = np.vstack([history[symbol][1], ohlcv])[-cfg.window :]
                 if k < SESSION_MINUTES:  # the minute still forming: provisional, revised next sync
                     price = path.ohlcv[k, 0] if not np.isnan(path.ohlcv[k, 0]) else ohlcv[~np.isnan(ohlcv[:, 3]), 3][-1]
                     ts = np.append(ts, path.ts[k])
@@ -172,6 +177,12 @@ def generate(cfg: FeedConfig) -> Iterator[bytes]:
                 good = _message(rng, symbol, emitted_ms, ts, ohlcv)
                 goods.append(good)
                 messages.append(orjson.dumps(good))
+        for symbol in cfg.symbols:
+            ts_hist, ohlcv_hist = history[symbol]
+            history[symbol] = (
+                np.concatenate([ts_hist, paths[symbol].ts]),
+                np.vstack([ohlcv_hist, paths[symbol].ohlcv]),
+            )
     for i in range(cfg.bad_events):
         kind = BAD_KINDS[i % len(BAD_KINDS)]
         at = int(rng.integers(0, len(messages) + 1))

@@ -124,6 +124,7 @@ class _Chunk:
     values: tuple[list[Any], ...]
 
 
+_CONVERT_GROUP = 16  # events parsed before their arrays are converted: keeps the objects in cache
 _COLUMN_TYPES = (pa.int64(), pa.float64(), pa.float64(), pa.float64(), pa.float64(), pa.float64())
 
 
@@ -282,19 +283,27 @@ _CODE_REASON = {
 def decode_batch(events: Sequence[RawEvent]) -> DecodedBatch:
     """Decode a batch of events into its true bars (with lineage) and its dead letters."""
     chunks: list[_Chunk] = []
+    parts: list[list[np.ndarray]] = []
     problems: dict[int, list[_RejectError]] = {}
     ignored = 0
-    for index, event in enumerate(events):
-        event_chunks, event_problems, is_ignored = _decode_event(event, index)
-        ignored += is_ignored
-        chunks.extend(event_chunks)
-        if event_problems:
-            problems[index] = event_problems
+    for start in range(0, len(events), _CONVERT_GROUP):
+        pending: list[_Chunk] = []
+        for index in range(start, min(start + _CONVERT_GROUP, len(events))):
+            event_chunks, event_problems, is_ignored = _decode_event(events[index], index)
+            ignored += is_ignored
+            pending.extend(event_chunks)
+            if event_problems:
+                problems[index] = event_problems
+        # converting while the parsed objects are still in cache is ~2x faster than at the end
+        pending, group_columns, bad_values = _convert(pending)
+        for index, reject in bad_values.items():
+            problems.setdefault(index, []).append(reject)
+        if pending:
+            chunks.extend(pending)
+            parts.append(group_columns)
     batch = DecodedBatch(bars=empty_bars(), events=len(events), ignored=ignored)
     rejected: dict[int, list[dict[str, Any]]] = {}
-    chunks, columns, bad_values = _convert(chunks)
-    for index, reject in bad_values.items():
-        problems.setdefault(index, []).append(reject)
+    columns = [np.concatenate(col) for col in zip(*parts, strict=True)] if parts else []
     if chunks:
         batch.bars, batch.bars_received, batch.null_minutes, rejected = _assemble(chunks, columns, events)
     for index in sorted(set(problems) | set(rejected)):

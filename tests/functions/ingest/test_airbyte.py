@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from pathlib import Path
 
@@ -208,5 +209,5 @@ def test_any_reordering_or_duplication_gives_same_true_bars(order, duplicates, c
     """Shuffled, duplicated and re-batched deliveries merge to the same true bars."""
     delivered = [_BODIES[i] for i in list(order) + duplicates]
     bounds = [0, *sorted(set(cuts)), len(delivered)]
-    parts = [decode(*delivered[a:b]).bars for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    parts = [decode(*delivered[a:b]).bars for a, b in itertools.pairwise(bounds) if b > a]
     assert table_bars(true_bars(pa.concat_tables(parts))) == _BASELINE
