@@ -13,6 +13,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -198,3 +199,21 @@ def write_feed(cfg: FeedConfig, path: str) -> int:
             fh.write(body + b"\n")
             count += 1
     return count
+
+
+def write_bars(cfg: FeedConfig, folder: str | Path) -> int:
+    """Decode the feed with the ingest code and write its true bars as Parquet (one file per day).
+
+    This is what a replay would leave in ``raw/``; training and benchmarks read it directly.
+    """
+    from functions.ingest.airbyte import decode_batch, events_from_bodies
+    from functions.ingest.bars import to_parquet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bars = decode_batch(events_from_bodies(list(generate(cfg)))).bars
+    days = bars.column("ts").cast("int64").to_numpy() // 86_400
+    for day in np.unique(days):
+        name = (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+        (folder / f"date={name}.parquet").write_bytes(to_parquet(bars.filter(days == day)))
+    return bars.num_rows

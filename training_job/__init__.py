@@ -1,0 +1,1 @@
+"""Stockcast training job: the code folder submitted as an Azure ML command job."""

@@ -1,0 +1,61 @@
+"""Every option of the training job, with its default, in one place."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``python -m training_job.train``; the CLI is generated from these fields."""
+
+    bars: Path = Path("bars")
+    model_name: str = "stockcast-lstm-attention"
+    experiment: str = "stockcast"
+    epochs: int = 25
+    window: int = 30
+    horizon: int = 1
+    units: int = 32
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    seed: int = 42
+    max_gap_minutes: int = 5
+    validation_fraction: float = 0.15
+    decision_fraction: float = 0.2
+    min_improvement: float = 0.0
+    baseline_tolerance: float = 0.02
+    patience: int = 4
+    min_windows_per_symbol: int = 200
+    summary_out: Path | None = None
+
+
+_HELP = {
+    "bars": "folder read recursively for Parquet bars (an Azure ML mount or a local folder)",
+    "epochs": "maximum epochs; early stopping on the validation slice usually ends sooner",
+    "window": "bars of history per input window",
+    "horizon": "minutes ahead to forecast",
+    "max_gap_minutes": "longest gap (overnight, halts) a window may not span",
+    "decision_fraction": "newest share of time kept unseen for the promotion decision",
+    "min_improvement": "relative RMSE improvement over the champion required to promote",
+    "baseline_tolerance": "how much worse than persistence (relative RMSE) a model may be and still be champion",
+    "summary_out": "write the decision summary as JSON here",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Build the config from command-line options (each field is ``--field-name``)."""
+    parser = argparse.ArgumentParser(prog="python -m training_job.train", description="Train, evaluate, register.")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        kind = {int: int, float: float}.get(type(default), Path if f.name in ("bars", "summary_out") else str)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=default,
+            required=f.name == "bars",
+            help=f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})",
+        )
+    return TrainConfig(**vars(parser.parse_args(argv)))

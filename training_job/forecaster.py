@@ -1,0 +1,224 @@
+"""The deployable model: raw bars in, one forecast per symbol out.
+
+:class:`Forecaster` holds the Keras model, its window settings and the feature code, and runs
+inference through a ``tf.function`` traced once with a fixed input signature (``model.predict``
+costs tens of milliseconds of per-call setup; a single request must not). :class:`ForecasterModel`
+wraps it as an MLflow pyfunc; the ``training_job`` package travels inside the model as its code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import orjson
+import pandas as pd
+
+from training_job.data import epoch_seconds
+from training_job.features import FEATURES, WARMUP, Windows, concat, symbol_windows
+
+META_FILE = "forecaster.json"
+KERAS_FILE = "model.keras"
+OUTPUT_COLUMNS = ["symbol", "as_of", "target_ts", "predicted_close", "predicted_return"]
+INPUT_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
+
+
+class ForecastInputError(ValueError):
+    """Input the forecaster cannot use; ``code`` says which kind (``malformed``, ``not_enough_bars``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ForecasterMeta:
+    """Settings that travel with the model."""
+
+    window: int
+    horizon: int
+    max_gap_minutes: int
+    features: tuple[str, ...] = FEATURES
+
+    @property
+    def bars_needed(self) -> int:
+        """Contiguous bars a request needs for one forecast."""
+        return self.window + WARMUP
+
+
+SeriesArrays = tuple[np.ndarray, tuple[np.ndarray, ...]]  # ts seconds, (o, h, l, c, v)
+
+
+class Forecaster:
+    """Inference over raw bars, through a compiled forward pass."""
+
+    def __init__(self, model: Any, meta: ForecasterMeta) -> None:
+        import tensorflow as tf  # deferred: building features or windows needs no TensorFlow
+
+        self.model = model
+        self.meta = meta
+        spec = tf.TensorSpec([None, meta.window, len(meta.features)], tf.float32)
+        self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
+        self._forward(np.zeros((1, meta.window, len(meta.features)), dtype=np.float32))  # trace once, now
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Forecaster:
+        """Load a forecaster saved by :meth:`save`."""
+        import keras
+
+        import training_job.model  # noqa: F401  (registers the attention layer for deserialisation)
+
+        directory = Path(directory)
+        meta = orjson.loads((directory / META_FILE).read_bytes())
+        meta["features"] = tuple(meta["features"])
+        return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), ForecasterMeta(**meta))
+
+    @staticmethod
+    def save(model: Any, meta: ForecasterMeta, directory: str | Path) -> Path:
+        """Write the Keras model and its settings into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save(directory / KERAS_FILE)
+        (directory / META_FILE).write_bytes(orjson.dumps(meta.__dict__))
+        return directory
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Predicted log returns for windows ``x`` (n, window, features)."""
+        if len(x) == 0:
+            return np.empty(0, dtype=np.float32)
+        return self._forward(np.ascontiguousarray(x, dtype=np.float32)).numpy().reshape(-1)
+
+    def windows(self, series: Mapping[str, SeriesArrays], latest_only: bool) -> Windows:
+        """Input windows of each symbol: the last one, or every one (for evaluation)."""
+        parts = []
+        short = []
+        for symbol, (ts, ohlcv) in series.items():
+            w = symbol_windows(symbol, ts, ohlcv, self.meta.window, self.meta.horizon, self.meta.max_gap_minutes, False)
+            if latest_only:
+                if len(w) == 0 or w.as_of[-1] != ts[-1]:
+                    short.append(symbol)
+                    continue
+                w = w.take(np.array([len(w) - 1]))
+            parts.append(w)
+        if short:
+            raise ForecastInputError(
+                "not_enough_bars",
+                f"{', '.join(short)}: need the last {self.meta.bars_needed} bars without a gap longer than "
+                f"{self.meta.max_gap_minutes} minutes",
+            )
+        if not parts:
+            raise ForecastInputError("malformed", "no bars")
+        return concat(parts)
+
+    def forecast(self, series: Mapping[str, SeriesArrays], latest_only: bool = True) -> list[dict[str, Any]]:
+        """Forecast rows for the latest bar of each symbol (or for every window)."""
+        w = self.windows(series, latest_only)
+        ret = self.forward(w.x).astype(np.float64)
+        closes = w.last_close * np.exp(ret)
+        step = self.meta.horizon * 60
+        return [
+            {
+                "symbol": str(w.symbol[i]),
+                "as_of": int(w.as_of[i]),
+                "target_ts": int(w.as_of[i]) + step,
+                "predicted_close": float(closes[i]),
+                "predicted_return": float(ret[i]),
+            }
+            for i in range(len(w))
+        ]
+
+    def predict_frame(self, bars: pd.DataFrame, latest_only: bool = True) -> pd.DataFrame:
+        """The pyfunc contract: a DataFrame of bars in, a DataFrame of forecasts out."""
+        rows = self.forecast(series_from_frame(bars), latest_only)
+        out = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        for col in ("as_of", "target_ts"):  # MLflow schemas hold naive datetimes: these are UTC
+            out[col] = pd.to_datetime(out[col], unit="s")
+        return out
+
+
+def _ts_seconds(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("ts must be a time")
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return int(parsed.timestamp())
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp())
+    raise TypeError(f"ts of type {type(value).__name__}")
+
+
+def _validated(symbol: str, ts: np.ndarray, ohlcv: tuple[np.ndarray, ...]) -> SeriesArrays:
+    order = np.argsort(ts, kind="stable")
+    ts, ohlcv = ts[order], tuple(x[order] for x in ohlcv)
+    last = np.concatenate([ts[1:] != ts[:-1], [True]])  # a repeated minute: the later row wins
+    ts, ohlcv = ts[last], tuple(x[last] for x in ohlcv)
+    o, h, lo, c, v = ohlcv
+    ok = np.isfinite(np.stack([o, h, lo, c, v])).all() and (lo > 0).all() and (v >= 0).all()
+    if not ok or (lo > np.minimum(o, c)).any() or (np.maximum(o, c) > h).any():
+        raise ForecastInputError(
+            "malformed", f"{symbol}: bars must have finite prices > 0, low <= open/close <= high, volume >= 0"
+        )
+    return ts - ts % 60, ohlcv
+
+
+def series_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, SeriesArrays]:
+    """Group JSON bar records by symbol into validated arrays (the scoring fast path)."""
+    grouped: dict[str, list[tuple]] = {}
+    try:
+        for r in records:
+            symbol = str(r["symbol"]).upper()
+            row = (
+                _ts_seconds(r["ts"]),
+                float(r["open"]),
+                float(r["high"]),
+                float(r["low"]),
+                float(r["close"]),
+                float(r["volume"]),
+            )
+            grouped.setdefault(symbol, []).append(row)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ForecastInputError(
+            "malformed", f"each bar needs symbol, ts, open, high, low, close, volume: {exc}"
+        ) from None
+    out = {}
+    for symbol, rows in grouped.items():
+        arr = np.array(rows, dtype=np.float64)
+        out[symbol] = _validated(symbol, arr[:, 0].astype(np.int64), tuple(arr[:, k] for k in range(1, 6)))
+    return out
+
+
+def series_from_frame(bars: pd.DataFrame) -> dict[str, SeriesArrays]:
+    """Group a bar DataFrame by symbol into validated arrays."""
+    missing = [c for c in INPUT_COLUMNS if c not in bars.columns]
+    if missing:
+        raise ForecastInputError("malformed", f"missing columns: {missing}")
+    ts = epoch_seconds(bars["ts"])
+    symbols = bars["symbol"].astype(str).str.upper().to_numpy()
+    values = [bars[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")]
+    out = {}
+    for symbol in sorted(set(symbols)):
+        mask = symbols == symbol
+        out[symbol] = _validated(symbol, ts[mask], tuple(v[mask] for v in values))
+    return out
+
+
+class ForecasterModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: ``predict(bars_df, params={"mode": "latest"|"all"})``."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the Keras model and settings from the model's artifacts."""
+        self.forecaster = Forecaster.load(context.artifacts["forecaster"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """Forecast the next close of every symbol in ``model_input``."""
+        mode = (params or {}).get("mode", "latest")
+        return self.forecaster.predict_frame(model_input, latest_only=mode != "all")

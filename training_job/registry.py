@@ -1,0 +1,80 @@
+"""Model versions and their roles: the ``champion`` and ``challenger`` aliases.
+
+Where the registry refuses aliases (the Azure ML registry may), the same interface falls back to
+a version tag ``role=champion|challenger``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ROLE_TAG = "role"
+
+
+class ModelRegistry:
+    """Roles of the versions of one registered model."""
+
+    def __init__(self, client: MlflowClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.uses_tags = False
+
+    def register(self, source: str, run_id: str, tags: dict[str, str]) -> str:
+        """Register ``source`` as a new version; return its version number."""
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            self.client.create_registered_model(self.name)
+        version = self.client.create_model_version(self.name, source, run_id=run_id, tags=tags)
+        return str(version.version)
+
+    def assign(self, role: str, version: str) -> None:
+        """Give ``role`` to ``version``, taking it from any other version."""
+        if not self.uses_tags:
+            try:
+                self.client.set_registered_model_alias(self.name, role, version)
+                return
+            except MlflowException as exc:
+                log.warning("model=%s registry refuses aliases (%s); using version tags", self.name, exc)
+                self.uses_tags = True
+        for other in self._with_role(role):
+            if other != version:
+                self.client.set_model_version_tag(self.name, other, ROLE_TAG, "retired")
+        if self.role_of(version) != CHAMPION:  # a champion stays tagged champion when it is also the challenger
+            self.client.set_model_version_tag(self.name, version, ROLE_TAG, role)
+
+    def version_for(self, role: str) -> str | None:
+        """The version that holds ``role``, if any."""
+        if not self.uses_tags:
+            try:
+                return str(self.client.get_model_version_by_alias(self.name, role).version)
+            except MlflowException as exc:  # no such alias yet, or no aliases at all: tags may know
+                log.info("model=%s alias %s not found (%s)", self.name, role, exc.error_code)
+        versions = self._with_role(role)
+        if role == CHALLENGER and not versions:  # the champion tag also marks the newest challenger
+            versions = self._with_role(CHAMPION)
+        return max(versions, key=int) if versions else None
+
+    def role_of(self, version: str) -> str | None:
+        """The role tag of ``version`` (tag mode)."""
+        return self.client.get_model_version(self.name, version).tags.get(ROLE_TAG)
+
+    def _exists(self) -> bool:
+        try:
+            self.client.get_registered_model(self.name)
+            return True
+        except MlflowException:
+            return False
+
+    def _with_role(self, role: str) -> list[str]:
+        if not self._exists():
+            return []
+        found = self.client.search_model_versions(f"name='{self.name}' and tag.{ROLE_TAG}='{role}'")
+        return [str(v.version) for v in found]
