@@ -1,0 +1,96 @@
+"""Scoring script of the online endpoint (AKS via Azure ML; ``azmlinfsrv`` locally).
+
+``init()`` loads the MLflow pyfunc from ``AZUREML_MODEL_DIR``; ``run()`` takes ``{"bars": [...]}``
+and answers ``{"forecasts": [...], "model": {"name", "version"}}``. Bad input gets a JSON error
+with a 4xx status, never a 200 carrying an error string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+try:  # the Azure ML images expose the decorators here
+    from azureml.contrib.services.aml_request import AMLRequest, rawhttp
+    from azureml.contrib.services.aml_response import AMLResponse
+except ImportError:  # azureml-inference-server-http on its own
+    from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
+    from azureml_inference_server_http.api.aml_response import AMLResponse
+
+log = logging.getLogger("stockcast.score")
+MAX_BARS = 20_000
+_STATUS = {"malformed": 400, "not_enough_bars": 422, "too_large": 413}
+_state: dict[str, Any] = {}
+
+
+def _model_identity(model_dir: Path) -> dict[str, str]:
+    """Name and version: from the deployment's settings, else from Azure ML's mount path."""
+    name = os.environ.get("STOCKCAST_MODEL_NAME")
+    version = os.environ.get("STOCKCAST_MODEL_VERSION")
+    if not (name and version) and len(model_dir.parts) >= 2 and model_dir.parts[-1].isdigit():
+        name, version = name or model_dir.parts[-2], version or model_dir.parts[-1]
+    return {"name": name or "unknown", "version": version or "unknown"}
+
+
+def init() -> None:
+    """Load the model once per worker."""
+    import mlflow.pyfunc
+
+    model_dir = Path(os.environ["AZUREML_MODEL_DIR"])
+    mlmodel = next(model_dir.rglob("MLmodel")).parent
+    pyfunc = mlflow.pyfunc.load_model(str(mlmodel))
+    # the model's own copy of the feature code, put on sys.path by the pyfunc loader
+    from training_job.forecaster import ForecastInputError, series_from_records
+
+    _state.update(
+        forecaster=pyfunc.unwrap_python_model().forecaster,
+        error=ForecastInputError,
+        series=series_from_records,
+        model=_model_identity(mlmodel if mlmodel.name.isdigit() else model_dir),
+    )
+    log.info("model=%s loaded from %s", _state["model"], mlmodel)
+
+
+def _json(body: dict[str, Any], status: int) -> AMLResponse:
+    return AMLResponse(orjson.dumps(body).decode(), status, {"Content-Type": "application/json"})
+
+
+def _error(code: str, message: str, status: int) -> AMLResponse:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def _iso(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def score(payload: Any) -> tuple[dict[str, Any], int]:
+    """Score a parsed request body; returns (response body, HTTP status)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("bars"), list) or not payload["bars"]:
+        return {"error": {"code": "malformed", "message": 'body must be {"bars": [ ...non-empty list... ]}'}}, 400
+    if len(payload["bars"]) > MAX_BARS:
+        return {"error": {"code": "too_large", "message": f"at most {MAX_BARS} bars per request"}}, 413
+    try:
+        rows = _state["forecaster"].forecast(_state["series"](payload["bars"]))
+    except _state["error"] as exc:
+        return {"error": {"code": exc.code, "message": str(exc)}}, _STATUS.get(exc.code, 400)
+    for row in rows:
+        row["as_of"], row["target_ts"] = _iso(row["as_of"]), _iso(row["target_ts"])
+    return {"forecasts": rows, "model": _state["model"]}, 200
+
+
+@rawhttp
+def run(request: AMLRequest) -> AMLResponse:
+    """Answer one HTTP request to the scoring route."""
+    if request.method == "GET":
+        return _json({"model": _state["model"], "bars_needed": _state["forecaster"].meta.bars_needed}, 200)
+    try:
+        payload = orjson.loads(request.get_data())
+    except orjson.JSONDecodeError as exc:
+        return _error("malformed", f"body is not JSON: {exc}", 400)
+    body, status = score(payload)
+    return _json(body, status)
