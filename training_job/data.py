@@ -39,6 +39,13 @@ def epoch_seconds(values: pd.Series | pd.Index) -> np.ndarray:
     return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
 
 
+def model_input(bars: pd.DataFrame) -> pd.DataFrame:
+    """Bars as the pyfunc's signature takes them: its columns, ``ts`` as naive UTC (MLflow's rule)."""
+    out = bars[BAR_COLUMNS[:-1]].reset_index(drop=True)
+    out["ts"] = pd.to_datetime(out["ts"], utc=True).dt.tz_localize(None)
+    return out
+
+
 def profile(bars: pd.DataFrame, max_gap_minutes: int) -> dict:
     """Bars per symbol, time range and gaps longer than ``max_gap_minutes``: logged with every run."""
     out: dict = {"symbols": {}, "bars": len(bars)}

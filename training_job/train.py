@@ -162,7 +162,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         champion_close = None
         if champion_version is not None:
             champion = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}/{champion_version}")
-            champion_close = _join(champion.predict(bars, params={"mode": "all"}), dec)
+            champion_close = _join(champion.predict(data.model_input(bars), params={"mode": "all"}), dec)
         figures = {
             "model": evaluate.metrics(model_close, dec.target_close, dec.last_close),
             "champion": None
