@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -18,9 +19,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_first_run_promotes_and_crippled_second_is_retained(trained):
     """v1 becomes champion; a crippled v2 is registered as challenger and champion stays v1."""
-    assert (trained.first["version"], trained.first["decision"], trained.first["champion_version"]) == ("1", "promoted", None)
+    assert (trained.first["version"], trained.first["decision"], trained.first["champion_version"]) == (
+        "1",
+        "promoted",
+        None,
+    )
     assert trained.first["metrics"]["champion"] is None
-    assert (trained.second["version"], trained.second["decision"], trained.second["champion_version"]) == ("2", "retained", "1")
+    assert (trained.second["version"], trained.second["decision"], trained.second["champion_version"]) == (
+        "2",
+        "retained",
+        "1",
+    )
     client = MlflowClient(trained.tracking_uri)
     name = trained.config.model_name
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
@@ -49,7 +58,7 @@ def test_run_records_params_metrics_plots_profile_and_tags(trained):
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"data_profile.json", "summary.json", "model", "plots"} <= artifacts
     assert plots == {"plots/loss_curve.png", "plots/predicted_vs_actual.png"}
-    profile = json.loads(open(client.download_artifacts(run.info.run_id, "data_profile.json")).read())
+    profile = json.loads(Path(client.download_artifacts(run.info.run_id, "data_profile.json")).read_text())
     assert set(profile["symbols"]) == {"AAA", "BBB", "CCC"} and profile["symbols"]["AAA"]["gaps_over_max"] == 1
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/MLmodel", "model/input_example.json", "model/code"} <= model_files
@@ -85,4 +94,10 @@ def test_no_usable_data_exits_nonzero_with_how_many_bars_are_needed(tmp_path, ba
 def test_every_option_has_a_default():
     """Only --bars is required; the rest come from the config object."""
     cfg = parse_args(["--bars", "x", "--epochs", "3", "--learning-rate", "0.01"])
-    assert (str(cfg.bars), cfg.epochs, cfg.learning_rate, cfg.window, cfg.model_name) == ("x", 3, 0.01, 30, "stockcast-lstm-attention")
+    assert (str(cfg.bars), cfg.epochs, cfg.learning_rate, cfg.window, cfg.model_name) == (
+        "x",
+        3,
+        0.01,
+        30,
+        "stockcast-lstm-attention",
+    )

@@ -1,0 +1,113 @@
+"""score.py served by the real azmlinfsrv, and the bar contract between ingest and training."""
+
+from __future__ import annotations
+
+import math
+import signal
+from pathlib import Path
+
+import httpx
+import mlflow
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from devhost import scoring
+from functions.ingest.airbyte import decode_batch, events_from_bodies
+from functions.ingest.bars import to_parquet, true_bars
+from tests.factories import message, table_bars
+from training_job.data import read_bars
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    """Azmlinfsrv on a free port serving the champion, as the endpoint would."""
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{trained.config.model_name}@champion", dst_path=str(tmp_path_factory.mktemp("model"))
+        )
+    )
+    port = scoring.free_port()
+    proc = scoring.start(model_dir, port, trained.config.model_name, "1", tmp_path_factory.mktemp("logs") / "score.log")
+    try:
+        info = scoring.wait_healthy(port, proc)
+        yield f"http://127.0.0.1:{port}/score", info
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def recent_bars(bars_dir: Path, symbol: str, n: int) -> list[dict]:
+    table = pq.read_table(sorted(bars_dir.glob("*.parquet"))[-1]).to_pandas()
+    rows = table[table.symbol == "AAA"].tail(n)
+    return [
+        {
+            "symbol": symbol,
+            "ts": r.ts.isoformat(),
+            "open": r.open,
+            "high": r.high,
+            "low": r.low,
+            "close": r.close,
+            "volume": int(r.volume),
+        }
+        for r in rows.itertuples()
+    ]
+
+
+def test_scores_with_finite_forecast_and_model_identity(server, bars_dir):
+    """A valid request gets 200, a finite forecast near the last close, and the model's name and version."""
+    url, info = server
+    bars = recent_bars(bars_dir, "NEWCO", info["bars_needed"] + 5)
+    response = httpx.post(url, content=orjson.dumps({"bars": bars}), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    [row] = body["forecasts"]
+    assert body["model"] == {"name": "stockcast-lstm-attention", "version": "1"}
+    assert row["symbol"] == "NEWCO" and row["as_of"] == bars[-1]["ts"].replace("+00:00", "Z")
+    assert math.isfinite(row["predicted_close"]) and abs(row["predicted_close"] / bars[-1]["close"] - 1) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 400, "malformed"),
+        (b'{"bars": []}', 400, "malformed"),
+        (b'{"bars": [{"symbol": "A"}]}', 400, "malformed"),
+        (b'{"rows": []}', 400, "malformed"),
+    ],
+)
+def test_bad_input_is_a_json_4xx(server, body, status, code):
+    """Malformed requests get a JSON error with a 4xx status, never a 200."""
+    url, _ = server
+    response = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+def test_too_few_bars_is_422(server, bars_dir):
+    """Fewer contiguous bars than the model needs gets 422, saying how many."""
+    url, info = server
+    response = httpx.post(url, content=orjson.dumps({"bars": recent_bars(bars_dir, "AAA", 10)}))
+    assert response.status_code == 422
+    assert str(info["bars_needed"]) in response.json()["error"]["message"]
+
+
+def test_bars_written_by_ingest_are_read_by_training_with_the_same_values(tmp_path):
+    """The bar table is the contract: ingest's Parquet files read back identically, true-bar rule applied."""
+    t0 = 1_793_629_980
+    early = message("AAA", 1000, [t0, t0 + 60], [(10.0, 10.5, 9.5, 10.2, 100), (10.2, 10.2, 10.2, 10.2, 0)])
+    late = message("AAA", 2000, [t0 + 60, t0 + 120], [(10.2, 10.9, 10.1, 10.8, 350), (10.8, 11.0, 10.7, 10.9, 90)])
+    batches = [decode_batch(events_from_bodies([b])).bars for b in (early, late)]
+    for i, table in enumerate(batches):
+        (tmp_path / f"date=x/hour={i}").mkdir(parents=True)
+        (tmp_path / f"date=x/hour={i}/b{i}.parquet").write_bytes(to_parquet(table))
+    expected = table_bars(true_bars(pa.concat_tables(batches)))
+    df = read_bars(tmp_path)
+    got = {(r.symbol, int(r.ts.timestamp())): (r.open, r.high, r.low, r.close, r.volume) for r in df.itertuples()}
+    assert got == expected
+    assert got[("AAA", t0 + 60)] == (10.2, 10.9, 10.1, 10.8, 350)
+    assert str(df["ts"].dt.tz) == "UTC" and df["volume"].dtype == "int64"
