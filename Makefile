@@ -34,6 +34,8 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/score.py
 
 stop: setup
 	$(PY) -m devhost stop

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
@@ -111,36 +112,94 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(home: Path, name: str) -> dict | None:
+    from devhost.runtime import prepare
+    from devhost.training import run_job, sync_raw, tracking_uri
+
+    runtime = prepare()
+    inputs = home / "jobs" / "inputs" / "bars"
+    copied, total = sync_raw(runtime.container, inputs)
+    console.print(f"[bold]train[/]: synced {copied} new of {total} raw blobs to {inputs}; training ...")
+    with console.status("training the LSTM-Attention model (python -m training_job.train)"):
+        code, summary, log = run_job(home, inputs, name)
+    if summary is None:
+        console.print(f"[red]training failed (exit {code})[/]; see {log}")
+        return None
+    table = Table(title=f"version {summary['version']}: {summary['decision']}")
+    for column in ("predictor", "RMSE", "MAE", "direction"):
+        table.add_column(column, justify="left" if column == "predictor" else "right")
+    for who, figures in summary["metrics"].items():
+        if figures:
+            table.add_row(
+                who, f"{figures['rmse']:.5f}", f"{figures['mae']:.5f}", f"{figures['directional_accuracy']:.1%}"
+            )
+    console.print(table)
+    console.print(
+        f"decision: {summary['decision']} ({summary['reason']}); champion before: {summary['champion_version']}"
+    )
+    console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri(home)}  (log: {log})")
+    return summary
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     home = stockcast_home()
     if not args.keep:
         azurite.stop(home)
         import shutil
 
-        for sub in ("azurite", "demo"):
+        for sub in ("azurite", "demo", "jobs", "mlflow"):
             shutil.rmtree(home / sub, ignore_errors=True)
         console.print(f"[bold]demo[/]: starting clean in {home} (use --keep to reuse state)")
     else:
         console.print(f"[bold]demo[/]: reusing state in {home}")
-    timings = {}
+    timings: dict[str, float] = {}
+
+    def stage(name: str, started: float) -> None:
+        timings[name] = time.perf_counter() - started
+
     started = time.perf_counter()
-    path = home / "demo" / "feed.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = feed.FeedConfig(days=args.days, seed=args.seed, bad_events=6)
-    count = feed.write_feed(cfg, str(path))
+    folder = home / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = feed.FeedConfig(days=args.days + 1, seed=args.seed, bad_events=6)
+    first, extra = _split_last_day(list(feed.generate(cfg)))
+    paths = folder / "feed-days-1.jsonl", folder / "feed-next-day.jsonl"
+    for path, bodies in zip(paths, (first, extra), strict=True):
+        path.write_bytes(b"".join(b + b"\n" for b in bodies))
     console.print(
-        f"[bold]1. feed[/]: {count} Airbyte messages for {', '.join(cfg.symbols)} "
-        f"over {cfg.days} trading days -> {path}"
+        f"[bold]1. feed[/]: {len(first)} Airbyte messages for {', '.join(cfg.symbols)} over {args.days} trading days "
+        f"-> {paths[0]} (+{len(extra)} for one more day -> {paths[1]})"
     )
-    timings["feed"] = time.perf_counter() - started
-    started = time.perf_counter()
-    _replay_files([str(path)], args.batch_size, 4, args.seed)
-    timings["ingest"] = time.perf_counter() - started
-    started = time.perf_counter()
+    _replay_files([str(paths[0])], args.batch_size, 4, args.seed)
     _print_bars(None, None)
-    timings["summary"] = time.perf_counter() - started
+    stage("ingest", started)
+    started = time.perf_counter()
+    console.print("[bold]2. train[/]: the first model")
+    _train(home, "demo-1")
+    stage("train v1", started)
+    started = time.perf_counter()
+    console.print("[bold]3. one more day[/]: replay it, then train again against the champion")
+    _replay_files([str(paths[1])], args.batch_size, 4, args.seed + 1)
+    _print_bars(None, None)
+    _train(home, "demo-2")
+    stage("ingest + train v2", started)
     console.print("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return 0
+
+
+def _split_last_day(bodies: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split a feed into all but its last trading day, and that day (by emission date)."""
+
+    def day(body: bytes) -> int | None:
+        try:
+            return orjson.loads(body)["_airbyte_emitted_at"] // 86_400_000
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    days = [day(b) for b in bodies]
+    last = max(d for d in days if d is not None)
+    return [b for b, d in zip(bodies, days, strict=True) if d != last], [
+        b for b, d in zip(bodies, days, strict=True) if d == last
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,153 @@
+"""Single-request scoring latency: score.py in-process and over HTTP (azmlinfsrv).
+
+Next to it, Keras ``model.predict`` (the replaced system's scoring path) on the same model and window.
+
+A small model is trained on generated bars first (a few seconds). Prints the figures, then one
+JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import mlflow.pyfunc
+import numpy as np
+import orjson
+
+from devhost import scoring
+from devhost.feed import FeedConfig, write_bars
+from training_job import data, evaluate
+from training_job.config import TrainConfig
+from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel
+from training_job.model import fit
+from training_job.train import build_windows
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
+    ms = np.array(samples) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def timed(fn, n: int) -> list[float]:  # noqa: ANN001
+    """Durations of ``n`` calls."""
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    """Train a model, then time the three scoring paths."""
+    cfg = TrainConfig(epochs=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        write_bars(FeedConfig(days=3, seed=5), tmp_path / "bars")
+        bars = data.read_bars(tmp_path / "bars")
+        windows, _ = build_windows(bars, cfg)
+        split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
+        tr, va = windows.take(split.train), windows.take(split.validation)
+        result = fit(
+            tr.x,
+            tr.y,
+            va.x,
+            va.y,
+            units=cfg.units,
+            learning_rate=cfg.learning_rate,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            patience=cfg.patience,
+            seed=cfg.seed,
+        )
+        meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
+        fdir = Forecaster.save(result.model, meta, tmp_path / "forecaster")
+        model_dir = tmp_path / "model"
+        mlflow.pyfunc.save_model(
+            model_dir,
+            python_model=ForecasterModel(),
+            artifacts={"forecaster": str(fdir)},
+            code_paths=[str(Path(__file__).resolve().parents[1] / "training_job")],
+            pip_requirements=["mlflow"],
+        )
+        rows = bars[bars["symbol"] == "AAPL"].tail(meta.bars_needed + 10)
+        payload = {
+            "bars": [
+                {
+                    "symbol": "AAPL",
+                    "ts": r.ts.isoformat(),
+                    "open": r.open,
+                    "high": r.high,
+                    "low": r.low,
+                    "close": r.close,
+                    "volume": int(r.volume),
+                }
+                for r in rows.itertuples()
+            ]
+        }
+        body = orjson.dumps(payload)
+
+        os.environ["AZUREML_MODEL_DIR"] = str(model_dir)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training_job"))
+        import score  # the entry script, as azmlinfsrv imports it
+
+        score.init()
+        for _ in range(20):
+            score.score(orjson.loads(body))
+        in_process = timed(lambda: score.score(orjson.loads(body)), 1000)
+        window = result.model  # Keras on the same window the forecaster builds
+        x = score._state["forecaster"].windows(score._state["series"](payload["bars"]), True).x
+        window.predict(x, verbose=0)
+        keras_predict = timed(lambda: window.predict(x, verbose=0), 100)
+
+        port = scoring.free_port()
+        proc = scoring.start(model_dir, port, "bench", "1", tmp_path / "score.log")
+        try:
+            scoring.wait_healthy(port, proc)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                for _ in range(20):
+                    client.post("/score", content=body, headers={"Content-Type": "application/json"})
+                http = timed(
+                    lambda: client.post(
+                        "/score", content=body, headers={"Content-Type": "application/json"}
+                    ).raise_for_status(),
+                    500,
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+    p50, p99 = percentiles(in_process)
+    h50, h99 = percentiles(http)
+    r50, r99 = percentiles(keras_predict)
+    print(f"request: 1 symbol, {len(payload['bars'])} bars (window {cfg.window} + indicator warm-up)")
+    print(f"score.py in-process (JSON -> features -> tf.function): p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    print(f"score.py over HTTP (azmlinfsrv, keep-alive):         p50 {h50:.3f} ms, p99 {h99:.3f} ms")
+    print(f"reference: Keras model.predict on the same window:   p50 {r50:.3f} ms, p99 {r99:.3f} ms")
+    print(f"speedup in-process vs model.predict: {r50 / p50:.1f}x")
+    print(
+        json.dumps(
+            {
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(p99, 3),
+                "http_p50_ms": round(h50, 3),
+                "http_p99_ms": round(h99, 3),
+                "reference_p50_ms": round(r50, 3),
+                "speedup": round(r50 / p50, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
