@@ -3,6 +3,8 @@
 import azure.functions as func
 
 from functions.ingest.blueprint import bp as ingest_bp
+from functions.train_trigger.blueprint import bp as train_trigger_bp
 
 app = func.FunctionApp()
 app.register_functions(ingest_bp)
+app.register_functions(train_trigger_bp)

@@ -23,8 +23,9 @@ import mlflow.pyfunc
 import numpy as np
 import orjson
 
-from devhost import scoring
 from devhost.feed import FeedConfig, write_bars
+from functions.train_trigger import local_rollout as scoring
+from functions.train_trigger.processes import free_port
 from training_job import data, evaluate
 from training_job.config import TrainConfig
 from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel
@@ -110,8 +111,8 @@ def main() -> None:
         window.predict(x, verbose=0)
         keras_predict = timed(lambda: window.predict(x, verbose=0), 100)
 
-        port = scoring.free_port()
-        proc = scoring.start(model_dir, port, "bench", "1", tmp_path / "score.log")
+        port = free_port()
+        proc = scoring.start_scoring_server(model_dir, port, "bench", "1", tmp_path / "score.log")
         try:
             scoring.wait_healthy(port, proc)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:

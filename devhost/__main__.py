@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -106,24 +107,32 @@ def _cmd_bars(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
+    from functions.train_trigger.local_jobs import running_job
+    from functions.train_trigger.local_rollout import stop_serving
+    from functions.train_trigger.processes import stop_group
+
     home = stockcast_home()
-    stopped = azurite.stop(home)
-    console.print(f"azurite: {'stopped' if stopped else 'not running'} ({home})")
+    console.print(f"scoring server: {'stopped' if stop_serving(home) else 'not running'}")
+    job = running_job(home)
+    if job:
+        stop_group(job["pid"])
+        console.print(f"training job {job['name']}: stopped")
+    console.print(f"azurite: {'stopped' if azurite.stop(home) else 'not running'} ({home})")
     return 0
 
 
-def _train(home: Path, name: str) -> dict | None:
+def _train() -> dict | None:
+    """Fire the timer, wait for the job and the rollout, print the decision."""
+    from devhost.host import Host
+    from devhost.orchestrate import train
     from devhost.runtime import prepare
-    from devhost.training import run_job, sync_raw, tracking_uri
 
     runtime = prepare()
-    inputs = home / "jobs" / "inputs" / "bars"
-    copied, total = sync_raw(runtime.container, inputs)
-    console.print(f"[bold]train[/]: synced {copied} new of {total} raw blobs to {inputs}; training ...")
-    with console.status("training the LSTM-Attention model (python -m training_job.train)"):
-        code, summary, log = run_job(home, inputs, name)
+    with console.status("timer fired: training job running (python -m training_job.train) ...") as status:
+        result = train(Host(), on_wait=lambda name: status.update(f"training job {name} running ..."))
+    summary = result.summary
     if summary is None:
-        console.print(f"[red]training failed (exit {code})[/]; see {log}")
+        console.print(f"[red]no decision[/]: job {result.job_name} wrote no summary; see {result.log_path}")
         return None
     table = Table(title=f"version {summary['version']}: {summary['decision']}")
     for column in ("predictor", "RMSE", "MAE", "direction"):
@@ -137,17 +146,25 @@ def _train(home: Path, name: str) -> dict | None:
     console.print(
         f"decision: {summary['decision']} ({summary['reason']}); champion before: {summary['champion_version']}"
     )
-    console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri(home)}  (log: {log})")
+    console.print(f"rollout: {result.rollout}   job log: {result.log_path}")
+    mlflow_uri = os.environ["MLFLOW_TRACKING_URI"]
+    console.print(
+        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_uri} (runs under {runtime.home / 'mlflow'})"
+    )
     return summary
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return 0 if _train() else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     home = stockcast_home()
     if not args.keep:
-        azurite.stop(home)
+        _cmd_stop(args)
         import shutil
 
-        for sub in ("azurite", "demo", "jobs", "mlflow"):
+        for sub in ("azurite", "demo", "jobs", "mlflow", "serving"):
             shutil.rmtree(home / sub, ignore_errors=True)
         console.print(f"[bold]demo[/]: starting clean in {home} (use --keep to reuse state)")
     else:
@@ -174,13 +191,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     stage("ingest", started)
     started = time.perf_counter()
     console.print("[bold]2. train[/]: the first model")
-    _train(home, "demo-1")
+    _train()
     stage("train v1", started)
     started = time.perf_counter()
     console.print("[bold]3. one more day[/]: replay it, then train again against the champion")
     _replay_files([str(paths[1])], args.batch_size, 4, args.seed + 1)
     _print_bars(None, None)
-    _train(home, "demo-2")
+    _train()
     stage("ingest + train v2", started)
     console.print("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return 0
@@ -237,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="reuse the state of a previous run")
     p.set_defaults(run=_cmd_demo)
 
+    p = sub.add_parser("train", help="fire the timer once, wait for the local job and the rollout")
+    p.set_defaults(run=_cmd_train)
+
     p = sub.add_parser("stop", help="stop everything devhost started for $STOCKCAST_HOME")
     p.set_defaults(run=_cmd_stop)
 
@@ -244,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s"
     )
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    for noisy in ("azure", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # the SDK warns about HTTP auth levels on every app without an HTTP function; not our concern
     logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Auth level is not applied"))
     return args.run(args)

@@ -27,7 +27,16 @@ def prepare() -> Runtime:
     """Start Azurite if needed, export app settings pointing at it, and create the container."""
     home = stockcast_home()
     blob = azurite.ensure(home)
-    apply_app_settings({"BarsStorage": blob.connection_string})
+    mlflow_dir = home / "mlflow"
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    apply_app_settings(
+        {
+            "BarsStorage": blob.connection_string,
+            "STOCKCAST_HOME": str(home),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+    )
     container = BlobServiceClient.from_connection_string(blob.connection_string).get_container_client(
         os.environ["BARS_CONTAINER"]
     )

@@ -17,6 +17,12 @@ class SettingsError(RuntimeError):
     """App settings are missing or invalid; the message names every offending key."""
 
 
+def _backend(raw: str) -> str:
+    if raw not in ("aml", "local"):
+        raise ValueError("must be 'aml' or 'local'")
+    return raw
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
@@ -31,11 +37,30 @@ class Settings:
     bars_container: str
     bars_eventhub_name: str
     bars_consumer_group: str
+    train_schedule: str
     bars_storage_connection_string: str | None = None
     bars_storage_blob_service_uri: str | None = None
     bars_storage_client_id: str | None = None
     latest_window: int = 512
     latest_max_attempts: int = 8
+    ml_backend: str = "local"
+    model_name: str = "stockcast-lstm-attention"
+    experiment: str = "stockcast"
+    # local backend (devhost)
+    stockcast_home: str | None = None
+    mlflow_tracking_uri: str | None = None
+    scoring_port: int = 5001
+    train_args: str = ""
+    # Azure ML backend
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    aml_workspace: str | None = None
+    aml_compute: str = "cpu-cluster"
+    aml_bars_datastore: str = "bars"
+    aml_environment_image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+    aml_endpoint: str | None = None
+    aml_instance_type: str = "defaultinstancetype"
+    azure_client_id: str | None = None
 
     @property
     def uses_identity(self) -> bool:
@@ -48,11 +73,33 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
     "bars_container": ("BARS_CONTAINER", str, True),
     "bars_eventhub_name": ("BARS_EVENTHUB_NAME", str, True),
     "bars_consumer_group": ("BARS_CONSUMER_GROUP", str, True),
+    "train_schedule": ("TRAIN_SCHEDULE", str, True),
     "bars_storage_connection_string": ("BarsStorage", str, False),
     "bars_storage_blob_service_uri": ("BarsStorage__blobServiceUri", str, False),
     "bars_storage_client_id": ("BarsStorage__clientId", str, False),
     "latest_window": ("LATEST_WINDOW", _positive_int, False),
     "latest_max_attempts": ("LATEST_MAX_ATTEMPTS", _positive_int, False),
+    "ml_backend": ("ML_BACKEND", _backend, False),
+    "model_name": ("MODEL_NAME", str, False),
+    "experiment": ("EXPERIMENT_NAME", str, False),
+    "stockcast_home": ("STOCKCAST_HOME", str, False),
+    "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI", str, False),
+    "scoring_port": ("SCORING_PORT", _positive_int, False),
+    "train_args": ("TRAIN_ARGS", str, False),
+    "azure_subscription_id": ("AZURE_SUBSCRIPTION_ID", str, False),
+    "azure_resource_group": ("AZURE_RESOURCE_GROUP", str, False),
+    "aml_workspace": ("AML_WORKSPACE", str, False),
+    "aml_compute": ("AML_COMPUTE", str, False),
+    "aml_bars_datastore": ("AML_BARS_DATASTORE", str, False),
+    "aml_environment_image": ("AML_ENVIRONMENT_IMAGE", str, False),
+    "aml_endpoint": ("AML_ENDPOINT", str, False),
+    "aml_instance_type": ("AML_INSTANCE_TYPE", str, False),
+    "azure_client_id": ("AZURE_CLIENT_ID", str, False),
+}
+# what each ML backend cannot run without
+_BACKEND_KEYS = {
+    "aml": ("azure_subscription_id", "azure_resource_group", "aml_workspace", "aml_endpoint"),
+    "local": ("stockcast_home", "mlflow_tracking_uri"),
 }
 
 
@@ -74,6 +121,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             invalid.append(f"{key}={raw!r} ({exc})")
     if not values.get("bars_storage_connection_string") and not values.get("bars_storage_blob_service_uri"):
         missing.append("BarsStorage or BarsStorage__blobServiceUri")
+    backend = values.get("ml_backend", "local")
+    missing.extend(f"{_KEYS[name][0]} (ML_BACKEND={backend})" for name in _BACKEND_KEYS[backend] if name not in values)
     problems = []
     if missing:
         problems.append("missing app settings: " + ", ".join(missing))
@@ -82,6 +131,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if problems:
         raise SettingsError("; ".join(problems))
     return Settings(**values)
+
+
+def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child process of the local backend: this one plus ``overrides``."""
+    return {**os.environ, **overrides}
 
 
 @cache

@@ -12,6 +12,7 @@ from devhost import azurite
 from devhost.runtime import Runtime, prepare
 from functions.ingest.storage import bars_container
 from functions.settings import get_settings
+from functions.train_trigger.processes import free_port
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     saved = dict(os.environ)
     os.environ["STOCKCAST_HOME"] = str(tmp_path_factory.mktemp("stockcast-home"))
     os.environ["STOCKCAST_AZURITE_PORT"] = "0"  # any free port, never the developer's own Azurite
+    os.environ["SCORING_PORT"] = str(free_port())  # nor the developer's scoring server
     os.environ.pop("BarsStorage", None)
     get_settings.cache_clear()
     bars_container.cache_clear()

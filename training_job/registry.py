@@ -1,7 +1,8 @@
 """Model versions and their roles: the ``champion`` and ``challenger`` aliases.
 
-Where the registry refuses aliases (the Azure ML registry may), the same interface falls back to
-a version tag ``role=champion|challenger``.
+Every role is also written as a version tag ``role=champion|challenger|retired``: where the
+registry refuses aliases (the Azure ML registry may) the tags alone carry the roles, and the
+Function App's Azure ML rollout reads them through azure-ai-ml, which does not see MLflow aliases.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class ModelRegistry:
         if not self.uses_tags:
             try:
                 self.client.set_registered_model_alias(self.name, role, version)
-                return
             except MlflowException as exc:
                 log.warning("model=%s registry refuses aliases (%s); using version tags", self.name, exc)
                 self.uses_tags = True

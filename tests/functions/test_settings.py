@@ -6,7 +6,14 @@ import pytest
 
 from functions.settings import SettingsError, load_settings
 
-BASE = {"BARS_CONTAINER": "bars", "BARS_EVENTHUB_NAME": "stock_bars", "BARS_CONSUMER_GROUP": "ingest"}
+BASE = {
+    "BARS_CONTAINER": "bars",
+    "BARS_EVENTHUB_NAME": "stock_bars",
+    "BARS_CONSUMER_GROUP": "ingest",
+    "TRAIN_SCHEDULE": "0 */15 * * * *",
+    "STOCKCAST_HOME": "/tmp/x",
+    "MLFLOW_TRACKING_URI": "sqlite:////tmp/x/mlflow.db",
+}
 
 
 def test_defaults_and_connection_string():
@@ -28,8 +35,26 @@ def test_every_missing_key_is_named():
     with pytest.raises(SettingsError) as err:
         load_settings({"BARS_CONTAINER": "bars"})
     message = str(err.value)
-    for key in ("BARS_EVENTHUB_NAME", "BARS_CONSUMER_GROUP", "BarsStorage or BarsStorage__blobServiceUri"):
+    for key in (
+        "BARS_EVENTHUB_NAME",
+        "BARS_CONSUMER_GROUP",
+        "TRAIN_SCHEDULE",
+        "BarsStorage or BarsStorage__blobServiceUri",
+    ):
         assert key in message
+
+
+def test_backend_keys_are_required_only_for_that_backend():
+    """ML_BACKEND=aml needs the workspace and endpoint; local needs its home and MLflow store."""
+    with pytest.raises(SettingsError) as err:
+        load_settings({**BASE, "BarsStorage": "x", "ML_BACKEND": "aml"})
+    for key in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AML_WORKSPACE", "AML_ENDPOINT"):
+        assert f"{key} (ML_BACKEND=aml)" in str(err.value)
+    local = {k: v for k, v in BASE.items() if k != "STOCKCAST_HOME"}
+    with pytest.raises(SettingsError, match=r"STOCKCAST_HOME \(ML_BACKEND=local\)"):
+        load_settings({**local, "BarsStorage": "x"})
+    with pytest.raises(SettingsError, match="ML_BACKEND='gpu'"):
+        load_settings({**BASE, "BarsStorage": "x", "ML_BACKEND": "gpu"})
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many"])

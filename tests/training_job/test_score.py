@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from devhost import scoring
 from functions.ingest.airbyte import decode_batch, events_from_bodies
 from functions.ingest.bars import to_parquet, true_bars
+from functions.train_trigger import local_rollout as scoring
+from functions.train_trigger.processes import free_port
 from tests.factories import message, table_bars
 from training_job.data import read_bars
 
@@ -31,8 +32,10 @@ def server(trained, tmp_path_factory):
             f"models:/{trained.config.model_name}@champion", dst_path=str(tmp_path_factory.mktemp("model"))
         )
     )
-    port = scoring.free_port()
-    proc = scoring.start(model_dir, port, trained.config.model_name, "1", tmp_path_factory.mktemp("logs") / "score.log")
+    port = free_port()
+    proc = scoring.start_scoring_server(
+        model_dir, port, trained.config.model_name, "1", tmp_path_factory.mktemp("logs") / "score.log"
+    )
     try:
         info = scoring.wait_healthy(port, proc)
         yield f"http://127.0.0.1:{port}/score", info

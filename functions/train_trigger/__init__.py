@@ -1,0 +1,1 @@
+"""Timer orchestration: submit the training job, roll the champion out to the endpoint."""

@@ -1,0 +1,153 @@
+"""Local rollout: serve the champion with ``azmlinfsrv`` on ``training_job/score.py``.
+
+The champion is read from the local MLflow registry (alias, else the ``role`` tag); its model is
+downloaded into ``$STOCKCAST_HOME/serving/<version>/`` and the scoring server is (re)started on
+the configured port. The serving state lives in ``serving/current.json``, so any tick (or
+``devhost stop``) can see and repair it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from functions.settings import Settings, child_environment
+from functions.train_trigger.processes import alive, stop_group
+
+log = logging.getLogger(__name__)
+ENTRY_SCRIPT = Path(__file__).resolve().parents[2] / "training_job" / "score.py"
+
+
+def start_scoring_server(model_dir: Path, port: int, name: str, version: str, log_path: Path) -> subprocess.Popen:
+    """Start ``azmlinfsrv`` for the MLflow model in ``model_dir``; returns at once."""
+    env = child_environment(
+        {
+            "AZUREML_MODEL_DIR": str(model_dir),
+            "STOCKCAST_MODEL_NAME": name,
+            "STOCKCAST_MODEL_VERSION": str(version),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("azmlinfsrv")),
+                "--entry_script",
+                str(ENTRY_SCRIPT),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def scoring_info(port: int, timeout: float = 2.0) -> dict | None:
+    """What the scoring server on ``port`` serves (``GET /score``), or None if it does not answer."""
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/score", timeout=timeout)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def wait_healthy(port: int, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> dict:
+    """Wait until the server has loaded its model; return what it reports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"scoring server exited with {proc.returncode}")
+        info = scoring_info(port)
+        if info is not None:
+            return info
+        time.sleep(0.25)
+    raise TimeoutError(f"scoring server on port {port} not healthy after {timeout:.0f}s")
+
+
+def champion_version(tracking_uri: str, model_name: str) -> str | None:
+    """The champion's version in the local registry: the alias, else the ``role`` tag."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(model_name, "champion").version)
+    except MlflowException:
+        pass
+    try:
+        found = client.search_model_versions(f"name='{model_name}' and tag.role='champion'")
+    except MlflowException:
+        return None
+    return max((str(v.version) for v in found), key=int, default=None)
+
+
+def serving_state(home: Path) -> dict | None:
+    """The scoring server recorded under ``home``, if its process still runs."""
+    state_file = home / "serving" / "current.json"
+    if not state_file.exists():
+        return None
+    state = orjson.loads(state_file.read_bytes())
+    return state if alive(state["pid"]) else None
+
+
+def stop_serving(home: Path) -> bool:
+    """Stop the scoring server recorded under ``home``; return whether one was running."""
+    state = serving_state(home)
+    (home / "serving" / "current.json").unlink(missing_ok=True)
+    if state is None:
+        return False
+    stop_group(state["pid"])
+    return True
+
+
+class LocalRollout:
+    """Makes the local scoring server serve the champion."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = Path(str(settings.stockcast_home))
+        self.serving = self.home / "serving"
+        self.state_file = self.serving / "current.json"
+
+    def reconcile(self, tick_id: str) -> str:
+        """Serve the champion; returns what it found or did."""
+        s = self.settings
+        version = champion_version(str(s.mlflow_tracking_uri), s.model_name)
+        if version is None:
+            return "no champion yet"
+        state = serving_state(self.home)
+        if state and state["version"] == version and scoring_info(s.scoring_port):
+            return f"serving v{version}"
+        model_dir = self._download(version)
+        if state:
+            log.info("tick=%s stopping v%s on port %d", tick_id, state["version"], state["port"])
+            stop_group(state["pid"])
+        proc = start_scoring_server(model_dir, s.scoring_port, s.model_name, version, self.serving / "azmlinfsrv.log")
+        self.serving.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_bytes(orjson.dumps({"pid": proc.pid, "port": s.scoring_port, "version": version}))
+        info = wait_healthy(s.scoring_port, proc)
+        log.info("tick=%s serving %s on port %d", tick_id, info["model"], s.scoring_port)
+        return f"rolled out v{version}"
+
+    def _download(self, version: str) -> Path:
+        import mlflow.artifacts
+
+        target = self.serving / version
+        if not any(target.rglob("MLmodel")):
+            target.mkdir(parents=True, exist_ok=True)
+            uri = f"models:/{self.settings.model_name}/{version}"
+            path = mlflow.artifacts.download_artifacts(
+                uri, dst_path=str(target), tracking_uri=self.settings.mlflow_tracking_uri
+            )
+            log.info("downloaded %s to %s", uri, path)
+        return target
