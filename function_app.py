@@ -3,8 +3,10 @@
 import azure.functions as func
 
 from functions.ingest.blueprint import bp as ingest_bp
+from functions.predict.blueprint import bp as predict_bp
 from functions.train_trigger.blueprint import bp as train_trigger_bp
 
-app = func.FunctionApp()
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest_bp)
 app.register_functions(train_trigger_bp)
+app.register_functions(predict_bp)

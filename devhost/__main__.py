@@ -154,6 +154,68 @@ def _train() -> dict | None:
     return summary
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import httpx
+
+    from devhost.host import Host
+    from devhost.http import HttpHost, route_prefix
+    from devhost.runtime import prepare
+    from devhost.up import running_up
+
+    runtime = prepare()
+    up = running_up(runtime.home)
+    local = None
+    if up:
+        base = f"http://127.0.0.1:{up['port']}/{route_prefix()}"
+    else:  # nothing running: serve the HTTP functions in-process for this one call
+        local = HttpHost(Host(), 0).start()
+        base = local.base_url
+    try:
+        response = httpx.get(f"{base}/predict/{args.symbol}", timeout=30)
+    finally:
+        if local:
+            local.stop()
+    body = response.json()
+    if response.status_code != 200:
+        console.print(f"[red]{response.status_code}[/] {body['error']['code']}: {body['error']['message']}")
+        return 1
+    table = Table(title=f"forecast via {base} ({'devhost up' if up else 'in-process'})")
+    for column in ("symbol", "last close", "forecast", "as of", "target minute", "model"):
+        table.add_column(column)
+    table.add_row(
+        body["symbol"],
+        f"{body['last_close']:.4f}",
+        f"{body['predicted_close']:.4f}",
+        body["as_of"],
+        body["target_ts"],
+        f"{body['model']['name']} v{body['model']['version']}",
+    )
+    console.print(table)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    import threading
+
+    from devhost.runtime import prepare
+    from devhost.up import running_up, serve
+
+    if args.schedule:
+        os.environ["TRAIN_SCHEDULE"] = args.schedule
+    runtime = prepare()
+    if running_up(runtime.home):
+        console.print(f"devhost up is already running for {runtime.home}")
+        return 1
+    stop = threading.Event()
+    console.print(f"serving http://127.0.0.1:{args.port}/api/predict/{{symbol}}; timer: {os.environ['TRAIN_SCHEDULE']}")
+    console.print("Ctrl-C stops it")
+    try:
+        serve(runtime.home, args.port, stop, on_tick=lambda due: console.print(f"timer fired ({due:%H:%M:%S})"))
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if _train() else 1
 
@@ -256,6 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="fire the timer once, wait for the local job and the rollout")
     p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("predict", help="GET /api/predict/SYMBOL through the HTTP function")
+    p.add_argument("symbol")
+    p.set_defaults(run=_cmd_predict)
+
+    p = sub.add_parser("up", help="serve the HTTP functions and fire the timers until Ctrl-C")
+    p.add_argument("--port", type=int, default=7071)
+    p.add_argument("--schedule", help="override TRAIN_SCHEDULE (NCRONTAB, e.g. '0 */2 * * * *')")
+    p.set_defaults(run=_cmd_up)
 
     p = sub.add_parser("stop", help="stop everything devhost started for $STOCKCAST_HOME")
     p.set_defaults(run=_cmd_stop)

@@ -23,6 +23,12 @@ def _backend(raw: str) -> str:
     return raw
 
 
+def _scoring_auth(raw: str) -> str:
+    if raw not in ("none", "key", "aml_token"):
+        raise ValueError("must be 'none', 'key' or 'aml_token'")
+    return raw
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
@@ -51,6 +57,13 @@ class Settings:
     mlflow_tracking_uri: str | None = None
     scoring_port: int = 5001
     train_args: str = ""
+    # predict
+    scoring_url: str | None = None
+    scoring_auth: str = "none"
+    scoring_timeout_s: float = 5.0
+    scoring_retries: int = 2
+    predict_history_bars: int = 120
+    predict_max_bars: int = 5000
     # Azure ML backend
     azure_subscription_id: str | None = None
     azure_resource_group: str | None = None
@@ -61,6 +74,11 @@ class Settings:
     aml_endpoint: str | None = None
     aml_instance_type: str = "defaultinstancetype"
     azure_client_id: str | None = None
+
+    @property
+    def scoring_endpoint(self) -> str:
+        """Where predict sends scoring requests: SCORING_URL, else the local scoring server."""
+        return self.scoring_url or f"http://127.0.0.1:{self.scoring_port}/score"
 
     @property
     def uses_identity(self) -> bool:
@@ -86,6 +104,12 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
     "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI", str, False),
     "scoring_port": ("SCORING_PORT", _positive_int, False),
     "train_args": ("TRAIN_ARGS", str, False),
+    "scoring_url": ("SCORING_URL", str, False),
+    "scoring_auth": ("SCORING_AUTH", _scoring_auth, False),
+    "scoring_timeout_s": ("SCORING_TIMEOUT_SECONDS", float, False),
+    "scoring_retries": ("SCORING_RETRIES", int, False),
+    "predict_history_bars": ("PREDICT_HISTORY_BARS", _positive_int, False),
+    "predict_max_bars": ("PREDICT_MAX_BARS", _positive_int, False),
     "azure_subscription_id": ("AZURE_SUBSCRIPTION_ID", str, False),
     "azure_resource_group": ("AZURE_RESOURCE_GROUP", str, False),
     "aml_workspace": ("AML_WORKSPACE", str, False),

@@ -1,0 +1,1 @@
+"""HTTP predictions: validate, fetch bars, call the scoring endpoint, shape the answer."""

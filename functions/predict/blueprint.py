@@ -1,0 +1,101 @@
+"""HTTP trigger: ``GET /api/predict/{symbol}`` and ``POST /api/predict`` (behind API Management)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import azure.functions as func
+import pyarrow.compute as pc
+from azure.core.exceptions import ResourceNotFoundError
+
+from functions.ingest.bars import from_parquet
+from functions.ingest.latest import latest_blob_name
+from functions.ingest.storage import bars_container
+from functions.predict.client import UNAVAILABLE, scoring_client
+from functions.predict.requests import ApiError, forecast_body, parse_post, parse_symbol
+from functions.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+bp = func.Blueprint()
+MAX_BODY_BYTES = 2_000_000
+JSON = "application/json"
+
+
+def _latest_bars(settings: Settings, symbol: str) -> list[dict]:
+    """The newest bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records."""
+    try:
+        data = bars_container(settings).download_blob(latest_blob_name(symbol)).readall()
+    except ResourceNotFoundError:
+        raise ApiError(404, "unknown_symbol", f"no bars stored for {symbol}") from None
+    table = from_parquet(data)
+    table = table.slice(max(0, table.num_rows - settings.predict_history_bars))
+    ts = pc.cast(table.column("ts"), "int64").to_pylist()
+    cols = {k: table.column(k).to_pylist() for k in ("open", "high", "low", "close", "volume")}
+    return [
+        {"symbol": symbol, "ts": t, "open": o, "high": h, "low": lo, "close": c, "volume": v}
+        for t, o, h, lo, c, v in zip(
+            ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"], strict=True
+        )
+    ]
+
+
+def _answer(symbol: str, bars: list[dict], settings: Settings, request_id: str, started: float) -> func.HttpResponse:
+    scored, endpoint_s = scoring_client(settings).score(bars, request_id)
+    body = forecast_body(symbol, scored, float(bars[-1]["close"]))
+    total = time.perf_counter() - started
+    log.info(
+        "request=%s symbol=%s bars=%d total_ms=%.2f endpoint_ms=%.2f overhead_ms=%.2f",
+        request_id,
+        symbol,
+        len(bars),
+        total * 1000,
+        endpoint_s * 1000,
+        (total - endpoint_s) * 1000,
+    )
+    headers = {
+        "x-request-id": request_id,
+        "server-timing": f"endpoint;dur={endpoint_s * 1000:.2f}, total;dur={total * 1000:.2f}",
+    }
+    return func.HttpResponse(body, status_code=200, mimetype=JSON, headers=headers)
+
+
+def _error(err: ApiError, request_id: str) -> func.HttpResponse:
+    log.info("request=%s error status=%d code=%s %s", request_id, err.status, err.code, err.message)
+    headers = {"x-request-id": request_id, **dict(err.headers)}
+    return func.HttpResponse(err.body(), status_code=err.status, mimetype=JSON, headers=headers)
+
+
+def _handle(req: func.HttpRequest, post: bool) -> func.HttpResponse:
+    started = time.perf_counter()
+    request_id = req.headers.get("x-request-id") or uuid.uuid4().hex
+    try:
+        settings = get_settings()
+        if post:
+            symbol, bars = parse_post(req.get_body(), settings.predict_max_bars, MAX_BODY_BYTES)
+        else:
+            symbol = parse_symbol(req.route_params.get("symbol"))
+            bars = _latest_bars(settings, symbol)
+        return _answer(symbol, bars, settings, request_id, started)
+    except ApiError as err:
+        return _error(err, request_id)
+    except Exception:  # the API answers JSON even for what it did not foresee
+        log.exception("request=%s failed", request_id)
+        return _error(
+            ApiError(503, "internal_error", "the request could not be served; retry later", UNAVAILABLE), request_id
+        )
+
+
+@bp.function_name("predict_symbol")
+@bp.route(route="predict/{symbol}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def predict_symbol(req: func.HttpRequest) -> func.HttpResponse:
+    """Forecast the next close of a symbol from its stored latest bars."""
+    return _handle(req, post=False)
+
+
+@bp.function_name("predict_bars")
+@bp.route(route="predict", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def predict_bars(req: func.HttpRequest) -> func.HttpResponse:
+    """Forecast the next close from bars sent in the request."""
+    return _handle(req, post=True)

@@ -1,0 +1,91 @@
+"""Pure validation of predict requests and shaping of answers and errors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from functions.ingest.bars import SYMBOL_PATTERN
+
+BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
+
+
+@dataclass(frozen=True)
+class ApiError(Exception):
+    """An error answer: HTTP status, machine-readable code, message, optional headers."""
+
+    status: int
+    code: str
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def body(self) -> bytes:
+        """The JSON error document."""
+        return orjson.dumps({"error": {"code": self.code, "message": self.message}})
+
+
+def parse_symbol(raw: str | None) -> str:
+    """Upper-case and check a symbol against the bar contract's pattern."""
+    symbol = (raw or "").strip().upper()
+    if not SYMBOL_PATTERN.match(symbol):
+        raise ApiError(400, "invalid_symbol", f"symbol {raw!r} does not match {SYMBOL_PATTERN.pattern}")
+    return symbol
+
+
+def _number(bar: dict, name: str, index: int) -> float:
+    value = bar.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ApiError(400, "invalid_bar", f"bars[{index}].{name} must be a finite number")
+    return float(value)
+
+
+def parse_post(body: bytes, max_bars: int, max_bytes: int) -> tuple[str, list[dict[str, Any]]]:
+    """Validate ``{"symbol", "bars": [...]}``; returns the symbol and normalised bars."""
+    if len(body) > max_bytes:
+        raise ApiError(413, "too_large", f"request body over {max_bytes} bytes")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed", f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "malformed", 'body must be an object {"symbol": ..., "bars": [...]}')
+    symbol = parse_symbol(doc.get("symbol") if isinstance(doc.get("symbol"), str) else None)
+    bars = doc.get("bars")
+    if not isinstance(bars, list) or not bars:
+        raise ApiError(400, "malformed", "bars must be a non-empty list")
+    if len(bars) > max_bars:
+        raise ApiError(413, "too_large", f"at most {max_bars} bars per request, got {len(bars)}")
+    out = []
+    for i, bar in enumerate(bars):
+        if not isinstance(bar, dict):
+            raise ApiError(400, "invalid_bar", f"bars[{i}] must be an object")
+        ts = bar.get("ts")
+        if not (isinstance(ts, str) and ts) and (isinstance(ts, bool) or not isinstance(ts, int)):
+            raise ApiError(400, "invalid_bar", f"bars[{i}].ts must be an ISO 8601 time or unix seconds")
+        o, h, lo, c = (_number(bar, k, i) for k in ("open", "high", "low", "close"))
+        v = _number(bar, "volume", i)
+        if min(o, h, lo, c) <= 0 or v < 0 or lo > min(o, c) or max(o, c) > h:
+            raise ApiError(400, "invalid_bar", f"bars[{i}]: need prices > 0, low <= open/close <= high, volume >= 0")
+        out.append({"symbol": symbol, "ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v})
+    return symbol, out
+
+
+def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> bytes:
+    """The 200 answer from the scoring endpoint's response."""
+    rows = [r for r in scored.get("forecasts", []) if r.get("symbol") == symbol]
+    if not rows:
+        raise ApiError(503, "endpoint_error", "the scoring endpoint returned no forecast", (("Retry-After", "5"),))
+    row = rows[0]
+    return orjson.dumps(
+        {
+            "symbol": symbol,
+            "as_of": row["as_of"],
+            "target_ts": row["target_ts"],
+            "predicted_close": row["predicted_close"],
+            "last_close": last_close,
+            "model": scored.get("model", {"name": "unknown", "version": "unknown"}),
+        }
+    )
