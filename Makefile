@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint format test demo bench stop clean
+.PHONY: setup lint format test demo up train predict bench stop clean
 
 setup: $(STAMP) node_modules/.installed
 
@@ -32,10 +32,17 @@ test: setup lint
 demo: setup
 	$(PY) -m devhost demo
 
+up: setup
+	$(PY) -m devhost up
+
+train: setup
+	$(PY) -m devhost train
+
 bench: setup
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/score.py
+	$(PY) benchmarks/predict.py
 
 stop: setup
 	$(PY) -m devhost stop

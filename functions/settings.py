@@ -62,7 +62,8 @@ class Settings:
     scoring_auth: str = "none"
     scoring_timeout_s: float = 5.0
     scoring_retries: int = 2
-    predict_history_bars: int = 120
+    predict_history_bars: int = 90
+    predict_cache_seconds: float = 2.0
     predict_max_bars: int = 5000
     # Azure ML backend
     azure_subscription_id: str | None = None
@@ -109,6 +110,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
     "scoring_timeout_s": ("SCORING_TIMEOUT_SECONDS", float, False),
     "scoring_retries": ("SCORING_RETRIES", int, False),
     "predict_history_bars": ("PREDICT_HISTORY_BARS", _positive_int, False),
+    "predict_cache_seconds": ("PREDICT_CACHE_SECONDS", float, False),
     "predict_max_bars": ("PREDICT_MAX_BARS", _positive_int, False),
     "azure_subscription_id": ("AZURE_SUBSCRIPTION_ID", str, False),
     "azure_resource_group": ("AZURE_RESOURCE_GROUP", str, False),

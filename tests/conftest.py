@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import mlflow
 import pytest
 from azure.storage.blob import ContainerClient
 
 from devhost import azurite
+from devhost.feed import FeedConfig, write_bars
 from devhost.runtime import Runtime, prepare
 from functions.ingest.storage import bars_container
 from functions.settings import get_settings
+from functions.train_trigger import local_rollout
 from functions.train_trigger.processes import free_port
+from training_job.config import TrainConfig
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +48,89 @@ def container(runtime: Runtime) -> ContainerClient:
     for blob in runtime.container.list_blobs():
         runtime.container.delete_blob(blob.name)
     return runtime.container
+
+
+@contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a while; set_tracking_uri also rewrites the env var."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(previous)
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+TINY = dict(epochs=2, units=8, window=20, batch_size=128, min_windows_per_symbol=100, patience=2)
+
+
+@dataclass
+class Trained:
+    """Two runs against one registry: a normal one and a deliberately crippled one."""
+
+    home: Path
+    tracking_uri: str
+    config: TrainConfig
+    first: dict
+    second: dict
+
+
+@pytest.fixture(scope="session")
+def bars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two trading days of bars for three symbols, written by the ingest code."""
+    folder = tmp_path_factory.mktemp("bars")
+    write_bars(FeedConfig(symbols=("AAA", "BBB", "CCC"), days=2, seed=3), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory, bars_dir: Path) -> Iterator[Trained]:
+    """Train twice against a private MLflow store: v1 promotes, crippled v2 must be retained."""
+    from training_job.train import run
+
+    home = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{home}/mlflow.db"
+    cwd = Path.cwd()
+    os.chdir(home)  # MLflow's default artifact root is relative to the working directory
+    try:
+        with mlflow_store(uri):
+            cfg = TrainConfig(bars=bars_dir, experiment="tests", summary_out=home / "first.json", **TINY)
+            first = run(cfg)
+            crippled = replace(cfg, learning_rate=5.0, units=2, epochs=1, summary_out=home / "second.json")
+            second = run(crippled)
+    finally:
+        os.chdir(cwd)
+    yield Trained(home, uri, cfg, first, second)
+
+
+@dataclass
+class Served:
+    """The champion of ``trained`` behind azmlinfsrv, as the endpoint would serve it."""
+
+    url: str
+    port: int
+    info: dict
+
+
+@pytest.fixture(scope="session")
+def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Azmlinfsrv on SCORING_PORT serving the trained champion (v1)."""
+    with mlflow_store(trained.tracking_uri):  # models:/ URIs resolve through the global registry URI
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{trained.config.model_name}@champion", dst_path=str(tmp_path_factory.mktemp("model"))
+            )
+        )
+    port = int(os.environ["SCORING_PORT"])
+    log = tmp_path_factory.mktemp("logs") / "score.log"
+    proc = local_rollout.start_scoring_server(model_dir, port, trained.config.model_name, "1", log)
+    try:
+        info = local_rollout.wait_healthy(port, proc)
+        yield Served(f"http://127.0.0.1:{port}/score", port, info)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -23,7 +24,28 @@ MAX_BODY_BYTES = 2_000_000
 JSON = "application/json"
 
 
+_cache: dict[str, tuple[float, list[dict]]] = {}
+_cache_lock = threading.Lock()
+
+
 def _latest_bars(settings: Settings, symbol: str) -> list[dict]:
+    """The newest bars of ``symbol``, read through a short per-process cache.
+
+    Bars change once a minute, so re-reading the blob for every request only adds a storage
+    round trip; ``PREDICT_CACHE_SECONDS`` (default 2 s) bounds how stale an answer can be.
+    """
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(symbol)
+    if hit and hit[0] > now:
+        return hit[1]
+    bars = _read_latest(settings, symbol)
+    with _cache_lock:
+        _cache[symbol] = (now + settings.predict_cache_seconds, bars)
+    return bars
+
+
+def _read_latest(settings: Settings, symbol: str) -> list[dict]:
     """The newest bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records."""
     try:
         data = bars_container(settings).download_blob(latest_blob_name(symbol)).readall()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import signal
 from pathlib import Path
 
 import httpx
-import mlflow
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,33 +13,16 @@ import pytest
 
 from functions.ingest.airbyte import decode_batch, events_from_bodies
 from functions.ingest.bars import to_parquet, true_bars
-from functions.train_trigger import local_rollout as scoring
-from functions.train_trigger.processes import free_port
 from tests.factories import message, table_bars
 from training_job.data import read_bars
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    """Azmlinfsrv on a free port serving the champion, as the endpoint would."""
-    mlflow.set_tracking_uri(trained.tracking_uri)
-    model_dir = Path(
-        mlflow.artifacts.download_artifacts(
-            f"models:/{trained.config.model_name}@champion", dst_path=str(tmp_path_factory.mktemp("model"))
-        )
-    )
-    port = free_port()
-    proc = scoring.start_scoring_server(
-        model_dir, port, trained.config.model_name, "1", tmp_path_factory.mktemp("logs") / "score.log"
-    )
-    try:
-        info = scoring.wait_healthy(port, proc)
-        yield f"http://127.0.0.1:{port}/score", info
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+@pytest.fixture
+def server(champion_server):
+    """The champion served by azmlinfsrv."""
+    return champion_server.url, champion_server.info
 
 
 def recent_bars(bars_dir: Path, symbol: str, n: int) -> list[dict]:

@@ -15,6 +15,7 @@ from functions.ingest.storage import bars_container
 from functions.settings import get_settings
 from functions.train_trigger.local_jobs import LocalSubmitter, running_job
 from functions.train_trigger.local_rollout import LocalRollout, serving_state, stop_serving
+from functions.train_trigger.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_two_ticks_one_job_then_rollout_serves_the_champion(container, runtime, monkeypatch):
     """Tick 1 starts the job, tick 2 finds it running; once done, the rollout serves its version."""
     monkeypatch.setenv("TRAIN_ARGS", "--epochs 1 --units 4 --window 20 --min-windows-per-symbol 50")
+    monkeypatch.setenv("SCORING_PORT", str(free_port()))  # the session's champion server keeps its own port
     get_settings.cache_clear()
     try:
         replay(

@@ -1,0 +1,156 @@
+"""End-to-end predict latency: 2,000 requests, 8 at a time, over loopback through devhost → azmlinfsrv.
+
+Set-up (not timed): Azurite in a temporary home, one day of bars for five symbols replayed through
+ingest, a small model trained and served by azmlinfsrv, and ``devhost up`` in its own process.
+Requests are ``GET /api/predict/{symbol}``; each answer's ``server-timing`` header gives the
+function's time and the endpoint's, so the function's own overhead is their difference.
+Prints the figures, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
+
+REQUESTS, CONCURRENCY = 2000, 8
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOG")
+
+
+def _timing(header: str) -> dict[str, float]:
+    parts = (p.strip().split(";dur=") for p in header.split(","))
+    return {name: float(value) for name, value in parts}
+
+
+def main() -> None:
+    """Set up the local stack, fire the requests, print the figures."""
+    home = Path(tempfile.mkdtemp(prefix="stockcast-bench-"))
+    os.environ.update({"STOCKCAST_HOME": str(home), "STOCKCAST_AZURITE_PORT": "0"})
+    from devhost import azurite
+    from devhost.feed import FeedConfig, generate
+    from devhost.host import Host
+    from devhost.replay import make_batches, replay
+    from devhost.runtime import prepare
+    from functions.train_trigger.local_rollout import start_scoring_server, wait_healthy
+    from functions.train_trigger.processes import free_port, stop_group
+    from training_job import data, evaluate
+    from training_job.config import TrainConfig
+    from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel
+    from training_job.model import fit
+    from training_job.train import build_windows
+
+    runtime = prepare()
+    scoring_port, http_port = free_port(), free_port()
+    bodies = list(generate(FeedConfig(symbols=SYMBOLS, days=2, seed=9)))
+    replay(Host(), make_batches(bodies, 4, 64, 0))
+    cfg = TrainConfig(epochs=2)
+    bars_dir = home / "bars"
+    from devhost.feed import write_bars
+
+    write_bars(FeedConfig(symbols=SYMBOLS, days=2, seed=9), bars_dir)
+    windows, _ = build_windows(data.read_bars(bars_dir), cfg)
+    split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
+    tr, va = windows.take(split.train), windows.take(split.validation)
+    result = fit(
+        tr.x,
+        tr.y,
+        va.x,
+        va.y,
+        units=cfg.units,
+        learning_rate=cfg.learning_rate,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        patience=cfg.patience,
+        seed=cfg.seed,
+    )
+    fdir = Forecaster.save(
+        result.model, ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes), home / "forecaster"
+    )
+    model_dir = home / "model"
+    mlflow.pyfunc.save_model(
+        model_dir,
+        python_model=ForecasterModel(),
+        artifacts={"forecaster": str(fdir)},
+        code_paths=[str(ROOT / "training_job")],
+        pip_requirements=["mlflow"],
+    )
+    scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log")
+    env = {**os.environ, "SCORING_PORT": str(scoring_port), "PYTHONPATH": str(ROOT)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "up", "--port", str(http_port), "--schedule", "0 0 0 1 1 *"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_healthy(scoring_port, scorer)
+        base = f"http://127.0.0.1:{http_port}/api/predict"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/AAPL", timeout=10).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        with httpx.Client(limits=httpx.Limits(max_connections=CONCURRENCY), timeout=30) as client:
+            for s in SYMBOLS * 10:  # warm-up
+                client.get(f"{base}/{s}")
+
+            def one(i: int) -> tuple[float, int, float | None]:
+                start = time.perf_counter()
+                response = client.get(f"{base}/{SYMBOLS[i % len(SYMBOLS)]}")
+                elapsed = time.perf_counter() - start
+                timing = _timing(response.headers["server-timing"]) if "server-timing" in response.headers else None
+                overhead = timing["total"] - timing["endpoint"] if timing else None
+                return elapsed, response.status_code, overhead
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                results = list(pool.map(one, range(REQUESTS)))
+            wall = time.perf_counter() - started
+    finally:
+        for proc in (up, scorer):
+            stop_group(proc.pid)
+        azurite.stop(runtime.home)
+    latency = np.array([r[0] for r in results]) * 1000
+    errors = sum(1 for r in results if r[1] != 200)
+    overhead = np.array([r[2] for r in results if r[2] is not None])
+    p50, p99 = float(np.percentile(latency, 50)), float(np.percentile(latency, 99))
+    o50 = float(np.percentile(overhead, 50)) if len(overhead) else float("nan")
+    print(
+        f"{REQUESTS} requests, {CONCURRENCY} at a time, GET /api/predict/{{symbol}} over loopback: "
+        f"{REQUESTS / wall:.0f} req/s"
+    )
+    print(f"end to end: p50 {p50:.2f} ms, p99 {p99:.2f} ms; errors: {errors}")
+    print(f"function overhead (its time minus the endpoint's): p50 {o50:.2f} ms")
+    print(
+        json.dumps(
+            {
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+                "overhead_p50_ms": round(o50, 2),
+                "requests": REQUESTS,
+                "errors": errors,
+            }
+        )
+    )
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+if __name__ == "__main__":
+    main()
