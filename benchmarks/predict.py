@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 
 REQUESTS, CONCURRENCY = 2000, 8
@@ -39,54 +38,24 @@ def main() -> None:
     """Set up the local stack, fire the requests, print the figures."""
     home = Path(tempfile.mkdtemp(prefix="stockcast-bench-"))
     os.environ.update({"STOCKCAST_HOME": str(home), "STOCKCAST_AZURITE_PORT": "0"})
+    from common import save_pyfunc, train_small  # benchmarks/common.py, beside this script
+
     from devhost import azurite
-    from devhost.feed import FeedConfig, generate
+    from devhost.feed import FeedConfig, generate, write_bars
     from devhost.host import Host
     from devhost.replay import make_batches, replay
     from devhost.runtime import prepare
     from functions.train_trigger.local_rollout import start_scoring_server, wait_healthy
     from functions.train_trigger.processes import free_port, stop_group
-    from training_job import data, evaluate
     from training_job.config import TrainConfig
-    from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel
-    from training_job.model import fit
-    from training_job.train import build_windows
 
     runtime = prepare()
     scoring_port, http_port = free_port(), free_port()
     bodies = list(generate(FeedConfig(symbols=SYMBOLS, days=2, seed=9)))
     replay(Host(), make_batches(bodies, 4, 64, 0))
     cfg = TrainConfig(epochs=2)
-    bars_dir = home / "bars"
-    from devhost.feed import write_bars
-
-    write_bars(FeedConfig(symbols=SYMBOLS, days=2, seed=9), bars_dir)
-    windows, _ = build_windows(data.read_bars(bars_dir), cfg)
-    split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
-    tr, va = windows.take(split.train), windows.take(split.validation)
-    result = fit(
-        tr.x,
-        tr.y,
-        va.x,
-        va.y,
-        units=cfg.units,
-        learning_rate=cfg.learning_rate,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        patience=cfg.patience,
-        seed=cfg.seed,
-    )
-    fdir = Forecaster.save(
-        result.model, ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes), home / "forecaster"
-    )
-    model_dir = home / "model"
-    mlflow.pyfunc.save_model(
-        model_dir,
-        python_model=ForecasterModel(),
-        artifacts={"forecaster": str(fdir)},
-        code_paths=[str(ROOT / "training_job")],
-        pip_requirements=["mlflow"],
-    )
+    write_bars(FeedConfig(symbols=SYMBOLS, days=2, seed=9), home / "bars")
+    model_dir = save_pyfunc(train_small(home / "bars", cfg), cfg, home)
     scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log")
     env = {**os.environ, "SCORING_PORT": str(scoring_port), "PYTHONPATH": str(ROOT)}
     up = subprocess.Popen(

@@ -19,18 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-import mlflow.pyfunc
 import numpy as np
 import orjson
+from common import save_pyfunc, train_small  # benchmarks/common.py, beside this script
 
 from devhost.feed import FeedConfig, write_bars
 from functions.train_trigger import local_rollout as scoring
 from functions.train_trigger.processes import free_port
-from training_job import data, evaluate
+from training_job import data
 from training_job.config import TrainConfig
-from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel
-from training_job.model import fit
-from training_job.train import build_windows
+from training_job.forecaster import ForecasterMeta
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -56,31 +54,9 @@ def main() -> None:
         tmp_path = Path(tmp)
         write_bars(FeedConfig(days=3, seed=5), tmp_path / "bars")
         bars = data.read_bars(tmp_path / "bars")
-        windows, _ = build_windows(bars, cfg)
-        split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
-        tr, va = windows.take(split.train), windows.take(split.validation)
-        result = fit(
-            tr.x,
-            tr.y,
-            va.x,
-            va.y,
-            units=cfg.units,
-            learning_rate=cfg.learning_rate,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            patience=cfg.patience,
-            seed=cfg.seed,
-        )
+        result = train_small(tmp_path / "bars", cfg)
         meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
-        fdir = Forecaster.save(result.model, meta, tmp_path / "forecaster")
-        model_dir = tmp_path / "model"
-        mlflow.pyfunc.save_model(
-            model_dir,
-            python_model=ForecasterModel(),
-            artifacts={"forecaster": str(fdir)},
-            code_paths=[str(Path(__file__).resolve().parents[1] / "training_job")],
-            pip_requirements=["mlflow"],
-        )
+        model_dir = save_pyfunc(result, cfg, tmp_path)
         rows = bars[bars["symbol"] == "AAPL"].tail(meta.bars_needed + 10)
         payload = {
             "bars": [

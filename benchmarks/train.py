@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,11 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from devhost.feed import FeedConfig, write_bars
-from training_job import data, evaluate
+from training_job import evaluate
 from training_job.config import TrainConfig
 from training_job.features import Windows
-from training_job.model import fit
-from training_job.train import build_windows
+from training_job.train import fit_model, prepare
 
 
 def decision_rmse(model: object, dec: Windows) -> float:
@@ -39,22 +39,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_bars(FeedConfig(days=5, seed=11), tmp)
         start = time.perf_counter()
-        bars = data.read_bars(Path(tmp))
-        windows, _ = build_windows(bars, cfg)
-        split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
-        train, val, dec = (windows.take(i) for i in (split.train, split.validation, split.decision))
-        ours = fit(
-            train.x,
-            train.y,
-            val.x,
-            val.y,
-            units=cfg.units,
-            learning_rate=cfg.learning_rate,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            patience=cfg.patience,
-            seed=cfg.seed,
-        )
+        prepared = prepare(Path(tmp), cfg)
+        bars, windows, split = prepared.bars, prepared.windows, prepared.split
+        train, val, dec = prepared.train, prepared.validation, prepared.decision
+        ours = fit_model(train, val, cfg)
         train_s = time.perf_counter() - start
         print(f"bars: {len(bars)}; windows train/validation/decision: {len(train)}/{len(val)}/{len(dec)}")
         print(
@@ -68,18 +56,8 @@ def main() -> None:
         shuffled = rng.permutation(pool)
         cut = int(len(shuffled) * 0.8)
         r_train, r_val = windows.take(shuffled[:cut]), windows.take(shuffled[cut:])
-        reference = fit(
-            r_train.x,
-            r_train.y,
-            r_val.x,
-            r_val.y,
-            units=cfg.units,
-            learning_rate=1e-3,
-            epochs=30,
-            batch_size=16,
-            patience=10**6,
-            seed=cfg.seed,
-        )
+        reference_cfg = replace(cfg, batch_size=16, epochs=30, learning_rate=1e-3, patience=10**6)
+        reference = fit_model(r_train, r_val, reference_cfg)
         reference_s = time.perf_counter() - start
         print(f"reference: batch 16, 30 epochs, random split: {reference_s:.1f}s")
 

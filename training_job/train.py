@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from training_job import data, evaluate
 from training_job.config import TrainConfig, parse_args
 from training_job.features import WARMUP, Windows, concat, symbol_windows
 from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel, series_from_frame
-from training_job.model import fit
+from training_job.model import FitResult, fit
 from training_job.registry import CHALLENGER, CHAMPION, ModelRegistry
 
 log = logging.getLogger("training_job")
@@ -103,10 +104,22 @@ def _plots(fit_loss: list[float], val_loss: list[float], w: Windows, predicted: 
     return [loss_png, pred_png]
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, evaluate against champion and persistence, register, and decide; return the summary."""
-    bars = data.read_bars(cfg.bars)
-    profile = data.profile(bars, cfg.max_gap_minutes)
+@dataclass(frozen=True)
+class Prepared:
+    """Bars turned into windows and split chronologically."""
+
+    bars: pd.DataFrame
+    windows: Windows
+    split: evaluate.Split
+    skipped: dict[str, str]
+    train: Windows
+    validation: Windows
+    decision: Windows
+
+
+def prepare(bars_folder: Path, cfg: TrainConfig) -> Prepared:
+    """Read the true bars, build every usable window and split train / validation / decision."""
+    bars = data.read_bars(bars_folder)
     windows, skipped = build_windows(bars, cfg)
     split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
     if min(len(split.train), len(split.validation), len(split.decision)) == 0:
@@ -114,7 +127,33 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             f"not enough time covered: train={len(split.train)} validation={len(split.validation)} "
             f"decision={len(split.decision)} windows"
         )
-    train, val, dec = (windows.take(i) for i in (split.train, split.validation, split.decision))
+    parts = (windows.take(i) for i in (split.train, split.validation, split.decision))
+    return Prepared(bars, windows, split, skipped, *parts)
+
+
+def fit_model(train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = None) -> FitResult:
+    """Train the model with the config's hyper-parameters."""
+    return fit(
+        train.x,
+        train.y,
+        val.x,
+        val.y,
+        units=cfg.units,
+        learning_rate=cfg.learning_rate,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        on_epoch=on_epoch,
+    )
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, evaluate against champion and persistence, register, and decide; return the summary."""
+    prepared = prepare(cfg.bars, cfg)
+    bars, windows, skipped = prepared.bars, prepared.windows, prepared.skipped
+    train, val, dec = prepared.train, prepared.validation, prepared.decision
+    profile = data.profile(bars, cfg.max_gap_minutes)
     mlflow.set_experiment(cfg.experiment)
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     client = MlflowClient()
@@ -138,19 +177,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             mlflow.log_metrics({"loss": logs["loss"], "val_loss": logs["val_loss"]}, step=epoch + 1)
             log.info("run=%s epoch=%d loss=%.3g val_loss=%.3g", run_name, epoch + 1, logs["loss"], logs["val_loss"])
 
-        result = fit(
-            train.x,
-            train.y,
-            val.x,
-            val.y,
-            units=cfg.units,
-            learning_rate=cfg.learning_rate,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            patience=cfg.patience,
-            seed=cfg.seed,
-            on_epoch=on_epoch,
-        )
+        result = fit_model(train, val, cfg, on_epoch)
         mlflow.log_metric("best_epoch", result.best_epoch)
         meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
         forecaster_dir = Forecaster.save(result.model, meta, Path(tmp) / "forecaster")
