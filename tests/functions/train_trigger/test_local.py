@@ -51,6 +51,23 @@ def test_two_ticks_one_job_then_rollout_serves_the_champion(container, runtime, 
         assert info["model"] == {"name": settings.model_name, "version": "1"}
         assert rollout.reconcile("tick-dddd") == "serving v1"  # nothing to do, nothing restarted
         assert serving_state(runtime.home)["version"] == "1"
+
+        # a second job that promotes (any model beats a 10x-tolerant rule): the served version follows
+        monkeypatch.setenv(
+            "TRAIN_ARGS",
+            "--epochs 1 --units 4 --window 20 --min-windows-per-symbol 50 "
+            "--min-improvement -10 --baseline-tolerance 10",
+        )
+        get_settings.cache_clear()
+        submitter = LocalSubmitter(get_settings(), bars_container(get_settings()))
+        third = submitter.submit_unless_active("tick-eeee", dt.datetime.now(dt.UTC))
+        deadline = time.monotonic() + 240
+        while submitter.active() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert submitter.summary(third.job_name)["decision"] == "promoted"
+        assert LocalRollout(get_settings()).reconcile("tick-ffff") == "rolled out v2"
+        info = httpx.get(f"http://127.0.0.1:{settings.scoring_port}/score", timeout=5).json()
+        assert info["model"]["version"] == "2"
     finally:
         stop_serving(runtime.home)
         get_settings.cache_clear()
