@@ -3,8 +3,10 @@
 Set-up (not timed): Azurite in a temporary home, one day of bars for five symbols replayed through
 ingest, a small model trained and served by azmlinfsrv, and ``devhost up`` in its own process.
 Requests are ``GET /api/predict/{symbol}``; each answer's ``server-timing`` header gives the
-function's time and the endpoint's, so the function's own overhead is their difference.
-Prints the figures, then one JSON object as the last line.
+function's time and the endpoint's, so the function's own overhead is their difference. A GET
+scores a symbol's latest bars once per read of ``latest/`` (``PREDICT_CACHE_SECONDS``), so the
+same number of ``POST /api/predict`` requests, which always call the endpoint, is measured too
+(``uncached_*``). Prints the figures, then one JSON object as the last line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,31 @@ SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOG")
 def _timing(header: str) -> dict[str, float]:
     parts = (p.strip().split(";dur=") for p in header.split(","))
     return {name: float(value) for name, value in parts}
+
+
+def _result(start: float, response: httpx.Response) -> tuple[float, int, float | None]:
+    elapsed = time.perf_counter() - start
+    timing = _timing(response.headers["server-timing"]) if "server-timing" in response.headers else None
+    overhead = timing["total"] - timing["endpoint"] if timing else None
+    return elapsed, response.status_code, overhead
+
+
+def _post_bodies(folder: Path, bars: int = 90) -> list[bytes]:
+    """One POST body per symbol: its newest ``bars`` bars, as a client would send them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder)
+    out = []
+    for symbol in SYMBOLS:
+        rows = table.filter(pc.equal(table.column("symbol"), symbol)).sort_by("ts")
+        rows = rows.slice(rows.num_rows - bars)
+        ts = pc.cast(pc.cast(rows.column("ts"), pa.timestamp("s", "UTC")), "int64").to_pylist()
+        cols = {k: rows.column(k).to_pylist() for k in ("open", "high", "low", "close", "volume")}
+        records = [{"ts": t, **{k: cols[k][i] for k in cols}} for i, t in enumerate(ts)]
+        out.append(json.dumps({"symbol": symbol, "bars": records}).encode())
+    return out
 
 
 def main() -> None:
@@ -80,18 +107,24 @@ def main() -> None:
             for s in SYMBOLS * 10:  # warm-up
                 client.get(f"{base}/{s}")
 
+            bodies = _post_bodies(home / "bars")
+
             def one(i: int) -> tuple[float, int, float | None]:
                 start = time.perf_counter()
                 response = client.get(f"{base}/{SYMBOLS[i % len(SYMBOLS)]}")
-                elapsed = time.perf_counter() - start
-                timing = _timing(response.headers["server-timing"]) if "server-timing" in response.headers else None
-                overhead = timing["total"] - timing["endpoint"] if timing else None
-                return elapsed, response.status_code, overhead
+                return _result(start, response)
+
+            def one_post(i: int) -> tuple[float, int, float | None]:
+                start = time.perf_counter()
+                response = client.post(base, content=bodies[i % len(bodies)])
+                return _result(start, response)
 
             started = time.perf_counter()
             with ThreadPoolExecutor(CONCURRENCY) as pool:
                 results = list(pool.map(one, range(REQUESTS)))
             wall = time.perf_counter() - started
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                posts = list(pool.map(one_post, range(REQUESTS)))
     finally:
         for proc in (up, scorer):
             stop_group(proc.pid)
@@ -107,6 +140,15 @@ def main() -> None:
     )
     print(f"end to end: p50 {p50:.2f} ms, p99 {p99:.2f} ms; errors: {errors}")
     print(f"function overhead (its time minus the endpoint's): p50 {o50:.2f} ms")
+    post_latency = np.array([r[0] for r in posts]) * 1000
+    post_errors = sum(1 for r in posts if r[1] != 200)
+    post_overhead = np.array([r[2] for r in posts if r[2] is not None])
+    u50, u99 = float(np.percentile(post_latency, 50)), float(np.percentile(post_latency, 99))
+    uo50 = float(np.percentile(post_overhead, 50)) if len(post_overhead) else float("nan")
+    print(
+        f"uncached (POST /api/predict, every request scored by the endpoint): p50 {u50:.2f} ms, "
+        f"p99 {u99:.2f} ms, function overhead p50 {uo50:.2f} ms; errors: {post_errors}"
+    )
     print(
         json.dumps(
             {
@@ -115,6 +157,10 @@ def main() -> None:
                 "overhead_p50_ms": round(o50, 2),
                 "requests": REQUESTS,
                 "errors": errors,
+                "uncached_p50_ms": round(u50, 2),
+                "uncached_p99_ms": round(u99, 2),
+                "uncached_overhead_p50_ms": round(uo50, 2),
+                "uncached_errors": post_errors,
             }
         )
     )

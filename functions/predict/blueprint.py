@@ -6,11 +6,13 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import azure.functions as func
 import pyarrow.compute as pc
 from azure.core.exceptions import ResourceNotFoundError
 
+from functions import telemetry
 from functions.ingest.bars import from_parquet
 from functions.ingest.latest import latest_blob_name
 from functions.ingest.storage import bars_container
@@ -22,13 +24,25 @@ log = logging.getLogger(__name__)
 bp = func.Blueprint()
 MAX_BODY_BYTES = 2_000_000
 JSON = "application/json"
+SYMBOL_ROUTE = "predict/{symbol}"  # route templates: the `route` dimension of stockcast.predict.duration
+POST_ROUTE = "predict"
 
 
-_cache: dict[str, tuple[float, list[dict]]] = {}
+@dataclass
+class _Latest:
+    """A symbol's newest bars as read at one moment, and the forecast made from them once."""
+
+    expires: float
+    bars: list[dict]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    body: bytes | None = None
+
+
+_cache: dict[str, _Latest] = {}
 _cache_lock = threading.Lock()
 
 
-def _latest_bars(settings: Settings, symbol: str) -> list[dict]:
+def _latest(settings: Settings, symbol: str) -> _Latest:
     """The newest bars of ``symbol``, read through a short per-process cache.
 
     Bars change once a minute, so re-reading the blob for every request only adds a storage
@@ -37,12 +51,12 @@ def _latest_bars(settings: Settings, symbol: str) -> list[dict]:
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(symbol)
-    if hit and hit[0] > now:
-        return hit[1]
-    bars = _read_latest(settings, symbol)
+    if hit and hit.expires > now:
+        return hit
+    entry = _Latest(now + settings.predict_cache_seconds, _read_latest(settings, symbol))
     with _cache_lock:
-        _cache[symbol] = (now + settings.predict_cache_seconds, bars)
-    return bars
+        _cache[symbol] = entry
+    return entry
 
 
 def _read_latest(settings: Settings, symbol: str) -> list[dict]:
@@ -63,15 +77,33 @@ def _read_latest(settings: Settings, symbol: str) -> list[dict]:
     ]
 
 
-def _answer(symbol: str, bars: list[dict], settings: Settings, request_id: str, started: float) -> func.HttpResponse:
+def _score(symbol: str, bars: list[dict], settings: Settings, request_id: str) -> tuple[bytes, float]:
+    """The forecast body for ``bars`` and the seconds spent in the endpoint."""
     scored, endpoint_s = scoring_client(settings).score(bars, request_id)
-    body = forecast_body(symbol, scored, float(bars[-1]["close"]))
+    return forecast_body(symbol, scored, float(bars[-1]["close"])), endpoint_s
+
+
+def _forecast_latest(symbol: str, settings: Settings, request_id: str) -> tuple[bytes, float]:
+    """Score the symbol's latest bars once per cache entry; concurrent requests share that call.
+
+    A forecast is a function of the bars and the model, and the bars change once a minute, so
+    every request between two reads of ``latest/`` gets the same answer without a second call.
+    """
+    entry = _latest(settings, symbol)
+    if entry.body is None:
+        with entry.lock:
+            if entry.body is None:
+                entry.body, endpoint_s = _score(symbol, entry.bars, settings, request_id)
+                return entry.body, endpoint_s
+    return entry.body, 0.0
+
+
+def _answer(symbol: str, body: bytes, endpoint_s: float, request_id: str, started: float) -> func.HttpResponse:
     total = time.perf_counter() - started
     log.info(
-        "request=%s symbol=%s bars=%d total_ms=%.2f endpoint_ms=%.2f overhead_ms=%.2f",
+        "request=%s symbol=%s total_ms=%.2f endpoint_ms=%.2f overhead_ms=%.2f",
         request_id,
         symbol,
-        len(bars),
         total * 1000,
         endpoint_s * 1000,
         (total - endpoint_s) * 1000,
@@ -91,15 +123,25 @@ def _error(err: ApiError, request_id: str) -> func.HttpResponse:
 
 def _handle(req: func.HttpRequest, post: bool) -> func.HttpResponse:
     started = time.perf_counter()
+    response = _respond(req, post, started)
+    telemetry.predict_duration(
+        (time.perf_counter() - started) * 1000, response.status_code, POST_ROUTE if post else SYMBOL_ROUTE
+    )
+    return response
+
+
+def _respond(req: func.HttpRequest, post: bool, started: float) -> func.HttpResponse:
     request_id = req.headers.get("x-request-id") or uuid.uuid4().hex
     try:
         settings = get_settings()
+        telemetry.configure(settings)
         if post:
             symbol, bars = parse_post(req.get_body(), settings.predict_max_bars, MAX_BODY_BYTES)
+            body, endpoint_s = _score(symbol, bars, settings, request_id)
         else:
             symbol = parse_symbol(req.route_params.get("symbol"))
-            bars = _latest_bars(settings, symbol)
-        return _answer(symbol, bars, settings, request_id, started)
+            body, endpoint_s = _forecast_latest(symbol, settings, request_id)
+        return _answer(symbol, body, endpoint_s, request_id, started)
     except ApiError as err:
         return _error(err, request_id)
     except Exception:  # the API answers JSON even for what it did not foresee
@@ -110,14 +152,14 @@ def _handle(req: func.HttpRequest, post: bool) -> func.HttpResponse:
 
 
 @bp.function_name("predict_symbol")
-@bp.route(route="predict/{symbol}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route=SYMBOL_ROUTE, methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def predict_symbol(req: func.HttpRequest) -> func.HttpResponse:
     """Forecast the next close of a symbol from its stored latest bars."""
     return _handle(req, post=False)
 
 
 @bp.function_name("predict_bars")
-@bp.route(route="predict", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route=POST_ROUTE, methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def predict_bars(req: func.HttpRequest) -> func.HttpResponse:
     """Forecast the next close from bars sent in the request."""
     return _handle(req, post=True)

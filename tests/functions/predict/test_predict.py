@@ -22,6 +22,7 @@ from devhost.feed import FeedConfig, generate
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.replay import make_batches, replay
+from functions.predict import blueprint
 from functions.predict.client import scoring_client
 from functions.settings import get_settings
 
@@ -68,6 +69,26 @@ def test_get_returns_a_finite_forecast_from_the_champion(api):
     assert body["target_ts"] > body["as_of"]
 
 
+def _endpoint_ms(response: httpx.Response) -> float:
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    return float(timing["endpoint"])
+
+
+def test_get_scores_each_read_of_latest_once(api, monkeypatch):
+    """GETs between two reads of latest/ share one forecast: the second makes no endpoint call."""
+    monkeypatch.setenv("PREDICT_CACHE_SECONDS", "30")
+    monkeypatch.setattr(blueprint, "_cache", {})
+    get_settings.cache_clear()
+    try:
+        first = httpx.get(f"{api}/predict/AAA", timeout=30)
+        second = httpx.get(f"{api}/predict/AAA", timeout=30)
+    finally:
+        get_settings.cache_clear()
+    assert first.status_code == second.status_code == 200
+    assert _endpoint_ms(first) > 0 and _endpoint_ms(second) == 0
+    assert first.json() == second.json()
+
+
 def test_post_scores_the_bars_sent(api):
     """POST /api/predict with enough contiguous bars: 200 for a symbol never stored."""
     response = httpx.post(f"{api}/predict", content=orjson.dumps({"symbol": "NEWCO", "bars": _bars(90)}), timeout=30)
@@ -97,6 +118,7 @@ def test_error_statuses_are_json(api, method, path, body, status, code):
 def test_endpoint_down_gives_503_with_retry_after(api, monkeypatch):
     """With the scoring endpoint unreachable, predict answers 503 and Retry-After."""
     monkeypatch.setenv("SCORING_URL", "http://127.0.0.1:9/score")  # discard port: nothing listens
+    monkeypatch.setattr(blueprint, "_cache", {})  # no forecast made before the outage
     get_settings.cache_clear()
     try:
         response = httpx.get(f"{api}/predict/AAA", timeout=30)
