@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from devhost.home import REPO_ROOT
+from functions.train_trigger.processes import alive, listening
 
 ACCOUNT = "stockcast"
 DEFAULT_PORT = 10000
@@ -41,27 +42,9 @@ class Azurite:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie child still answers kill(0)
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _free_port(preferred: int) -> int:
     """``preferred`` if it is free, else any free port (0 asks for any)."""
-    if preferred and not _listening(preferred):
+    if preferred and not listening(preferred):
         return preferred
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,7 +70,7 @@ def running(home: Path) -> Azurite | None:
     if not state.exists():
         return None
     info = orjson.loads(state.read_bytes())
-    if _alive(info["pid"]) and _listening(info["port"]):
+    if alive(info["pid"]) and listening(info["port"]):
         return Azurite(info["pid"], info["port"], _key(home))
     return None
 
@@ -127,7 +110,7 @@ def ensure(home: Path, timeout: float = 30.0) -> Azurite:
             start_new_session=True,  # outlives this command, so state persists across commands
         )
     deadline = time.monotonic() + timeout
-    while not _listening(port):
+    while not listening(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"Azurite did not start on port {port}; see {log}")
@@ -144,8 +127,8 @@ def stop(home: Path, timeout: float = 10.0) -> bool:
         return False
     os.killpg(current.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(current.pid) and time.monotonic() < deadline:
+    while alive(current.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(current.pid):
+    if alive(current.pid):
         os.killpg(current.pid, signal.SIGKILL)
     return True

@@ -148,42 +148,82 @@ def _bad_event(kind: str, good: dict, rng: np.random.Generator) -> bytes:
     return orjson.dumps(bad)
 
 
+@dataclass
+class Day:
+    """One simulated trading day of every symbol."""
+
+    date: dt.date
+    session_open: int  # unix seconds of 09:30 New York
+    paths: dict[str, _Path]
+
+
+class Market:
+    """A deterministic simulated market: each symbol's price path continues from day to day.
+
+    :func:`generate` (a replayable feed) and the live feed of ``devhost up`` both draw from it, so
+    a live day looks exactly like a generated one.
+    """
+
+    def __init__(
+        self, symbols: tuple[str, ...], seed: int, null_rate: float = 0.004, prices: dict[str, float] | None = None
+    ) -> None:
+        self.symbols = symbols
+        self.rng = np.random.default_rng(seed)
+        drawn = {s: float(self.rng.uniform(20, 500)) for s in symbols}
+        self.prices = {**drawn, **(prices or {})}
+        self.null_rate = null_rate
+
+    def simulate(self, day: dt.date) -> Day:
+        """Simulate ``day`` for every symbol, starting from each one's last close."""
+        session_open = int(dt.datetime.combine(day, dt.time(9, 30), NEW_YORK).timestamp())
+        paths = {}
+        for symbol in self.symbols:
+            paths[symbol] = _simulate_day(self.rng, session_open, self.prices[symbol], self.null_rate)
+            self.prices[symbol] = paths[symbol].close
+        return Day(day, session_open, paths)
+
+    def sync(self, day: Day, k: int, history: dict | None = None, window: int | None = None) -> list[dict]:
+        """The messages of one Airbyte sync ``k`` minutes after the open, one per symbol, in order.
+
+        Past the close (``k >= 390``) the sync carries the whole settled day.
+        """
+        out = []
+        for j, symbol in enumerate(self.symbols):
+            path = day.paths[symbol]
+            n = min(k, SESSION_MINUTES)
+            ts, ohlcv = path.ts[:n], path.ohlcv[:n]
+            if window and history is not None:  # a wider range trimmed to the last `window` bars, across days
+                ts = np.concatenate([history[symbol][0], ts])[-window:]
+                ohlcv = np.vstack([history[symbol][1], ohlcv])[-window:]
+            if k < SESSION_MINUTES:  # the minute still forming: provisional, revised next sync
+                price = path.ohlcv[k, 0] if not np.isnan(path.ohlcv[k, 0]) else ohlcv[~np.isnan(ohlcv[:, 3]), 3][-1]
+                ts = np.append(ts, path.ts[k])
+                ohlcv = np.vstack([ohlcv, [price, price, price, price, 0.0]])
+            emitted_ms = (day.session_open + k * 60) * 1000 + 2_000 + 37 * j
+            out.append(_message(self.rng, symbol, emitted_ms, ts, ohlcv))
+        return out
+
+
 def generate(cfg: FeedConfig) -> Iterator[bytes]:
     """Yield the feed's messages, one JSON body per Airbyte record, in emission order."""
-    rng = np.random.default_rng(cfg.seed)
-    prices = {s: float(rng.uniform(20, 500)) for s in cfg.symbols}
+    market = Market(cfg.symbols, cfg.seed, cfg.null_rate)
     messages: list[bytes] = []
     goods: list[dict] = []
     history = {s: (np.empty(0, dtype=np.int64), np.empty((0, 5))) for s in cfg.symbols}
-    for day in trading_days(cfg.start, cfg.days):
-        session_open = int(dt.datetime.combine(day, dt.time(9, 30), NEW_YORK).timestamp())
-        paths = {}
-        for symbol in cfg.symbols:
-            paths[symbol] = _simulate_day(rng, session_open, prices[symbol], cfg.null_rate)
-            prices[symbol] = paths[symbol].close
+    for date in trading_days(cfg.start, cfg.days):
+        day = market.simulate(date)
         syncs = [*list(range(cfg.sync_every, SESSION_MINUTES, cfg.sync_every)), SESSION_MINUTES + 5]
         for k in syncs:
-            for j, symbol in enumerate(cfg.symbols):
-                path = paths[symbol]
-                n = min(k, SESSION_MINUTES)
-                ts, ohlcv = path.ts[:n], path.ohlcv[:n]
-                if cfg.window:  # a wider range trimmed to the last `window` bars, across days
-                    ts = np.concatenate([history[symbol][0], ts])[-cfg.window :]
-                    ohlcv = np.vstack([history[symbol][1], ohlcv])[-cfg.window :]
-                if k < SESSION_MINUTES:  # the minute still forming: provisional, revised next sync
-                    price = path.ohlcv[k, 0] if not np.isnan(path.ohlcv[k, 0]) else ohlcv[~np.isnan(ohlcv[:, 3]), 3][-1]
-                    ts = np.append(ts, path.ts[k])
-                    ohlcv = np.vstack([ohlcv, [price, price, price, price, 0.0]])
-                emitted_ms = (session_open + k * 60) * 1000 + 2_000 + 37 * j
-                good = _message(rng, symbol, emitted_ms, ts, ohlcv)
+            for good in market.sync(day, k, history, cfg.window):
                 goods.append(good)
                 messages.append(orjson.dumps(good))
         for symbol in cfg.symbols:
             ts_hist, ohlcv_hist = history[symbol]
             history[symbol] = (
-                np.concatenate([ts_hist, paths[symbol].ts]),
-                np.vstack([ohlcv_hist, paths[symbol].ohlcv]),
+                np.concatenate([ts_hist, day.paths[symbol].ts]),
+                np.vstack([ohlcv_hist, day.paths[symbol].ohlcv]),
             )
+    rng = market.rng
     for i in range(cfg.bad_events):
         kind = BAD_KINDS[i % len(BAD_KINDS)]
         at = int(rng.integers(0, len(messages) + 1))

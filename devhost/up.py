@@ -1,21 +1,48 @@
-"""``devhost up``: serve the HTTP functions and fire the timers on their schedule until Ctrl-C."""
+"""``devhost up``: the whole local stack until Ctrl-C.
+
+Azurite, the HTTP functions, the timers on their NCRONTAB schedule, a live feed through ingest,
+the scoring server the rollout starts, and the MLflow UI on the local store. On exit every
+process it started for the home is stopped, so nothing is left running.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import os
+import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from devhost import azurite, live
+from devhost.feed import FeedConfig
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.orchestrate import fire_timer, next_fire
-from functions.train_trigger.processes import alive
+from devhost.runtime import Runtime
+from devhost.services import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
+from functions.settings import get_settings
+from functions.train_trigger.local_jobs import running_job
+from functions.train_trigger.local_rollout import LocalRollout, serving_state, stop_serving
+from functions.train_trigger.processes import alive, free_port, stop_group
 
 log = logging.getLogger("devhost")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """How ``devhost up`` runs."""
+
+    port: int = 7071
+    feed_every: float = 60.0  # seconds per simulated market minute; 0 turns the feed off
+    mlflow_ui: bool = True
+    mlflow_port: int = MLFLOW_UI_PORT
+    backfill_days: int = 3
+    seed: int = 7
 
 
 def state_file(home: Path) -> Path:
@@ -32,24 +59,93 @@ def running_up(home: Path) -> dict | None:
     return state if alive(state["pid"]) else None
 
 
-def serve(home: Path, port: int, stop: threading.Event, on_tick: object = None) -> None:
-    """Serve HTTP and fire timers until ``stop`` is set."""
+def _port_or_any(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def stop_children(home: Path) -> list[str]:
+    """Stop every process devhost started for ``home``; return what was stopped."""
+    stopped = []
+    if stop_mlflow_ui(home):
+        stopped.append("mlflow ui")
+    if stop_serving(home):
+        stopped.append("scoring server")
+    job = running_job(home)
+    if job:
+        stop_group(job["pid"])
+        stopped.append(f"training job {job['name']}")
+    if azurite.stop(home):
+        stopped.append("azurite")
+    return stopped
+
+
+def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Callable[[str], None]) -> None:
+    """Run the stack until ``stop`` is set (or Ctrl-C), then stop everything it runs."""
+    home = runtime.home
     host = Host()
-    http = HttpHost(host, port).start()
-    state_file(home).parent.mkdir(parents=True, exist_ok=True)
-    state_file(home).write_bytes(orjson.dumps({"pid": os.getpid(), "port": http.port}))
+    threads: list[threading.Thread] = []
+    http = None
     try:
-        while not stop.is_set():
-            now = dt.datetime.now(dt.UTC)
-            due = next_fire(host, now)
-            if stop.wait(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())):
-                break
-            try:
-                fire_timer(host)
-                if callable(on_tick):
-                    on_tick(due)
-            except Exception:  # a failed tick is logged; the next one repairs what it left
-                log.exception("timer tick at %s failed", due)
+        if options.feed_every > 0:
+            resume = live.resume_point(runtime.container)
+            if resume is None:
+                say(f"no bars stored yet: backfilling {options.backfill_days} trading days so the timer can train")
+                live.backfill(host, FeedConfig(days=options.backfill_days, seed=options.seed))
+                resume = live.resume_point(runtime.container)
+            assert resume is not None
+            feed = live.LiveFeed(host, resume, options.seed)
+            threads.append(threading.Thread(target=feed.run, args=(stop, options.feed_every), name="live-feed"))
+            say(
+                f"live feed: {', '.join(feed.symbols)} from market {feed.clock:%Y-%m-%d %H:%M} UTC, "
+                f"one market minute every {options.feed_every:g}s"
+            )
+        say(f"endpoint: {LocalRollout(get_settings()).reconcile('up-start')}")
+        http = HttpHost(host, options.port).start()
+        if options.mlflow_ui:
+            ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], _port_or_any(options.mlflow_port))
+            say(f"MLflow UI:   {ui['url']}")
+        state_file(home).parent.mkdir(parents=True, exist_ok=True)
+        schedule = os.environ["TRAIN_SCHEDULE"]
+        state_file(home).write_bytes(
+            orjson.dumps(
+                {"pid": os.getpid(), "port": http.port, "schedule": schedule, "feed_every": options.feed_every}
+            )
+        )
+        say(f"predict:     {http.base_url}/predict/{{symbol}}  (POST {http.base_url}/predict)")
+        say(f"Azurite:     http://127.0.0.1:{runtime.azurite.port}/{azurite.ACCOUNT}")
+        say(f"scoring:     http://127.0.0.1:{get_settings().scoring_port}/score")
+        say(f"timer:       {schedule} (NCRONTAB); Ctrl-C stops everything")
+        for thread in threads:
+            thread.start()
+        _fire_timers(host, stop, say)
     finally:
-        http.stop()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        if http:
+            http.stop()
         state_file(home).unlink(missing_ok=True)
+        stopped = stop_children(home)
+        say(f"stopped: {', '.join(stopped) or 'nothing else was running'}")
+
+
+def _fire_timers(host: Host, stop: threading.Event, say: Callable[[str], None]) -> None:
+    while not stop.is_set():
+        due = next_fire(host, dt.datetime.now(dt.UTC))
+        if stop.wait(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())):
+            return
+        try:
+            fire_timer(host)
+            home = Path(str(get_settings().stockcast_home))
+            job, serving = running_job(home), serving_state(home)
+            say(
+                f"timer fired ({due:%H:%M:%S}): training job {job['name'] if job else 'not running'}; "
+                f"endpoint serves {'v' + serving['version'] if serving else 'nothing yet'}"
+            )
+        except Exception:  # a failed tick is logged; the next one repairs what it left
+            log.exception("timer tick at %s failed", due)

@@ -75,6 +75,8 @@ class Settings:
     aml_endpoint: str | None = None
     aml_instance_type: str = "defaultinstancetype"
     azure_client_id: str | None = None
+    # telemetry: custom metrics and events go to App Insights only when this is set
+    applicationinsights_connection_string: str | None = None
 
     @property
     def scoring_endpoint(self) -> str:
@@ -121,6 +123,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
     "aml_endpoint": ("AML_ENDPOINT", str, False),
     "aml_instance_type": ("AML_INSTANCE_TYPE", str, False),
     "azure_client_id": ("AZURE_CLIENT_ID", str, False),
+    "applicationinsights_connection_string": ("APPLICATIONINSIGHTS_CONNECTION_STRING", str, False),
 }
 # what each ML backend cannot run without
 _BACKEND_KEYS = {

@@ -229,6 +229,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "decision_rmse": f"{figures['model']['rmse']:.6g}",
             "persistence_rmse": f"{figures['persistence']['rmse']:.6g}",
         }
+        if figures["champion"]:  # the Function App reports all three figures from the version's tags
+            tags["champion_rmse"] = f"{figures['champion']['rmse']:.6g}"
         version = registry.register(f"{active.info.artifact_uri}/model", run_id, tags)
         registry.assign(CHALLENGER, version)
         if decision == "promoted":

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections import Counter
 
 import azure.functions as func
 
+from functions import telemetry
 from functions.ingest.airbyte import RawEvent, decode_batch
 from functions.ingest.bars import to_parquet
 from functions.ingest.latest import update_latest
@@ -78,6 +81,7 @@ def batch_id(events: list[RawEvent]) -> str:
 def ingest(events: list[func.EventHubEvent], raw: func.Out[bytes], deadletter: func.Out[bytes]) -> None:
     """Decode the batch, update latest/ windows, and hand raw/ and deadletter/ blobs to the host."""
     settings = get_settings()
+    telemetry.configure(settings)
     raw_events = to_raw_events(events)
     bid = batch_id(raw_events)
     decoded = decode_batch(raw_events)
@@ -106,3 +110,9 @@ def ingest(events: list[func.EventHubEvent], raw: func.Out[bytes], deadletter: f
                 letter.detail,
             )
         deadletter.set(decoded.dead_letter_jsonl(bid))
+    # counted when handed to the host, which writes both blobs as the function returns; a retried
+    # batch is counted again (the metrics are at least once, like the delivery)
+    telemetry.bars_ingested(decoded.bars.num_rows)
+    telemetry.deadletters(Counter(letter.reason for letter in decoded.dead_letters))
+    stored_ms = time.time() * 1000
+    telemetry.ingest_lag_ms(stored_ms - e.enqueued_at_ms for e in raw_events if e.enqueued_at_ms is not None)

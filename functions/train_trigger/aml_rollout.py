@@ -18,6 +18,7 @@ import numpy as np
 
 from functions.settings import Settings
 from functions.train_trigger.aml_jobs import CONDA_FILE, TRAINING_CODE
+from functions.train_trigger.backends import ModelSnapshot, ModelVersion
 
 log = logging.getLogger(__name__)
 SMOKE_FAILED_TAG = "smoke_failed"
@@ -209,3 +210,26 @@ class AmlRollout:
             log.warning("smoke request to %s failed: %s", step.deployment, exc)
             return False
         return smoke_passed(response)
+
+
+def _version_number(version: str) -> int:
+    return int(version) if str(version).isdigit() else -1
+
+
+class AmlModels:
+    """The champion and the newest version from the workspace registry, with azure-ai-ml alone."""
+
+    def __init__(self, ml_client: Any, settings: Settings) -> None:
+        self.ml_client = ml_client
+        self.settings = settings
+
+    def snapshot(self) -> ModelSnapshot:
+        """One ``models.list`` call: each listed version carries its tags (the role and the decision)."""
+        listed = [
+            ModelVersion(str(m.version), dict(m.tags or {}))
+            for m in self.ml_client.models.list(name=self.settings.model_name)
+        ]
+        champions = [m for m in listed if m.tags.get("role") == "champion"]
+        newest = max(listed, key=lambda m: _version_number(m.version), default=None)
+        champion = max(champions, key=lambda m: _version_number(m.version), default=None)
+        return ModelSnapshot(champion, newest)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from functions.settings import Settings
@@ -27,23 +28,48 @@ class Rollout(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version and its tags (the training job writes its decision there)."""
+
+    version: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """The champion and the newest version of the model, as the registry holds them now."""
+
+    champion: ModelVersion | None
+    newest: ModelVersion | None
+
+
+class Models(Protocol):
+    """Reads the registry for telemetry."""
+
+    def snapshot(self) -> ModelSnapshot:
+        """The champion and the newest version, with their tags."""
+        ...
+
+
+@dataclass(frozen=True)
 class Backend:
-    """The pair a tick uses."""
+    """What a tick uses."""
 
     submitter: Submitter
     rollout: Rollout
+    models: Models
 
 
 def create(settings: Settings) -> Backend:
     """Build the backend named by the settings."""
     if settings.ml_backend == "aml":
         from functions.train_trigger.aml_jobs import AmlSubmitter, ml_client
-        from functions.train_trigger.aml_rollout import AmlRollout
+        from functions.train_trigger.aml_rollout import AmlModels, AmlRollout
 
         client = ml_client(settings)
-        return Backend(AmlSubmitter(client, settings), AmlRollout(client, settings))
+        return Backend(AmlSubmitter(client, settings), AmlRollout(client, settings), AmlModels(client, settings))
     from functions.ingest.storage import bars_container
     from functions.train_trigger.local_jobs import LocalSubmitter
-    from functions.train_trigger.local_rollout import LocalRollout
+    from functions.train_trigger.local_rollout import LocalModels, LocalRollout
 
-    return Backend(LocalSubmitter(settings, bars_container(settings)), LocalRollout(settings))
+    return Backend(LocalSubmitter(settings, bars_container(settings)), LocalRollout(settings), LocalModels(settings))

@@ -12,8 +12,10 @@ import uuid
 
 import azure.functions as func
 
+from functions import telemetry
 from functions.settings import get_settings
 from functions.train_trigger import backends
+from functions.train_trigger.report import report_models
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -24,11 +26,21 @@ bp = func.Blueprint()
 def train_trigger(timer: func.TimerRequest) -> None:
     """Reconcile the rollout, then submit the training job (single-flight)."""
     settings = get_settings()
+    telemetry.configure(settings)
     tick = f"tick-{uuid.uuid4().hex[:12]}"
     now = dt.datetime.now(dt.UTC)
     log.info("tick=%s backend=%s past_due=%s", tick, settings.ml_backend, timer.past_due)
     backend = backends.create(settings)
     rollout = backend.rollout.reconcile(tick)
     log.info("tick=%s rollout: %s", tick, rollout)
-    submission = backend.submitter.submit_unless_active(tick, now)
+    try:
+        submission = backend.submitter.submit_unless_active(tick, now)
+    except Exception:
+        telemetry.training_submission("failed")
+        raise
+    telemetry.training_submission("submitted" if submission.submitted else "active")
     log.info("tick=%s training: %s job=%s", tick, submission.reason, submission.job_name)
+    try:
+        report_models(backend.models, tick)
+    except Exception:  # telemetry is best effort: a registry hiccup must not fail the tick
+        log.exception("tick=%s could not read the registry for telemetry", tick)

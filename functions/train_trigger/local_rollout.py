@@ -18,7 +18,8 @@ import httpx
 import orjson
 
 from functions.settings import Settings, child_environment
-from functions.train_trigger.processes import alive, stop_group
+from functions.train_trigger.backends import ModelSnapshot, ModelVersion
+from functions.train_trigger.processes import alive, listening, stop_group
 
 log = logging.getLogger(__name__)
 ENTRY_SCRIPT = Path(__file__).resolve().parents[2] / "training_job" / "score.py"
@@ -91,6 +92,28 @@ def champion_version(tracking_uri: str, model_name: str) -> str | None:
     return max((str(v.version) for v in found), key=int, default=None)
 
 
+class LocalModels:
+    """The champion and the newest version from the local MLflow registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def snapshot(self) -> ModelSnapshot:
+        """The champion (as the rollout finds it) and the newest version, with their tags."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        uri, name = str(self.settings.mlflow_tracking_uri), self.settings.model_name
+        try:
+            found = MlflowClient(uri).search_model_versions(f"name='{name}'")
+        except MlflowException:
+            return ModelSnapshot(None, None)
+        versions = {str(v.version): ModelVersion(str(v.version), dict(v.tags or {})) for v in found}
+        newest = max(versions, key=int, default=None)
+        champion = champion_version(uri, name)
+        return ModelSnapshot(versions.get(champion) if champion else None, versions.get(newest) if newest else None)
+
+
 def serving_state(home: Path) -> dict | None:
     """The scoring server recorded under ``home``, if its process still runs."""
     state_file = home / "serving" / "current.json"
@@ -132,6 +155,11 @@ class LocalRollout:
         if state:
             log.info("tick=%s stopping v%s on port %d", tick_id, state["version"], state["port"])
             stop_group(state["pid"])
+        if listening(s.scoring_port):  # not ours: a health check would read the other server's model
+            raise RuntimeError(
+                f"port {s.scoring_port} is taken by a process this home did not start (another STOCKCAST_HOME's "
+                "scoring server? `python -m devhost stop` there), so the champion cannot be served; set SCORING_PORT"
+            )
         proc = start_scoring_server(model_dir, s.scoring_port, s.model_name, version, self.serving / "azmlinfsrv.log")
         self.serving.mkdir(parents=True, exist_ok=True)
         self.state_file.write_bytes(orjson.dumps({"pid": proc.pid, "port": s.scoring_port, "version": version}))

@@ -34,6 +34,13 @@ def stop_group(pid: int, timeout: float = 15.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback ``port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:

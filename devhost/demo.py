@@ -1,0 +1,162 @@
+"""``make demo``: the whole offline story once, stage by stage, with real figures.
+
+1. generate trading days of Airbyte bars and replay them through the ingest function (Azurite);
+2. fire the timer: the local job trains version 1, the rollout serves the champion;
+3. ``GET /api/predict/{symbol}`` over HTTP for every symbol;
+4. replay one more day and fire the timer again: version 2 against the champion and persistence;
+5. predict again, then summarise storage, versions and aliases, plots, the MLflow UI, timings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from devhost import feed, views
+from devhost.home import stockcast_home
+
+STATE = ("azurite", "demo", "jobs", "mlflow", "serving", "run")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo generates and how it trains."""
+
+    symbols: tuple[str, ...] = feed.FeedConfig.symbols
+    days: int = 3
+    seed: int = 7
+    batch_size: int = 64
+    bad_events: int = 6
+    keep: bool = False
+
+
+@dataclass
+class DemoResult:
+    """What the demo did, for its summary and for the end-to-end test."""
+
+    bars_stored: int = 0
+    dead_letters: int = 0
+    decisions: list[dict] = field(default_factory=list)
+    first_forecasts: list[dict] = field(default_factory=list)
+    forecasts: list[dict] = field(default_factory=list)
+    versions: list[dict] = field(default_factory=list)
+    served_version: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def split_last_day(bodies: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split a feed into all but its last trading day, and that day (by emission date)."""
+
+    def day(body: bytes) -> int | None:
+        try:
+            return orjson.loads(body)["_airbyte_emitted_at"] // 86_400_000
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    days = [day(b) for b in bodies]
+    last = max(d for d in days if d is not None)
+    first = [b for b, d in zip(bodies, days, strict=True) if d != last]
+    return first, [b for b, d in zip(bodies, days, strict=True) if d == last]
+
+
+def reset(console: Console, keep: bool) -> None:
+    """Start clean (stop what runs for the home, remove its state) unless ``keep``; say which."""
+    from devhost.up import running_up, stop_children
+
+    home = stockcast_home()
+    up = running_up(home)
+    if up:
+        raise SystemExit(f"devhost up is running for {home} (pid {up['pid']}): stop it first, or set STOCKCAST_HOME")
+    if keep:
+        console.print(f"[bold]demo[/]: reusing the state in {home} on purpose (--keep)")
+        return
+    stop_children(home)
+    for sub in STATE:
+        shutil.rmtree(home / sub, ignore_errors=True)
+    console.print(f"[bold]demo[/]: starting clean in {home} (make demo ARGS=--keep reuses it)")
+
+
+def run(options: DemoOptions, console: Console) -> DemoResult:
+    """Run the five stages; return what they did."""
+    from devhost.host import Host
+    from devhost.http import HttpHost
+    from devhost.runtime import prepare
+    from functions.settings import get_settings
+    from functions.train_trigger.local_rollout import serving_state
+
+    reset(console, options.keep)
+    get_settings.cache_clear()
+    result = DemoResult()
+    runtime = prepare()
+    settings = get_settings()
+
+    @contextmanager
+    def stage(name: str, title: str) -> Iterator[None]:
+        console.rule(f"[bold]{title}")
+        started = time.perf_counter()
+        yield
+        result.timings[name] = time.perf_counter() - started
+
+    cfg = feed.FeedConfig(
+        symbols=options.symbols, days=options.days + 1, seed=options.seed, bad_events=options.bad_events
+    )
+    first, extra = split_last_day(list(feed.generate(cfg)))
+    folder = runtime.home / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, bodies in (("feed-days-1.jsonl", first), ("feed-next-day.jsonl", extra)):
+        (folder / name).write_bytes(b"".join(b + b"\n" for b in bodies))
+
+    with stage(
+        "1 ingest", f"1. ingest: {options.days} trading days of 1-minute bars for {len(options.symbols)} symbols"
+    ):
+        console.print(
+            f"{len(first)} Airbyte messages (every sync re-sends the day so far; "
+            f"{options.bad_events} malformed on purpose) -> {folder / 'feed-days-1.jsonl'}"
+        )
+        views.replay_bodies(first, options.batch_size, 4, options.seed, console)
+        views.show_bars(console)
+    with stage("2 train v1", "2. timer: train version 1 and serve the champion"):
+        result.decisions.append(views.train(console) or {})
+    http = HttpHost(Host(), 0).start()
+    try:
+        with stage("3 predict", "3. predict: GET /api/predict/{symbol} over HTTP"):
+            result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
+        with stage("4 train v2", "4. one more day, then train version 2 against the champion"):
+            console.print(f"{len(extra)} more messages -> {folder / 'feed-next-day.jsonl'}")
+            views.replay_bodies(extra, options.batch_size, 4, options.seed + 1, console)
+            result.decisions.append(views.train(console) or {})
+        with stage("5 predict", "5. predict again, with whichever version is champion now"):
+            result.forecasts = views.forecasts(http.base_url, options.symbols, console)
+    finally:
+        http.stop()
+    stored = views.show_bars(console)
+    result.bars_stored, result.dead_letters = stored.bars.num_rows, stored.dead_letters
+    result.versions = views.model_versions(str(settings.mlflow_tracking_uri), settings.model_name)
+    serving = serving_state(runtime.home)
+    result.served_version = serving["version"] if serving else None
+    _summary(result, str(settings.mlflow_tracking_uri), console)
+    return result
+
+
+def _summary(result: DemoResult, tracking_uri: str, console: Console) -> None:
+    table = Table(title="model versions")
+    for column in ("version", "aliases", "decision", "plots"):
+        table.add_column(column)
+    for v in result.versions:
+        plots = views.plots_folder(tracking_uri, v["run_id"])
+        table.add_row(v["version"], ", ".join(v["aliases"]), v["decision"] or "", str(plots or "-"))
+    console.rule("[bold]summary")
+    console.print(f"bars stored: {result.bars_stored}   dead-lettered events: {result.dead_letters}")
+    console.print(table)
+    console.print(f"the endpoint serves v{result.served_version} (the champion)")
+    console.print(f"MLflow UI: {views.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
+    console.print("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    console.print(f"total: {sum(result.timings.values()):.1f}s")
+    console.print("Azurite and the scoring server keep running: `make up` picks them up, `make stop` stops them")

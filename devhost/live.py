@@ -1,0 +1,100 @@
+"""The live feed of ``devhost up``: every tick, one Airbyte sync per symbol through the ingest function.
+
+The market is simulated (see :class:`devhost.feed.Market`) on its own clock: one tick is one
+market minute, so a whole trading day can be watched in minutes with ``--feed-every``. The feed
+resumes where storage ends: the next trading day after the newest stored bar, each symbol
+starting from its last close, so the series stay continuous across runs and after ``make demo``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+import pyarrow.compute as pc
+from azure.storage.blob import ContainerClient
+
+from devhost.feed import SESSION_MINUTES, FeedConfig, Market, generate, trading_days
+from devhost.host import Host
+from devhost.replay import make_batches, replay
+from functions.ingest.bars import from_parquet
+
+log = logging.getLogger("devhost.live")
+LATEST_PREFIX = "latest/"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where stored history ends: the newest bar's date and each symbol's last close."""
+
+    last_date: dt.date
+    prices: dict[str, float]
+
+
+def resume_point(container: ContainerClient) -> Resume | None:
+    """Read ``latest/`` to find where the stored history of every symbol ends; None if empty."""
+    prices: dict[str, float] = {}
+    newest = None
+    for blob in container.list_blobs(name_starts_with=LATEST_PREFIX):
+        table = from_parquet(container.download_blob(blob.name).readall())
+        if table.num_rows == 0:
+            continue
+        symbol = table.column("symbol")[0].as_py()
+        prices[symbol] = float(table.column("close")[-1].as_py())
+        last = pc.max(table.column("ts")).as_py()
+        newest = last if newest is None or last > newest else newest
+    if newest is None:
+        return None
+    return Resume(newest.date(), prices)
+
+
+def backfill(host: Host, cfg: FeedConfig) -> int:
+    """Replay ``cfg``'s generated history through ingest; return the number of events."""
+    return replay(host, make_batches(list(generate(cfg)), 4, 64, cfg.seed)).events
+
+
+class LiveFeed:
+    """Sends one sync per symbol per tick; a day ends with the settled sync, then the next day opens."""
+
+    def __init__(self, host: Host, resume: Resume, seed: int) -> None:
+        self.host = host
+        self.symbols = tuple(sorted(resume.prices))
+        self.market = Market(self.symbols, seed, prices=resume.prices)
+        self.date = trading_days(resume.last_date + dt.timedelta(days=1), 1)[0]
+        self.day = self.market.simulate(self.date)
+        self.minute = 1
+        self.ticks = 0
+
+    @property
+    def clock(self) -> dt.datetime:
+        """The simulated market time of the next sync (UTC)."""
+        return dt.datetime.fromtimestamp(self.day.session_open + self.minute * 60, dt.UTC)
+
+    def step(self) -> int:
+        """Send the next sync through ingest; return the number of messages sent."""
+        bodies = [orjson.dumps(m) for m in self.market.sync(self.day, self.minute)]
+        sequence = time.time_ns() // 1_000_000
+        replay(self.host, make_batches(bodies, 1, len(bodies), self.ticks, start_sequence=sequence))
+        self.ticks += 1
+        if self.minute >= SESSION_MINUTES:  # the settled sync closed the day
+            self.date = trading_days(self.date + dt.timedelta(days=1), 1)[0]
+            self.day = self.market.simulate(self.date)
+            self.minute = 1
+        else:
+            self.minute = self.minute + 1 if self.minute < SESSION_MINUTES - 1 else SESSION_MINUTES + 5
+        return len(bodies)
+
+    def run(self, stop: threading.Event, every: float) -> None:
+        """Step every ``every`` seconds until ``stop`` is set; a failed step is logged and retried."""
+        while not stop.is_set():
+            at = self.clock
+            try:
+                sent = self.step()
+                log.info("feed tick=%d market=%s sent=%d", self.ticks, f"{at:%Y-%m-%d %H:%M}", sent)
+            except Exception:  # Azurite restarting, say: the next tick re-sends the whole day so far
+                log.exception("feed tick at market %s failed", f"{at:%Y-%m-%d %H:%M}")
+            stop.wait(every)

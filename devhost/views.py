@@ -1,0 +1,184 @@
+"""What devhost's commands and the demo do and show: replay with progress, bars, training, forecasts."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from devhost.replay import ReplayStats
+
+
+def replay_bodies(bodies: list[bytes], batch_size: int, partitions: int, seed: int, console: Console) -> ReplayStats:
+    """Replay Airbyte bodies through the registered ingest function, with a progress bar."""
+    from devhost.host import Host
+    from devhost.replay import make_batches, replay
+
+    batches = make_batches(bodies, partitions, batch_size, seed, start_sequence=time.time_ns() // 1_000_000)
+    with Progress(
+        TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("events", total=len(bodies))
+        stats = replay(Host(), batches, on_batch=lambda n: progress.advance(task, n))
+    console.print(
+        f"replayed {stats.events} events in {stats.batches} batches "
+        f"({stats.attempts} invocations, {stats.blobs} blobs written)"
+    )
+    return stats
+
+
+@dataclass(frozen=True)
+class StoredSummary:
+    """The true bars in storage and the dead-letter counts."""
+
+    bars: pa.Table
+    dead_letters: int
+    by_reason: dict[str, int]
+
+
+def show_bars(console: Console, symbol: str | None = None) -> StoredSummary:
+    """Print the true bars per symbol and the dead-letter count; return them."""
+    from devhost.runtime import prepare
+    from devhost.store import dead_letters, stored_bars
+
+    runtime = prepare()
+    bars = stored_bars(runtime.container, symbol)
+    letters = dead_letters(runtime.container)
+    table = Table(title=f"true bars in {runtime.container.container_name}/raw")
+    for column in ("symbol", "bars", "first", "last", "last close"):
+        table.add_column(column, justify="right" if column in ("bars", "last close") else "left")
+    for sym in pc.unique(bars.column("symbol")).to_pylist():
+        rows = bars.filter(pc.equal(bars.column("symbol"), sym))
+        ts = rows.column("ts")
+        table.add_row(
+            sym,
+            str(rows.num_rows),
+            f"{ts[0].as_py():%Y-%m-%d %H:%M}",
+            f"{ts[-1].as_py():%Y-%m-%d %H:%M}",
+            f"{rows.column('close')[-1].as_py():.4f}",
+        )
+    console.print(table)
+    console.print(f"bars stored: {bars.num_rows}   dead-lettered events: {letters.events} {letters.by_reason() or ''}")
+    return StoredSummary(bars, letters.events, letters.by_reason())
+
+
+def train(console: Console) -> dict | None:
+    """Fire the timer, wait for the local job and the rollout, print the decision; return the summary."""
+    from devhost.host import Host
+    from devhost.orchestrate import train as run_training
+
+    with Progress(
+        TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("timer fired", total=None)
+        result = run_training(Host(), on_wait=lambda name: progress.update(task, description=f"job {name} running"))
+        progress.update(task, total=1, completed=1, description=f"job {result.job_name} done")
+    summary = result.summary
+    if summary is None:
+        console.print(f"[red]no decision[/]: job {result.job_name} wrote no summary; see {result.log_path}")
+        return None
+    table = Table(title=f"version {summary['version']}: {summary['decision']}")
+    for column in ("predictor", "RMSE", "MAE", "direction"):
+        table.add_column(column, justify="left" if column == "predictor" else "right")
+    for who, figures in summary["metrics"].items():
+        if figures:
+            table.add_row(
+                who, f"{figures['rmse']:.5f}", f"{figures['mae']:.5f}", f"{figures['directional_accuracy']:.1%}"
+            )
+    console.print(table)
+    console.print(
+        f"decision: {summary['decision']} ({summary['reason']}); champion before: {summary['champion_version']}"
+    )
+    console.print(f"rollout: {result.rollout}   job log: {result.log_path}")
+    return summary
+
+
+def mlflow_ui_command() -> str:
+    """The command that opens the MLflow UI on this home's store."""
+    return f".venv/bin/mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}"
+
+
+def forecasts(base: str, symbols: Iterable[str], console: Console) -> list[dict]:
+    """``GET {base}/predict/{symbol}`` for each symbol over HTTP; print a table; return the bodies.
+
+    A symbol whose answer is not 200 is printed with its error and left out of the result.
+    """
+    symbols = list(symbols)
+    table = Table(title=f"forecasts via GET {base}/predict/{{symbol}}")
+    for column in ("symbol", "last close", "forecast", "as of (UTC)", "target minute", "model"):
+        table.add_column(column, justify="right" if column in ("last close", "forecast") else "left")
+    out = []
+    with (
+        httpx.Client(timeout=30) as client,
+        Progress(
+            TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as progress,
+    ):
+        task = progress.add_task("symbols", total=len(symbols))
+        for symbol in symbols:
+            response = client.get(f"{base}/predict/{symbol}")
+            progress.advance(task)
+            body = response.json()
+            if response.status_code != 200:
+                console.print(
+                    f"[red]{symbol}: {response.status_code}[/] {body['error']['code']}: {body['error']['message']}"
+                )
+                continue
+            out.append(body)
+            table.add_row(
+                body["symbol"],
+                f"{body['last_close']:.4f}",
+                f"{body['predicted_close']:.4f}",
+                _minute(body["as_of"]),
+                _minute(body["target_ts"]),
+                f"v{body['model']['version']}",
+            )
+    if out:
+        table.caption = f"model {out[0]['model']['name']}"
+    console.print(table)
+    return out
+
+
+def _minute(iso: str) -> str:
+    """``2026-11-04T20:59:00Z`` as ``2026-11-04 20:59``."""
+    return iso.replace("T", " ")[:16]
+
+
+def model_versions(tracking_uri: str, model_name: str) -> list[dict]:
+    """Every registered version with its aliases and recorded decision, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    versions = client.search_model_versions(f"name='{model_name}'")
+    aliases = client.get_registered_model(model_name).aliases if versions else {}  # search leaves them out
+    return sorted(
+        (
+            {
+                "version": str(v.version),
+                "aliases": sorted(a for a, version in aliases.items() if str(version) == str(v.version)),
+                "decision": v.tags.get("decision"),
+                "run_id": v.run_id,
+            }
+            for v in versions
+        ),
+        key=lambda v: int(v["version"]),
+    )
+
+
+def plots_folder(tracking_uri: str, run_id: str) -> Path | None:
+    """The local folder holding a run's plots (PNG artifacts), if the store is local."""
+    from mlflow.tracking import MlflowClient
+
+    uri = MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri
+    path = Path(uri.removeprefix("file://"))
+    pngs = sorted(path.rglob("*.png"))
+    return pngs[0].parent if pngs else None
