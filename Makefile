@@ -4,14 +4,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# checkov pins packages the main venv cannot share: the offline Bicep checks (tests/infra) get their own
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: setup lint format test demo up train predict bench stop clean
+.PHONY: setup lint format test demo up train predict status bench stop clean
 
-setup: $(STAMP) node_modules/.installed
+setup: $(STAMP) $(INFRA_STAMP) node_modules/.installed
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(INFRA_STAMP): requirements-infra.txt
+	test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-infra.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -29,14 +37,22 @@ format: setup
 test: setup lint
 	$(PY) -m pytest
 
+# ARGS passes options through, e.g. `make demo ARGS=--keep` or `make up ARGS="--schedule '0 */2 * * * *'"`
 demo: setup
-	$(PY) -m devhost demo
+	$(PY) -m devhost demo $(ARGS)
 
 up: setup
-	$(PY) -m devhost up
+	$(PY) -m devhost up $(ARGS)
 
 train: setup
 	$(PY) -m devhost train
+
+SYMBOL ?= AAPL
+predict: setup
+	$(PY) -m devhost predict $(SYMBOL)
+
+status: setup
+	$(PY) -m devhost status
 
 bench: setup
 	$(PY) benchmarks/ingest.py
