@@ -43,6 +43,15 @@ def _result(start: float, response: httpx.Response) -> tuple[float, int, float |
     return elapsed, response.status_code, overhead
 
 
+def _figures(results: list[tuple[float, int, float | None]]) -> tuple[float, float, float, int]:
+    """p50 and p99 latency (ms), p50 function overhead (ms) and the error count of one phase."""
+    latency = np.array([r[0] for r in results]) * 1000
+    overhead = np.array([r[2] for r in results if r[2] is not None])
+    o50 = float(np.percentile(overhead, 50)) if len(overhead) else float("nan")
+    errors = sum(1 for r in results if r[1] != 200)
+    return float(np.percentile(latency, 50)), float(np.percentile(latency, 99)), o50, errors
+
+
 def _post_bodies(folder: Path, bars: int = 90) -> list[bytes]:
     """One POST body per symbol: its newest ``bars`` bars, as a client would send them."""
     import pyarrow as pa
@@ -129,22 +138,14 @@ def main() -> None:
         for proc in (up, scorer):
             stop_group(proc.pid)
         azurite.stop(runtime.home)
-    latency = np.array([r[0] for r in results]) * 1000
-    errors = sum(1 for r in results if r[1] != 200)
-    overhead = np.array([r[2] for r in results if r[2] is not None])
-    p50, p99 = float(np.percentile(latency, 50)), float(np.percentile(latency, 99))
-    o50 = float(np.percentile(overhead, 50)) if len(overhead) else float("nan")
+    p50, p99, o50, errors = _figures(results)
+    u50, u99, uo50, post_errors = _figures(posts)
     print(
         f"{REQUESTS} requests, {CONCURRENCY} at a time, GET /api/predict/{{symbol}} over loopback: "
         f"{REQUESTS / wall:.0f} req/s"
     )
     print(f"end to end: p50 {p50:.2f} ms, p99 {p99:.2f} ms; errors: {errors}")
     print(f"function overhead (its time minus the endpoint's): p50 {o50:.2f} ms")
-    post_latency = np.array([r[0] for r in posts]) * 1000
-    post_errors = sum(1 for r in posts if r[1] != 200)
-    post_overhead = np.array([r[2] for r in posts if r[2] is not None])
-    u50, u99 = float(np.percentile(post_latency, 50)), float(np.percentile(post_latency, 99))
-    uo50 = float(np.percentile(post_overhead, 50)) if len(post_overhead) else float("nan")
     print(
         f"uncached (POST /api/predict, every request scored by the endpoint): p50 {u50:.2f} ms, "
         f"p99 {u99:.2f} ms, function overhead p50 {uo50:.2f} ms; errors: {post_errors}"

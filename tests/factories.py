@@ -85,3 +85,20 @@ def table_bars(table: Any) -> dict[tuple[str, int], tuple]:
             strict=True,
         )
     }
+
+
+# app settings of a Function App on the Azure ML backend (the control-plane tests build requests from them)
+AML_APP_SETTINGS = {
+    "BARS_CONTAINER": "bars",
+    "BARS_EVENTHUB_NAME": "stock_bars",
+    "BARS_CONSUMER_GROUP": "ingest",
+    "TRAIN_SCHEDULE": "0 */15 * * * *",
+    "BarsStorage__blobServiceUri": "https://st.blob.core.windows.net",
+    "ML_BACKEND": "aml",
+    "AZURE_SUBSCRIPTION_ID": "sub",
+    "AZURE_RESOURCE_GROUP": "rg",
+    "AML_WORKSPACE": "ws",
+    "AML_ENDPOINT": "stockcast-ep",
+    "AML_COMPUTE": "cpu-cluster",
+    "AML_BARS_DATASTORE": "bars",
+}

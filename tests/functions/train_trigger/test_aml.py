@@ -21,24 +21,10 @@ from functions.train_trigger.aml_rollout import (
     smoke_passed,
     smoke_request,
 )
+from tests.factories import AML_APP_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[3]
-SETTINGS = load_settings(
-    {
-        "BARS_CONTAINER": "bars",
-        "BARS_EVENTHUB_NAME": "stock_bars",
-        "BARS_CONSUMER_GROUP": "ingest",
-        "TRAIN_SCHEDULE": "0 */15 * * * *",
-        "BarsStorage__blobServiceUri": "https://st.blob.core.windows.net",
-        "ML_BACKEND": "aml",
-        "AZURE_SUBSCRIPTION_ID": "sub",
-        "AZURE_RESOURCE_GROUP": "rg",
-        "AML_WORKSPACE": "ws",
-        "AML_ENDPOINT": "stockcast-ep",
-        "AML_COMPUTE": "cpu-cluster",
-        "AML_BARS_DATASTORE": "bars",
-    }
-)
+SETTINGS = load_settings(AML_APP_SETTINGS)
 NOW = dt.datetime(2026, 11, 3, 15, 30, tzinfo=dt.UTC)
 
 

@@ -17,21 +17,9 @@ from functions.train_trigger.aml_rollout import AmlModels
 from functions.train_trigger.backends import Backend, ModelSnapshot, ModelVersion
 from functions.train_trigger.local_rollout import LocalModels
 from functions.train_trigger.report import ModelReport, report_models
+from tests.factories import AML_APP_SETTINGS
 
-AML_SETTINGS = load_settings(
-    {
-        "BARS_CONTAINER": "bars",
-        "BARS_EVENTHUB_NAME": "stock_bars",
-        "BARS_CONSUMER_GROUP": "ingest",
-        "TRAIN_SCHEDULE": "0 */15 * * * *",
-        "BarsStorage__blobServiceUri": "https://st.blob.core.windows.net",
-        "ML_BACKEND": "aml",
-        "AZURE_SUBSCRIPTION_ID": "sub",
-        "AZURE_RESOURCE_GROUP": "rg",
-        "AML_WORKSPACE": "ws",
-        "AML_ENDPOINT": "stockcast-ep",
-    }
-)
+AML_SETTINGS = load_settings(AML_APP_SETTINGS)
 
 
 def _decision_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
