@@ -1,0 +1,821 @@
+"""azd wiring, offline: azure.yaml, the hooks, .azure/, docs/deploy.md and the Airbyte setup script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from functions.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = ROOT / "bicep" / "hooks"
+MAIN_BICEP = ROOT / "bicep" / "main.bicep"
+PARAMETERS = ROOT / "bicep" / "main.parameters.json"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+AZURE_YAML = yaml.safe_load((ROOT / "azure.yaml").read_text())
+# The outputs of bicep/main.bicep the hooks and docs/deploy.md are written against (UPPER_SNAKE, no secrets).
+PROMISED_OUTPUTS = frozenset(
+    {
+        "AZURE_LOCATION",
+        "AZURE_TENANT_ID",
+        "AZURE_RESOURCE_GROUP",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "BARS_CONTAINER",
+        "EVENTHUBS_NAMESPACE",
+        "EVENTHUBS_BOOTSTRAP_SERVER",
+        "EVENTHUB_NAME",
+        "EVENTHUB_SEND_RULE_NAME",
+        "AZURE_FUNCTION_APP_NAME",
+        "AZURE_FUNCTION_APP_URL",
+        "APPLICATIONINSIGHTS_NAME",
+        "LOG_ANALYTICS_WORKSPACE_NAME",
+        "AML_WORKSPACE",
+        "AML_COMPUTE",
+        "AML_ENDPOINT",
+        "AKS_CLUSTER_NAME",
+        "AML_KUBERNETES_COMPUTE",
+        "AZURE_CONTAINER_REGISTRY_NAME",
+        "AZURE_KEY_VAULT_NAME",
+        "APIM_NAME",
+        "APIM_GATEWAY_URL",
+    }
+)
+# What azd itself puts in every environment.
+AZD_PROVIDED = frozenset({"AZURE_ENV_NAME", "AZURE_SUBSCRIPTION_ID", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID"})
+# UPPER_SNAKE words in the hooks that are not environment values.
+HOOK_WORDS = frozenset({"SASL_SSL", "BASH_SOURCE"})
+# Variables docs/deploy.md uses that are neither azd values nor set in the doc: read by our own tools.
+DOC_TOOL_VARIABLES = frozenset(
+    {"KAFKA_SASL_PASSWORD", "AIRBYTE_CLIENT_ID", "AIRBYTE_CLIENT_SECRET", "AIRBYTE_TOKEN", "AIRBYTE_API_URL"}
+)
+UPPER_SNAKE = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+FAKE_SECRET = "Endpoint=sb://evhns-test.servicebus.windows.net/;SharedAccessKeyName=airbyte-send;SharedAccessKey=FAKEkey0123456789abcdef=;EntityPath=stock_bars"
+ENV_VALUES = {
+    "AZURE_ENV_NAME": "dev",
+    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
+    "AZURE_RESOURCE_GROUP": "rg-dev",
+    "AML_WORKSPACE": "mlw-test",
+    "AML_ENDPOINT": "stockcast-test",
+    "AKS_CLUSTER_NAME": "aks-test",
+    "AML_KUBERNETES_COMPUTE": "k8s-compute",
+    "EVENTHUBS_NAMESPACE": "evhns-test",
+    "EVENTHUBS_BOOTSTRAP_SERVER": "evhns-test.servicebus.windows.net:9093",
+    "EVENTHUB_NAME": "stock_bars",
+    "EVENTHUB_SEND_RULE_NAME": "airbyte-send",
+}
+
+
+def bicep_outputs() -> set[str]:
+    """Names of the outputs declared in bicep/main.bicep."""
+    return set(re.findall(r"^output\s+(\w+)", MAIN_BICEP.read_text(), re.MULTILINE))
+
+
+def known_values() -> set[str]:
+    """Everything a hook or the doc may read from an azd environment."""
+    outputs = bicep_outputs() if MAIN_BICEP.exists() else set(PROMISED_OUTPUTS)
+    return outputs | AZD_PROVIDED
+
+
+def load_airbyte() -> ModuleType:
+    """bicep/hooks/airbyte.py as a module (bicep/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("stockcast_airbyte_setup", HOOKS / "airbyte.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+airbyte = load_airbyte()
+TARGET = airbyte.EventHubsTarget.from_env(ENV_VALUES)
+
+
+def hook_entries() -> list[tuple[str, str, dict[str, Any]]]:
+    """(hook, platform, entry) for every hook in azure.yaml."""
+    return [(hook, platform, entry[platform]) for hook, entry in AZURE_YAML["hooks"].items() for platform in entry]
+
+
+HOOK_FILES = sorted(p for p in HOOKS.iterdir() if p.suffix in {".sh", ".ps1"})
+
+
+# --- azure.yaml ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("name",), "stockcast"),
+        (("infra", "provider"), "bicep"),
+        (("infra", "path"), "bicep"),
+        (("services", "api", "project"), "."),
+        (("services", "api", "language"), "python"),
+        (("services", "api", "host"), "function"),
+    ],
+)
+def test_azure_yaml_declares_the_function_app_and_bicep(path, expected):
+    """azure.yaml deploys the repository root as a Python Function App, provisioned from bicep/."""
+    value: Any = AZURE_YAML
+    for key in path:
+        value = value[key]
+    assert value == expected
+
+
+def test_azure_yaml_has_one_service_and_the_provision_hooks():
+    """One service (api) and the pre/post provision hooks, each for posix and windows."""
+    assert list(AZURE_YAML["services"]) == ["api"]
+    assert {hook: sorted(entry) for hook, entry in AZURE_YAML["hooks"].items()} == {
+        "preprovision": ["posix", "windows"],
+        "postprovision": ["posix", "windows"],
+    }
+
+
+@pytest.mark.parametrize(("hook", "platform", "entry"), hook_entries(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_hook_file_exists_with_its_shell(hook, platform, entry):
+    """Each hook's script exists, matches its shell, and the posix one is executable."""
+    script = ROOT / entry["run"]
+    assert script.is_file()
+    assert (entry["shell"], script.suffix) == {"posix": ("sh", ".sh"), "windows": ("pwsh", ".ps1")}[platform]
+    assert entry.get("interactive", False) is (hook == "postprovision")  # its Airbyte settings stay on screen
+    if platform == "posix":
+        assert os.access(script, os.X_OK)
+        assert script.read_text().startswith("#!/usr/bin/env bash\n")
+
+
+@pytest.mark.parametrize("script", [p for p in HOOK_FILES if p.suffix == ".sh"], ids=lambda p: p.name)
+def test_shell_hooks_parse(script):
+    """Every .sh hook passes ``bash -n``."""
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+# --- names shared with bicep/main.bicep -------------------------------------------------------------------------
+
+
+def test_main_bicep_emits_the_outputs_the_hooks_and_docs_rely_on():
+    """bicep/main.bicep declares every output promised to the hooks and docs/deploy.md."""
+    if not MAIN_BICEP.exists():
+        pytest.skip("bicep/main.bicep is not written yet")
+    assert sorted(PROMISED_OUTPUTS - bicep_outputs()) == []
+
+
+@pytest.mark.parametrize("script", HOOK_FILES, ids=lambda p: p.name)
+def test_hooks_read_only_bicep_outputs_and_azd_values(script):
+    """Every UPPER_SNAKE name in a hook is a main.bicep output or a value azd provides."""
+    names = set(UPPER_SNAKE.findall(script.read_text())) - HOOK_WORDS
+    assert names, "the hook reads no azd values?"
+    assert sorted(names - known_values()) == []
+
+
+def doc_variables(text: str) -> tuple[set[str], set[str]]:
+    """(UPPER_SNAKE names the doc reads, names it assigns itself) in docs/deploy.md."""
+    read = set(re.findall(r"\$\{?([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)", text))
+    read |= {name for name in re.findall(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`", text)}
+    assigned = set(re.findall(r"(?:^|[\s;(])(?:export\s+)?([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)=", text, re.MULTILINE))
+    return read, assigned
+
+
+def test_training_environment_uses_the_job_and_timer_base_image():
+    """The base image postprovision registers (from job.yml) is the one the timer's jobs use."""
+    job = yaml.safe_load((ROOT / "training_job" / "job.yml").read_text())
+    assert job["environment"]["image"] == Settings.__dataclass_fields__["aml_environment_image"].default
+    assert job["environment"]["conda_file"] == "environment/conda.yaml"
+
+
+# --- the hooks never handle the secret ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", HOOK_FILES, ids=lambda p: p.name)
+def test_hooks_never_capture_or_trace_the_connection_string(script):
+    """No hook captures the keys-list output in a variable, calls listKeys, or traces commands."""
+    text = script.read_text()
+    assert not re.search(r"\$\([^)]*keys\s+list", text)  # bash/pwsh command substitution
+    assert not re.search(r"=\s*&?\s*az\s+eventhubs[^\n]*keys\s+list", text)  # pwsh assignment
+    assert not re.search(r"listKeys|set\s+-[a-z]*x|Set-PSDebug|primaryKey|sharedAccessKey", text, re.IGNORECASE)
+
+
+FAKE_AZ = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$FAKE_AZ_LOG"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [[ "${args[i]}" == --file ]] && cat "${args[i + 1]}" >>"$FAKE_AZ_LOG.files"
+done
+case "$*" in
+  "account show"*) exit 0 ;;
+  *"authorization-rule keys list"*) printf '%s\n' "$FAKE_SECRET"; exit 0 ;;
+  "k8s-extension list"*) [[ "$FAKE_AZ_MODE" == present ]] && printf 'Microsoft.AzureML.Kubernetes\n'; exit 0 ;;
+  "aks show"*)
+    printf '/subscriptions/s/resourceGroups/rg-dev/providers/Microsoft.ContainerService/managedClusters/aks\n'
+    exit 0 ;;
+  *" show "*) [[ "$FAKE_AZ_MODE" == present ]] && exit 0; echo "(ResourceNotFound)" >&2; exit 3 ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+@pytest.fixture
+def run_postprovision(tmp_path: Path) -> Iterator[Any]:
+    """Run postprovision.sh against a fake az on PATH; return (result, az calls, files passed to az)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "az"
+    fake.write_text(FAKE_AZ)
+    fake.chmod(0o755)
+    log = tmp_path / "az.log"
+    system_path = ":".join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
+
+    def run(mode: str, values: dict[str, str] = ENV_VALUES) -> tuple[subprocess.CompletedProcess[str], list[str], str]:
+        log.write_text("")
+        env = {
+            **values,
+            "PATH": f"{bin_dir}:{system_path}",
+            "HOME": str(tmp_path),
+            "FAKE_AZ_LOG": str(log),
+            "FAKE_AZ_MODE": mode,
+            "FAKE_SECRET": FAKE_SECRET,
+        }
+        result = subprocess.run(
+            ["bash", str(HOOKS / "postprovision.sh")], capture_output=True, text=True, env=env, check=False, timeout=60
+        )
+        files = Path(f"{log}.files")
+        return result, log.read_text().splitlines(), files.read_text() if files.exists() else ""
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    yield run
+
+
+def test_postprovision_changes_nothing_when_everything_exists(run_postprovision):
+    """A re-run only looks: no create, attach or register call, and the secret is never requested."""
+    result, calls, _ = run_postprovision("present")
+    assert result.returncode == 0, result.stderr
+    verbs = {" ".join(call.split()[:3]) for call in calls}
+    assert verbs == {
+        "account show --subscription",
+        "k8s-extension list --subscription",
+        "ml compute show",
+        "ml online-endpoint show",
+        "ml environment show",
+    }
+    assert not [call for call in calls if "keys list" in call]
+    assert "FAKEkey" not in result.stdout + result.stderr
+
+
+def test_postprovision_creates_what_is_missing(run_postprovision):
+    """On a bare workspace it installs the extension, attaches AKS, creates the endpoint and the environment."""
+    result, calls, files = run_postprovision("missing")
+    assert result.returncode == 0, result.stderr
+    verb = {call: " ".join(call.split()[1:3] if call.startswith("ml ") else call.split()[:2]) for call in calls}
+    created = {verb[call]: call for call in calls if re.search(r" (create|attach) ", call)}
+    assert sorted(created) == ["compute attach", "environment create", "k8s-extension create", "online-endpoint create"]
+    assert "--extension-type Microsoft.AzureML.Kubernetes" in created["k8s-extension create"]
+    assert "enableInference=True" in created["k8s-extension create"]
+    assert "--cluster-name aks-test" in created["k8s-extension create"]
+    assert "--type Kubernetes --name k8s-compute --resource-id /subscriptions/" in created["compute attach"]
+    image = Settings.__dataclass_fields__["aml_environment_image"].default
+    assert re.search(
+        rf"--name stockcast --version [0-9a-f]{{12}} --image {re.escape(image)} ", created["environment create"]
+    )
+    assert created["environment create"].count("training_job/environment/conda.yaml") == 1
+    assert yaml.safe_load(files) == {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/kubernetesOnlineEndpoint.schema.json",
+        "name": "stockcast-test",
+        "compute": "azureml:k8s-compute",
+        "auth_mode": "key",
+        "description": "Stockcast champion model; the train_trigger timer rolls deployments out blue/green.",
+        "tags": {"app": "stockcast"},
+    }
+    assert all("--workspace-name mlw-test" in call for call in calls if call.startswith("ml "))
+    assert not [call for call in calls if "keys list" in call]
+
+
+def bicep_block(text: str, key: str) -> dict[str, str]:
+    """The ``key: 'value'`` pairs of the first ``<key>: { ... }`` block of a Bicep file."""
+    block = re.search(rf"{key}: \{{(.*?)\}}", text, re.DOTALL)
+    assert block, key
+    return dict(re.findall(r"(\w+): '([^']*)'", block.group(1)))
+
+
+def test_postprovision_fallbacks_match_what_bicep_declares(run_postprovision):
+    """The extension settings, compute namespace and endpoint auth the hook would create are Bicep's."""
+    ml_bicep = ROOT / "bicep" / "modules" / "ml.bicep"
+    if not ml_bicep.exists():
+        pytest.skip("bicep/modules/ml.bicep is not written yet")
+    text = ml_bicep.read_text()
+    _, calls, files = run_postprovision("missing")
+    extension = next(call for call in calls if call.startswith("k8s-extension create"))
+    settings = dict(pair.split("=", 1) for pair in extension.split("--config ")[1].split(" --")[0].split())
+    assert settings.items() <= bicep_block(text, "configurationSettings").items()
+    attach = next(call for call in calls if call.startswith("ml compute attach"))
+    assert re.search(r"namespace: '([^']+)'", text).group(1) == attach.split("--namespace ")[1].split()[0]
+    assert re.search(r"authMode: '(\w+)'", text).group(1).lower() == yaml.safe_load(files)["auth_mode"]
+    assert "releaseNamespace: 'azureml'" in text and "--release-namespace azureml" in extension
+
+
+@pytest.mark.parametrize(
+    "expected_line",
+    [
+        "Bootstrap servers  evhns-test.servicebus.windows.net:9093",
+        "Topic pattern      stock_bars",
+        "Security protocol  SASL_SSL",
+        "SASL mechanism     PLAIN",
+        "SASL username      $ConnectionString",
+        "SASL JAAS config   org.apache.kafka.common.security.plain.PlainLoginModule required "
+        'username="$ConnectionString" password="<Send-only connection string>";',
+    ],
+)
+def test_postprovision_prints_the_airbyte_settings(run_postprovision, expected_line):
+    """The Airbyte destination settings are printed, line by line, with a placeholder for the secret."""
+    result, _, _ = run_postprovision("present")
+    assert f"  {expected_line}\n" in result.stdout
+
+
+def test_postprovision_prints_the_exact_command_that_fetches_the_connection_string(run_postprovision):
+    """The printed command is the one airbyte.py runs, with this environment's names filled in."""
+    result, _, _ = run_postprovision("present")
+    assert f"  {' '.join(airbyte.connection_string_command(TARGET))}\n" in result.stdout
+    assert (
+        "az eventhubs eventhub authorization-rule keys list --resource-group rg-dev --namespace-name evhns-test "
+        "--eventhub-name stock_bars --name airbyte-send --query primaryConnectionString -o tsv" in result.stdout
+    )
+
+
+def test_postprovision_fails_naming_every_missing_value(run_postprovision):
+    """Without the azd values (and no azd to read them from) it stops and names each one."""
+    partial = {key: value for key, value in ENV_VALUES.items() if key not in {"AML_ENDPOINT", "AKS_CLUSTER_NAME"}}
+    result, calls, _ = run_postprovision("present", partial)
+    assert result.returncode == 1
+    assert "missing azd environment values: AML_ENDPOINT AKS_CLUSTER_NAME" in result.stderr
+    assert calls == []
+
+
+# --- .azure/ ----------------------------------------------------------------------------------------------------
+
+
+def git_ignored(path: str) -> bool:
+    """Whether git ignores ``path`` (which need not exist)."""
+    result = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, capture_output=True, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "ignored"),
+    [
+        (".azure/config.json", False),
+        (".azure/dev.env.example", False),
+        (".azure/dev/.env", True),
+        (".azure/dev/config.json", True),
+        (".azure/prod/.env", True),
+    ],
+)
+def test_azd_runtime_state_is_ignored_and_the_defaults_are_not(path, ignored):
+    """What azd writes per environment is gitignored; the committed defaults are not."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert git_ignored(path) is ignored
+
+
+def test_azure_defaults_name_the_example_environment():
+    """.azure/config.json's default environment is the example's, and the example holds no secret."""
+    config = json.loads((ROOT / ".azure" / "config.json").read_text())
+    example = airbyte.parse_env_values((ROOT / ".azure" / "dev.env.example").read_text())
+    assert config == {"version": 1, "defaultEnvironment": example["AZURE_ENV_NAME"]}
+    assert example == {"AZURE_ENV_NAME": "dev", "AZURE_LOCATION": "eastus2"}
+    text = (ROOT / ".azure" / "dev.env.example").read_text()
+    assert not re.search(r"(?i)(secret|password|accountkey|sharedaccesskey|connectionstring)\s*=", text)
+
+
+def test_example_environment_keys_are_azd_values_or_bicep_parameters():
+    """Every key in the example (commented or not) is an azd value or a ${KEY} of main.parameters.json."""
+    text = (ROOT / ".azure" / "dev.env.example").read_text()
+    keys = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
+    assert sorted(keys - AZD_PROVIDED - set(parameter_defaults())) == []
+
+
+def test_example_knobs_show_the_parameter_defaults():
+    """The commented knobs of the example show the defaults main.parameters.json applies."""
+    if not PARAMETERS.exists():
+        pytest.skip("bicep/main.parameters.json is not written yet")
+    knobs = dict(
+        re.findall(r'^#\s*([A-Z][A-Z0-9_]*)="([^"]*)"', (ROOT / ".azure" / "dev.env.example").read_text(), re.M)
+    )
+    knobs.pop("AZURE_SUBSCRIPTION_ID")
+    defaults = parameter_defaults()
+    assert knobs and {name: defaults[name] for name in knobs} == knobs
+
+
+# --- docs/deploy.md ---------------------------------------------------------------------------------------------
+
+
+def devhost_commands() -> set[str]:
+    """Subcommands registered anywhere in devhost/ (``sub.add_parser("name", ...)``)."""
+    text = "".join(path.read_text() for path in (ROOT / "devhost").glob("*.py"))
+    return set(re.findall(r"add_parser\(\s*\"([a-z-]+)\"", text))
+
+
+def markdown_code(text: str) -> str:
+    """The fenced blocks and inline code spans of a Markdown text, one per line."""
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return "\n".join([*fenced, *re.findall(r"`([^`\n]+)`", prose)])
+
+
+def app_settings() -> set[str]:
+    """The app settings functions/settings.py reads (a doc may name them)."""
+    return set(re.findall(r'\("([A-Za-z_]+)", ', (ROOT / "functions" / "settings.py").read_text()))
+
+
+def parameter_defaults() -> dict[str, str]:
+    """The azd values bicep/main.parameters.json reads, each with its ``${NAME=default}`` default ("" if none)."""
+    if not PARAMETERS.exists():
+        return {}
+    return {
+        name: default for name, default in re.findall(r"\$\{([A-Z][A-Z0-9_]*)(?:=([^}]*))?\}", PARAMETERS.read_text())
+    }
+
+
+def test_deploy_doc_names_only_existing_outputs():
+    """Every azd value docs/deploy.md reads is an output, a parameter knob, an azd value, or set in the doc."""
+    read, assigned = doc_variables(DEPLOY_DOC.read_text())
+    assert {"EVENTHUBS_BOOTSTRAP_SERVER", "APIM_GATEWAY_URL", "AML_WORKSPACE"} <= read
+    allowed = known_values() | assigned | DOC_TOOL_VARIABLES | app_settings() | set(parameter_defaults())
+    assert sorted(read - allowed) == []
+
+
+def test_deploy_doc_uses_only_commands_that_exist():
+    """The devhost subcommands, make targets, files and az/azd commands in docs/deploy.md exist."""
+    text = DEPLOY_DOC.read_text()
+    code = markdown_code(text)
+    assert sorted(set(re.findall(r"-m devhost ([a-z-]+)", code)) - devhost_commands()) == []
+    targets = set(re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    assert sorted(set(re.findall(r"\bmake ([a-z-]+)", code)) - targets) == []
+    paths = set(re.findall(r"(?<![\w/])((?:bicep|training_job|functions|devhost|\.azure)/[\w./-]*\w\.\w+)", text))
+    runtime = {p for p in paths if re.match(r"\.azure/[^/]+/", p)}  # what azd writes per environment
+    assert paths - runtime and sorted(p for p in paths - runtime if not (ROOT / p).exists()) == []
+    az_groups = set(re.findall(r"(?:^|[\s($])az ([a-z][a-z0-9-]*)", code, re.MULTILINE))
+    standard = {"account", "login", "version", "extension", "provider", "vm", "ml", "aks", "k8s-extension"}
+    standard |= {"eventhubs", "storage", "role", "rest", "apim", "monitor", "functionapp", "group"}
+    assert az_groups and sorted(az_groups - standard) == []
+    azd_verbs = set(re.findall(r"(?:^|[\s($])azd ([a-z]+)", code, re.MULTILINE))
+    known = {"up", "down", "provision", "deploy", "env", "auth", "hooks", "show", "version"}
+    assert azd_verbs and sorted(azd_verbs - known) == []
+
+
+@pytest.mark.parametrize(
+    ("marker", "sources"),
+    [("-m devhost ", sorted((ROOT / "devhost").glob("*.py"))), ("bicep/hooks/airbyte.py", [HOOKS / "airbyte.py"])],
+    ids=["devhost", "airbyte.py"],
+)
+def test_deploy_doc_uses_only_options_that_exist(marker, sources):
+    """Every --option docs/deploy.md passes to devhost or airbyte.py is one they define."""
+    code = markdown_code(DEPLOY_DOC.read_text()).replace("\\\n", " ")
+    lines = [line.split(marker, 1)[1] for line in code.splitlines() if marker in line]
+    options = {option for line in lines for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", line)}
+    defined = set(re.findall(r"\"(--[a-z][a-z-]*)\"", "".join(path.read_text() for path in sources)))
+    assert options and sorted(options - defined) == []
+
+
+def test_deploy_doc_metric_names_are_the_ones_the_app_emits():
+    """Custom metric names quoted in docs/deploy.md are defined in functions/telemetry.py."""
+    quoted = set(re.findall(r"\"(stockcast\.[a-z_.]+)\"", DEPLOY_DOC.read_text()))
+    assert (
+        quoted
+        and sorted(
+            quoted - set(re.findall(r"\"(stockcast\.[a-z_.]+)\"", (ROOT / "functions" / "telemetry.py").read_text()))
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        "azd up",
+        "azd down --purge",
+        "bicep/hooks/airbyte.py",
+        "-m devhost publish",
+        "az ml job list",
+        "--auth-mode login",
+    ],
+)
+def test_deploy_doc_covers_every_step(needle):
+    """docs/deploy.md walks through provisioning, Airbyte, verification and teardown."""
+    assert needle in DEPLOY_DOC.read_text()
+
+
+# --- bicep/hooks/airbyte.py: request bodies -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('AZURE_ENV_NAME="dev"\n', {"AZURE_ENV_NAME": "dev"}),
+        ('A="x=y"\nB=plain\n# C="no"\n\n', {"A": "x=y", "B": "plain"}),
+        ('export D="with \\"quotes\\""\n', {"D": 'with "quotes"'}),
+        ("E='single'\nnot a line\n", {"E": "single"}),
+    ],
+)
+def test_parse_env_values(text, expected):
+    """Lines of ``azd env get-values`` (KEY="value") parse into a dict."""
+    assert airbyte.parse_env_values(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "expected"),
+    [
+        ({}, "bootstrap_server", "evhns-test.servicebus.windows.net:9093"),
+        ({"EVENTHUBS_BOOTSTRAP_SERVER": ""}, "bootstrap_server", "evhns-test.servicebus.windows.net:9093"),
+        ({"EVENTHUB_NAME": ""}, "eventhub", "stock_bars"),
+        ({}, "send_rule", "airbyte-send"),
+        ({"AZURE_SUBSCRIPTION_ID": ""}, "subscription_id", None),
+    ],
+)
+def test_event_hubs_target_from_azd_values(overrides, field, expected):
+    """The target comes from the azd values, with the bootstrap server and hub name derivable."""
+    assert getattr(airbyte.EventHubsTarget.from_env({**ENV_VALUES, **overrides}), field) == expected
+
+
+def test_event_hubs_target_names_every_missing_value():
+    """Missing azd values are all named in one error."""
+    with pytest.raises(airbyte.SetupError, match="AZURE_RESOURCE_GROUP, EVENTHUB_SEND_RULE_NAME"):
+        airbyte.EventHubsTarget.from_env({"EVENTHUBS_NAMESPACE": "ns"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("AAPL,MSFT", ["AAPL", "MSFT"]),
+        (" aapl , msft,AAPL,, brk-b ", ["AAPL", "MSFT", "BRK-B"]),
+        ("^GSPC,EURUSD=X", ["^GSPC", "EURUSD=X"]),
+    ],
+)
+def test_parse_tickers(raw, expected):
+    """Tickers are upper-cased, de-duplicated and kept in order."""
+    assert airbyte.parse_tickers(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", " , ", "AAPL,MS FT", "TOOLONGTICKERNAME17"])
+def test_parse_tickers_rejects_bad_input(raw):
+    """An empty list or a malformed ticker is refused."""
+    with pytest.raises(ValueError):
+        airbyte.parse_tickers(raw)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("name",), "stockcast-yahoo-finance"),
+        (("workspaceId",), "ws-1"),
+        (("definitionId",), "09a517d3-803f-448d-97bf-0b1ee64b90ef"),
+        (("configuration", "sourceType"), "yahoo-finance-price"),
+        (("configuration", "tickers"), "AAPL,MSFT,NVDA"),
+        (("configuration", "interval"), "1m"),
+        (("configuration", "range"), "1d"),
+    ],
+)
+def test_source_body(path, expected):
+    """The Yahoo Finance source syncs one-minute bars of the current day for the tickers."""
+    value: Any = airbyte.source_body("ws-1", ["AAPL", "MSFT", "NVDA"])
+    for key in path:
+        value = value[key]
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("definitionId",), "9f760101-60ae-462f-9ee6-b7a9dafd454d"),
+        (("configuration", "bootstrap_servers"), "evhns-test.servicebus.windows.net:9093"),
+        (("configuration", "topic_pattern"), "stock_bars"),
+        (("configuration", "test_topic"), "stock_bars"),
+        (("configuration", "protocol", "security_protocol"), "SASL_SSL"),
+        (("configuration", "protocol", "sasl_mechanism"), "PLAIN"),
+        (
+            ("configuration", "protocol", "sasl_jaas_config"),
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="$ConnectionString" password="{FAKE_SECRET}";',
+        ),
+        (("configuration", "request_timeout_ms"), 60000),
+        (("configuration", "max_request_size"), 1000000),
+    ],
+)
+def test_destination_body(path, expected):
+    """The Kafka destination signs in to the Event Hubs Kafka endpoint with the Send-only string."""
+    value: Any = airbyte.destination_body("ws-1", TARGET, FAKE_SECRET)
+    for key in path:
+        value = value[key]
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("every", "market_hours", "expected"),
+    [(5, True, "0 */5 9-16 ? * MON-FRI"), (2, False, "0 */2 * * * ?"), (15, True, "0 */15 9-16 ? * MON-FRI")],
+)
+def test_cron_expression(every, market_hours, expected):
+    """Syncs every few minutes, by default on New York weekdays from 09:00 to 16:55."""
+    assert airbyte.cron_expression(every, market_hours) == expected
+
+
+@pytest.mark.parametrize("every", [0, 60, -5])
+def test_cron_expression_rejects_bad_intervals(every):
+    """An interval outside 1-59 minutes is refused."""
+    with pytest.raises(ValueError):
+        airbyte.cron_expression(every)
+
+
+def test_connection_body_for_create_and_patch():
+    """The connection appends the price stream on a New York cron; only the create body names the ends."""
+    create = airbyte.connection_body("src-1", "dst-1", "0 */5 9-16 ? * MON-FRI")
+    patch = airbyte.connection_body(None, None, "0 */5 9-16 ? * MON-FRI")
+    assert (create["sourceId"], create["destinationId"]) == ("src-1", "dst-1")
+    assert {k: v for k, v in create.items() if k not in {"sourceId", "destinationId"}} == patch
+    assert patch["schedule"] == {
+        "scheduleType": "cron",
+        "cronExpression": "0 */5 9-16 ? * MON-FRI",
+        "cronTimeZone": "America/New_York",
+    }
+    assert patch["configurations"] == {"streams": [{"name": "price", "syncMode": "full_refresh_append"}]}
+    assert patch["status"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (f"password={FAKE_SECRET}", "password=***REDACTED***"),
+        ({"a": [FAKE_SECRET, 1]}, {"a": ["***REDACTED***", 1]}),
+        (
+            "Endpoint=sb://x/;SharedAccessKeyName=r;SharedAccessKey=abc=",
+            "Endpoint=sb://x/;SharedAccessKeyName=r;SharedAccessKey=***REDACTED***",
+        ),
+        ({"n": None, "b": True}, {"n": None, "b": True}),
+    ],
+)
+def test_redact(value, expected):
+    """Redaction replaces the secret, and any SharedAccessKey value, everywhere in a structure."""
+    assert airbyte.redact(value, [FAKE_SECRET]) == expected
+
+
+def test_connection_string_command_never_carries_the_secret():
+    """The az command names the rule and asks for primaryConnectionString; the secret is only its output."""
+    command = airbyte.connection_string_command(TARGET)
+    assert command[:6] == ["az", "eventhubs", "eventhub", "authorization-rule", "keys", "list"]
+    assert command[-2:] == ["--subscription", "00000000-0000-0000-0000-000000000001"]
+    assert "primaryConnectionString" in command
+
+
+@pytest.mark.parametrize(
+    ("stdout", "returncode"), [("not a connection string\n", 0), ('Endpoint=sb://x/;"bad"\n', 0), ("", 1)]
+)
+def test_fetch_connection_string_refuses_anything_else(monkeypatch, stdout, returncode):
+    """A failed or odd az answer is an error that does not repeat what az printed."""
+
+    def fake_run(*_args: Any, **_kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], returncode, stdout, "")
+
+    monkeypatch.setattr(airbyte.subprocess, "run", fake_run)
+    with pytest.raises(airbyte.SetupError) as caught:
+        airbyte.fetch_connection_string(TARGET)
+    assert stdout.strip() == "" or stdout.strip() not in str(caught.value)
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    """The azd values as a .env file (what --env-file reads)."""
+    path = tmp_path / ".env"
+    path.write_text("".join(f'{key}="{value}"\n' for key, value in ENV_VALUES.items()))
+    return path
+
+
+def test_dry_run_prints_the_bodies_with_the_secret_redacted(monkeypatch, capsys, env_file):
+    """--dry-run shows the exact bodies, with the connection string replaced by a marker."""
+    monkeypatch.setattr(airbyte, "fetch_connection_string", lambda target: FAKE_SECRET)
+    assert airbyte.main(["--dry-run", "--env-file", str(env_file), "--tickers", "aapl,msft"]) == 0
+    out, err = capsys.readouterr()
+    assert "FAKEkey" not in out + err
+    bodies = json.loads(out)
+    assert list(bodies) == ["POST /sources", "POST /destinations", "POST /connections"]
+    assert bodies["POST /sources"]["configuration"]["tickers"] == "AAPL,MSFT"
+    destination = bodies["POST /destinations"]["configuration"]
+    assert destination["bootstrap_servers"] == "evhns-test.servicebus.windows.net:9093"
+    assert destination["protocol"]["sasl_jaas_config"] == (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        'username="$ConnectionString" password="***REDACTED***";'
+    )
+
+
+# --- bicep/hooks/airbyte.py: the API calls ------------------------------------------------------------------------
+
+
+class FakeAirbyte:
+    """An in-memory Airbyte public API: workspaces, sources, destinations and connections by id."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, dict[str, Any]]] = {"sources": {}, "destinations": {}, "connections": {}}
+        self.requests: list[tuple[str, str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.requests.append((request.method, request.url.path, body))
+        assert request.headers["Authorization"] == "Bearer token-1"
+        parts = request.url.path.removeprefix("/api/public/v1/").split("/")
+        if parts == ["workspaces"]:
+            return httpx.Response(200, json={"data": [{"workspaceId": "ws-1", "name": "Default"}]})
+        kind, id_key = parts[0], airbyte._ID_KEYS[parts[0]]
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": list(self.items[kind].values())})
+        if request.method == "POST":
+            new_id = f"{kind}-{len(self.items[kind]) + 1}"
+            self.items[kind][new_id] = {**body, id_key: new_id}
+            return httpx.Response(200, json=self.items[kind][new_id])
+        self.items[kind][parts[1]].update(body)
+        return httpx.Response(200, json=self.items[kind][parts[1]])
+
+
+def test_apply_creates_then_updates_in_place():
+    """A first run creates source, destination and connection; a second run patches the same three."""
+    fake = FakeAirbyte()
+    client = airbyte.AirbyteClient(
+        "http://airbyte/api/public/v1", "token-1", [FAKE_SECRET], transport=httpx.MockTransport(fake)
+    )
+    first = airbyte.apply(client, "ws-1", ["AAPL"], TARGET, FAKE_SECRET, "0 */5 9-16 ? * MON-FRI")
+    second = airbyte.apply(client, "ws-1", ["AAPL", "MSFT"], TARGET, FAKE_SECRET, "0 */5 9-16 ? * MON-FRI")
+    assert first == {
+        "source": ("sources-1", "created"),
+        "destination": ("destinations-1", "created"),
+        "connection": ("connections-1", "created"),
+    }
+    assert second == {kind: (item_id, "updated") for kind, (item_id, _) in first.items()}
+    writes = [(method, path) for method, path, _ in fake.requests if method != "GET"]
+    assert writes == [
+        ("POST", "/api/public/v1/sources"),
+        ("POST", "/api/public/v1/destinations"),
+        ("POST", "/api/public/v1/connections"),
+        ("PATCH", "/api/public/v1/sources/sources-1"),
+        ("PATCH", "/api/public/v1/destinations/destinations-1"),
+        ("PATCH", "/api/public/v1/connections/connections-1"),
+    ]
+    assert fake.items["sources"]["sources-1"]["configuration"]["tickers"] == "AAPL,MSFT"
+    connection = fake.items["connections"]["connections-1"]
+    assert (connection["sourceId"], connection["destinationId"]) == ("sources-1", "destinations-1")
+    assert fake.items["destinations"]["destinations-1"]["configuration"]["protocol"]["sasl_jaas_config"].endswith(
+        f'password="{FAKE_SECRET}";'
+    )
+    client.close()
+
+
+def test_api_errors_never_repeat_the_secret():
+    """An error answer that echoes the configuration is reported with the secret redacted."""
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": []})
+        return httpx.Response(422, text=f"invalid configuration: {request.content.decode()}")
+
+    client = airbyte.AirbyteClient("http://airbyte/v1", "token-1", [FAKE_SECRET], transport=httpx.MockTransport(echo))
+    with pytest.raises(airbyte.SetupError) as caught:
+        airbyte.apply(client, "ws-1", ["AAPL"], TARGET, FAKE_SECRET, "0 */5 * * * ?")
+    client.close()
+    assert "answered 422" in str(caught.value)
+    assert "FAKEkey" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "prompted", "expected"),
+    [
+        ({"AIRBYTE_TOKEN": "direct"}, [], "direct"),
+        ({"AIRBYTE_CLIENT_ID": "id-1", "AIRBYTE_CLIENT_SECRET": "s3"}, [], "exchanged"),
+        ({"AIRBYTE_CLIENT_ID": "id-1"}, ["Airbyte client secret: "], "exchanged"),
+    ],
+)
+def test_access_token_comes_from_the_environment_or_a_prompt(environ, prompted, expected):
+    """The token is AIRBYTE_TOKEN, or exchanged for client credentials from the environment or a prompt."""
+    asked: list[str] = []
+
+    def prompt(question: str) -> str:
+        asked.append(question)
+        return "s3"
+
+    def token(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/applications/token"
+        assert json.loads(request.content) == {
+            "client_id": "id-1",
+            "client_secret": "s3",
+            "grant-type": "client_credentials",
+        }
+        return httpx.Response(200, json={"access_token": "exchanged", "token_type": "Bearer", "expires_in": 180})
+
+    assert airbyte.access_token("http://airbyte/v1", environ, prompt, httpx.MockTransport(token)) == expected
+    assert asked == prompted

@@ -1,0 +1,377 @@
+"""Event Hubs, Azure ML and AKS, API Management and monitoring: the settings the app and the hooks rely on."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+
+from devhost.host import registered_functions
+from functions import telemetry
+from tests.infra.bicep_model import BICEP, ROOT, keys, of_type, one, render, run_infra_tool
+
+OPENAPI = ROOT / "functions" / "predict" / "openapi.yaml"
+POLICY = BICEP / "modules" / "apim-api-policy.xml"
+# The telemetry contract (functions/telemetry.py): metric names and the training decision trace.
+METRICS = {value for name, value in vars(telemetry).items() if name.isupper() and str(value).startswith("stockcast.")}
+
+
+# ---- Event Hubs ----
+
+
+def test_event_hubs_namespace_is_standard_with_kafka(module):
+    """Standard tier (Kafka endpoint), TLS 1.2, SAS kept for Airbyte's Kafka client."""
+    namespace = one(module("eventhubs"), "Microsoft.EventHub/namespaces")
+    assert namespace.config["sku"]["name"] == "Standard"
+    properties = namespace.config["properties"]
+    assert (properties["kafkaEnabled"], properties["minimumTlsVersion"], properties["disableLocalAuth"]) == (
+        True,
+        "1.2",
+        False,
+    )
+
+
+def test_hub_consumer_group_and_send_only_rule(module):
+    """Hub stock_bars, consumer group ingest, and one authorization rule, on the hub, with Send only."""
+    template = module("eventhubs")
+    assert template["parameters"]["eventHubName"]["default"] == "stock_bars"
+    assert template["parameters"]["consumerGroupName"]["default"] == "ingest"
+    assert one(template, "Microsoft.EventHub/namespaces/eventhubs/consumergroups").config["parent"] == "hub"
+    rules = [r for r in of_type(template, "Microsoft.EventHub/namespaces/eventhubs/authorizationRules")]
+    assert [(r.config["parent"], r.config["properties"]["rights"]) for r in rules] == [("hub", ["Send"])]
+    assert of_type(template, "Microsoft.EventHub/namespaces/authorizationRules") == []
+    assert render(template["outputs"]["sendRuleName"]["value"]) == "sendRule.name"
+
+
+# ---- Azure ML and AKS ----
+
+
+def test_workspace_links_its_resources_with_a_system_identity(module):
+    """The workspace uses the shared storage, its vault, registry and App Insights, and identity datastores."""
+    workspace = one(module("ml"), "Microsoft.MachineLearningServices/workspaces")
+    assert workspace.config["identity"] == {"type": "SystemAssigned"}
+    properties = {k: render(v) for k, v in workspace.config["properties"].items()}
+    assert properties["storageAccount"] == "storage.id"
+    assert properties["keyVault"] == "keyVault.id"
+    assert properties["containerRegistry"] == "containerRegistry.id"
+    assert properties["applicationInsights"] == "applicationInsightsId"
+    assert properties["systemDatastoresAuthMode"] == "identity"
+
+
+def test_workspace_run_events_reach_log_analytics(module):
+    """The diagnostic setting sends AmlRunStatusChangedEvent (read by the training-failed alert)."""
+    setting = one(module("ml"), "Microsoft.Insights/diagnosticSettings")
+    assert setting.config["scope"] == "workspace"
+    assert setting.config["properties"]["logAnalyticsDestinationType"] == "Dedicated"
+    categories = {log["category"] for log in setting.config["properties"]["logs"] if log["enabled"]}
+    assert "AmlRunStatusChangedEvent" in categories
+
+
+def test_cpu_cluster_scales_to_zero_with_the_training_identity(module):
+    """AmlCompute, min 0 nodes, the user-assigned training identity, no SSH, no local auth."""
+    cluster = next(
+        c
+        for c in of_type(module("ml"), "Microsoft.MachineLearningServices/workspaces/computes")
+        if c.config["properties"]["computeType"] == "AmlCompute"
+    )
+    assert cluster.config["name"] == "computeName"
+    assert list(keys(cluster.config["identity"]["userAssignedIdentities"])) == ["${trainingIdentityId}"]
+    properties = cluster.config["properties"]
+    assert properties["disableLocalAuth"] is True
+    assert properties["properties"]["scaleSettings"]["minNodeCount"] == 0
+    assert properties["properties"]["remoteLoginPortPublicAccess"] == "Disabled"
+
+
+def test_bars_datastore_is_identity_based(module):
+    """AzureBlob on the bars container with no stored credentials."""
+    datastore = one(module("ml"), "Microsoft.MachineLearningServices/workspaces/datastores")
+    properties = datastore.config["properties"]
+    assert properties["datastoreType"] == "AzureBlob"
+    assert properties["containerName"] == "barsContainerName"
+    assert properties["credentials"] == {"credentialsType": "None"}
+    assert datastore.config["name"] == "barsDatastoreName"
+
+
+def test_aks_extension_serves_inference_only(module):
+    """The Azure ML extension on AKS: inference on, training off, DevTest router."""
+    extension = one(module("ml"), "Microsoft.KubernetesConfiguration/extensions")
+    assert extension.config["scope"] == "aks"
+    properties = extension.config["properties"]
+    assert properties["extensionType"] == "Microsoft.AzureML.Kubernetes"
+    settings = properties["configurationSettings"]
+    assert (settings["enableInference"], settings["enableTraining"], settings["inferenceRouterHA"]) == (
+        "True",
+        "False",
+        "False",
+    )
+    assert properties["scope"]["cluster"]["releaseNamespace"] == "azureml"
+
+
+def test_aks_uses_managed_identity_and_rbac(module):
+    """System-assigned identity, Kubernetes RBAC, a system pool, container insights to Log Analytics."""
+    aks = one(module("ml"), "Microsoft.ContainerService/managedClusters")
+    assert aks.config["identity"] == {"type": "SystemAssigned"}
+    properties = aks.config["properties"]
+    assert properties["enableRBAC"] is True
+    assert [p["mode"] for p in properties["agentPoolProfiles"]] == ["System"]
+    assert properties["addonProfiles"]["omsagent"]["config"]["useAADAuth"] == "true"
+    association = one(module("ml"), "Microsoft.Insights/dataCollectionRuleAssociations")
+    assert association.config["scope"] == "aks"
+
+
+def test_kubernetes_compute_and_endpoint(module):
+    """AKS attached as Kubernetes compute (after the extension); the endpoint runs on it with key auth."""
+    template = module("ml")
+    compute = next(
+        c
+        for c in of_type(template, "Microsoft.MachineLearningServices/workspaces/computes")
+        if c.config["properties"]["computeType"] == "Kubernetes"
+    )
+    assert render(compute.config["properties"]["resourceId"]) == "aks.id"
+    assert compute.config["dependsOn"] == ["amlExtension"]
+    assert compute.config["properties"]["properties"]["namespace"] == "azureml"
+    endpoint = one(template, "Microsoft.MachineLearningServices/workspaces/onlineEndpoints")
+    assert render(endpoint.config["properties"]["compute"]) == "kubernetesCompute.id"
+    assert endpoint.config["properties"]["authMode"] == "Key"
+
+
+def test_endpoint_auth_matches_the_predict_client(module):
+    """The endpoint's Key auth pairs with SCORING_AUTH=key (the client fetches keys, not tokens)."""
+    endpoint = one(module("ml"), "Microsoft.MachineLearningServices/workspaces/onlineEndpoints")
+    site = one(module("functionapp"), "Microsoft.Web/sites")
+    scoring_auth = {s["name"]: s["value"] for s in site.config["properties"]["siteConfig"]["appSettings"]}[
+        "SCORING_AUTH"
+    ]
+    assert {"Key": "key", "AMLToken": "aml_token"}[endpoint.config["properties"]["authMode"]] == scoring_auth
+
+
+# ---- API Management ----
+
+
+def test_apim_is_consumption_with_an_identity(module):
+    """Consumption tier, system-assigned identity (for the logger)."""
+    apim = one(module("apim"), "Microsoft.ApiManagement/service")
+    assert apim.config["sku"] == {"name": "Consumption", "capacity": 0}
+    assert apim.config["identity"] == {"type": "SystemAssigned"}
+
+
+def test_apim_imports_the_predict_openapi_file(module):
+    """The API is loaded from functions/predict/openapi.yaml (YAML, format openapi), subscription required."""
+    api = one(module("apim"), "Microsoft.ApiManagement/service/apis")
+    properties = api.config["properties"]
+    assert properties["format"] == "openapi"
+    assert properties["subscriptionRequired"] is True
+    loaded = re.fullmatch(r"load_text_content\((.+)\)", render(properties["value"]))
+    assert loaded
+    assert (BICEP / "modules" / loaded.group(1)).resolve() == OPENAPI
+
+
+def test_openapi_file_is_valid_openapi_3():
+    """openapi-spec-validator (infra venv) accepts the file APIM imports, as OpenAPI 3."""
+    result = run_infra_tool(["openapi", str(OPENAPI)], timeout=120)
+    assert result["valid"], result["error"]
+    assert str(result["openapi"]).startswith("3.")
+
+
+def test_apim_policy_is_the_xml_file(module):
+    """The API policy is loaded from apim-api-policy.xml as raw XML."""
+    policy = one(module("apim"), "Microsoft.ApiManagement/service/apis/policies")
+    assert policy.config["properties"]["format"] == "rawxml"
+    assert render(policy.config["properties"]["value"]) == "load_text_content(apim-api-policy.xml)"
+
+
+@pytest.fixture(scope="module")
+def inbound() -> ET.Element:
+    """The inbound section of the policy."""
+    root = ET.parse(POLICY).getroot()
+    assert root.tag == "policies"
+    element = root.find("inbound")
+    assert element is not None
+    return element
+
+
+def test_policy_rate_limits_per_subscription(inbound):
+    """rate-limit (Consumption has no rate-limit-by-key), with a positive budget."""
+    limits = inbound.findall("rate-limit")
+    assert len(limits) == 1
+    assert int(limits[0].get("calls", "0")) > 0
+    assert int(limits[0].get("renewal-period", "0")) > 0
+    assert inbound.find(".//rate-limit-by-key") is None
+
+
+def test_policy_validates_post_bodies(inbound):
+    """validate-content prevents JSON bodies that do not match the API schema, within the function's size cap."""
+    validate = inbound.find(".//validate-content")
+    assert validate is not None
+    assert validate.get("size-exceeded-action") == "prevent"
+    assert int(validate.get("max-size", "0")) <= 4 * 1024 * 1024
+    content = validate.find("content")
+    assert content is not None
+    assert (content.get("type"), content.get("validate-as"), content.get("action")) == (
+        "application/json",
+        "json",
+        "prevent",
+    )
+
+
+def test_policy_routes_to_the_function_with_its_key(module, inbound):
+    """set-backend-service names the backend resource; x-functions-key comes from the secret named value."""
+    template = module("apim")
+    backend = one(template, "Microsoft.ApiManagement/service/backends")
+    named_value = one(template, "Microsoft.ApiManagement/service/namedValues")
+    variables = template["variables"]
+    assert backend.config["name"] == "backendName"
+    assert named_value.config["properties"]["displayName"] == "functionKeyNamedValue"
+    service = inbound.find("set-backend-service")
+    assert service is not None
+    assert service.get("backend-id") == variables["backendName"]["value"]
+    header = inbound.find("set-header[@name='x-functions-key']")
+    assert header is not None
+    assert header.findtext("value") == "{{" + variables["functionKeyNamedValue"]["value"] + "}}"
+
+
+def test_function_key_comes_from_the_host_keys(module):
+    """The named value is secret and reads the host's default function key with listKeys."""
+    named_value = one(module("apim"), "Microsoft.ApiManagement/service/namedValues")
+    assert named_value.config["properties"]["secret"] is True
+    assert render(named_value.config["properties"]["value"]) == (
+        "list_func(listKeys, resource_id(Microsoft.Web/sites/host, functionApp.name, default), 2023-12-01)"
+        ".functionKeys.default"
+    )
+
+
+def test_apim_logs_to_app_insights_with_its_identity(module):
+    """The logger authenticates with the managed identity; diagnostics use it."""
+    template = module("apim")
+    logger = one(template, "Microsoft.ApiManagement/service/loggers")
+    assert logger.config["properties"]["loggerType"] == "applicationInsights"
+    assert logger.config["properties"]["credentials"]["identityClientId"] == "SystemAssigned"
+    assert "instrumentationKey" not in logger.config["properties"]["credentials"]
+    assert logger.config["dependsOn"] == ["apimTelemetry"]
+    diagnostics = one(template, "Microsoft.ApiManagement/service/diagnostics")
+    assert render(diagnostics.config["properties"]["loggerId"]) == "logger.id"
+
+
+# ---- Monitoring ----
+
+
+def test_app_insights_is_workspace_based(module):
+    """Application Insights stores in the Log Analytics workspace."""
+    insights = one(module("monitoring"), "Microsoft.Insights/components")
+    assert render(insights.config["properties"]["WorkspaceResourceId"]) == "logAnalytics.id"
+
+
+@pytest.fixture(scope="module")
+def workbook_queries(module) -> dict[str, str]:
+    """Workbook item name -> KQL, resolved from the variables the workbook is built from."""
+    template = module("monitoring")
+    variables = template["variables"]
+    workbook = one(template, "Microsoft.Insights/workbooks")
+    assert render(workbook.config["properties"]["serializedData"]) == "string(workbookContent)"
+    items = variables["workbookContent"]["value"]["items"]
+    queries = {}
+    for item in items:
+        content = item["content"]
+        if isinstance(content, dict) and "function" in content:  # union(appInsightsItem, {...})
+            assert content["function"]["parameters"]["arg_1"] == "appInsightsItem"
+            content = content["function"]["parameters"]["arg_2"]
+        if "query" in content:
+            queries[item["name"]] = variables[content["query"]]["value"]
+    return queries
+
+
+@pytest.mark.parametrize(
+    ("item", "needles"),
+    [
+        ("bars-per-minute", ["stockcast.bars.ingested", "bin(timestamp, 1m)"]),
+        ("ingest-lag", ["stockcast.ingest.lag", "valueSum", "valueCount"]),
+        ("dead-letters", ["stockcast.deadletters", "customDimensions.reason"]),
+        (
+            "predict-latency",
+            ["requests", "percentile(duration, 50)", "percentile(duration, 95)", "percentile(duration, 99)"],
+        ),
+        ("predict-errors", ["stockcast.predict.duration", "customDimensions.status_code", ">= 400"]),
+        ("training-submissions", ["stockcast.training.submissions", "customDimensions.outcome"]),
+        (
+            "training-decisions",
+            ['message == "training decision"', "arg_max(timestamp", "by version", "rmse_persistence"],
+        ),
+        ("aml-jobs", ["AmlRunStatusChangedEvent", "Status"]),
+        ("champion-rmse", ["stockcast.model.rmse", "customDimensions.predictor"]),
+    ],
+)
+def test_workbook_shows(workbook_queries, item, needles):
+    """Each panel the issue asks for queries the right telemetry."""
+    query = workbook_queries[item]
+    assert [n for n in needles if n not in query] == []
+
+
+def test_workbook_and_alerts_use_only_metrics_the_app_emits(module):
+    """Every stockcast.* metric named in monitoring.bicep is one functions/telemetry.py defines, and all are shown."""
+    text = (BICEP / "modules" / "monitoring.bicep").read_text()
+    named = set(re.findall(r"stockcast\.[a-z_.]+[a-z]", text))
+    assert named == METRICS
+    assert f'"{telemetry.TRAINING_DECISION}"' in text
+
+
+def test_predict_function_names_in_queries_are_registered():
+    """The HTTP function names the queries filter on are the registered predict functions."""
+    text = (BICEP / "modules" / "monitoring.bicep").read_text()
+    http = {f.get_function_name() for f in registered_functions() if f.get_trigger().type == "httpTrigger"}
+    assert set(re.findall(r'"(predict_\w+)"', text)) == http
+
+
+def _alerts(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rules = of_type(template, "Microsoft.Insights/scheduledQueryRules")
+    return {r.name: r.config for r in rules}
+
+
+@pytest.mark.parametrize(
+    ("alert", "scope", "needles"),
+    [
+        ("alertDeadLetters", "appInsights.id", ["stockcast.deadletters", "by reason"]),
+        (
+            "alertNoBars",
+            "appInsights.id",
+            [
+                'datetime_utc_to_local(now(), "America/New_York")',
+                "dayofweek(ny) between (1d .. 5d)",
+                "16 * 60",
+                "ago(10m)",
+            ],
+        ),
+        ("alertPredict5xx", "appInsights.id", ['"predict_symbol", "predict_bars"', "toint(resultCode) >= 500"]),
+        ("alertTrainingFailed", "logAnalytics.id", ["AmlRunStatusChangedEvent", 'Status == "Failed"', '"failed"']),
+    ],
+)
+def test_alerts(module, alert, scope, needles):
+    """The four alerts: their scope, query and the optional action group."""
+    template = module("monitoring")
+    config = _alerts(template)[alert]
+    properties = config["properties"]
+    assert [render(s) for s in properties["scopes"]] == [scope]
+    criterion = properties["criteria"]["allOf"][0]
+    query = template["variables"][criterion["query"]]["value"]
+    assert [n for n in needles if n not in query] == []
+    assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
+    assert properties["actions"] == "alertActions"
+    assert properties["enabled"] is True
+
+
+def test_alerts_notify_the_action_group_only_when_given(module):
+    """Without an action group id the alerts still exist, firing in the portal."""
+    template = module("monitoring")
+    actions = render(template["variables"]["alertActions"]["value"]["actionGroups"])
+    assert actions == "conditional(empty(alertActionGroupId), [], [alertActionGroupId])"
+    assert template["parameters"]["alertActionGroupId"]["default"] == ""
+    assert len(_alerts(template)) == 4
+
+
+def test_no_bars_window_matches_the_market_hours():
+    """09:40-16:00 New York time on weekdays (10 minutes spared after the 09:30 open)."""
+    text = (BICEP / "modules" / "monitoring.bicep").read_text()
+    assert "nyMinute >= 9 * 60 + 40 and nyMinute < 16 * 60" in text
+    assert json.dumps("America/New_York") in text
