@@ -145,3 +145,33 @@ SECRET_WORD = re.compile(
 def carries_secret(rendered: str) -> bool:
     """Whether a rendered expression reads or spells a secret."""
     return bool(SECRET_CALL.search(rendered) or SECRET_WORD.search(rendered))
+
+
+# The outputs azd writes to .azure/<env>/.env; the hooks and docs/deploy.md rely on these names.
+AZD_OUTPUTS = frozenset(
+    {
+        "AZURE_LOCATION",
+        "AZURE_TENANT_ID",
+        "AZURE_RESOURCE_GROUP",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "BARS_CONTAINER",
+        "EVENTHUBS_NAMESPACE",
+        "EVENTHUBS_BOOTSTRAP_SERVER",
+        "EVENTHUB_NAME",
+        "EVENTHUB_SEND_RULE_NAME",
+        "AZURE_FUNCTION_APP_NAME",
+        "AZURE_FUNCTION_APP_URL",
+        "APPLICATIONINSIGHTS_NAME",
+        "LOG_ANALYTICS_WORKSPACE_NAME",
+        "AML_WORKSPACE",
+        "AML_COMPUTE",
+        "AML_ENDPOINT",
+        "AKS_CLUSTER_NAME",
+        "AML_KUBERNETES_COMPUTE",
+        "AZURE_CONTAINER_REGISTRY_NAME",
+        "AZURE_KEY_VAULT_NAME",
+        "APIM_NAME",
+        "APIM_GATEWAY_URL",
+        "APIM_API_URL",
+    }
+)

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tests.infra.bicep_model import (
+    AZD_OUTPUTS,
     BICEP,
     BICEP_FILES,
     ROOT,
@@ -22,33 +23,6 @@ from tests.infra.bicep_model import (
 from tests.infra.conftest import PARSE_SECONDS
 
 MODULES = ("apim", "eventhubs", "functionapp", "identities", "ml", "monitoring", "roles", "storage")
-
-# The outputs azd writes to .azure/<env>/.env; the hooks and docs/deploy.md rely on these names.
-OUTPUTS = {
-    "AZURE_LOCATION",
-    "AZURE_TENANT_ID",
-    "AZURE_RESOURCE_GROUP",
-    "AZURE_STORAGE_ACCOUNT_NAME",
-    "BARS_CONTAINER",
-    "EVENTHUBS_NAMESPACE",
-    "EVENTHUBS_BOOTSTRAP_SERVER",
-    "EVENTHUB_NAME",
-    "EVENTHUB_SEND_RULE_NAME",
-    "AZURE_FUNCTION_APP_NAME",
-    "AZURE_FUNCTION_APP_URL",
-    "APPLICATIONINSIGHTS_NAME",
-    "LOG_ANALYTICS_WORKSPACE_NAME",
-    "AML_WORKSPACE",
-    "AML_COMPUTE",
-    "AML_ENDPOINT",
-    "AKS_CLUSTER_NAME",
-    "AML_KUBERNETES_COMPUTE",
-    "AZURE_CONTAINER_REGISTRY_NAME",
-    "AZURE_KEY_VAULT_NAME",
-    "APIM_NAME",
-    "APIM_GATEWAY_URL",
-    "APIM_API_URL",
-}
 
 
 def test_the_expected_bicep_files_exist():
@@ -168,7 +142,7 @@ def test_private_networking_is_reserved_not_faked(main):
 def test_outputs_are_exactly_the_agreed_names(main):
     """main.bicep outputs the names the hooks and docs read, all UPPER_SNAKE strings."""
     outputs = main["outputs"]
-    assert set(outputs) == OUTPUTS
+    assert set(outputs) == AZD_OUTPUTS
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", name) for name in outputs)
     assert {block["type"] for block in outputs.values()} == {"string"}
 
