@@ -11,7 +11,10 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from devhost import azurite
-from devhost.home import apply_app_settings, stockcast_home
+from devhost.home import apply_app_settings, local_settings, stockcast_home
+from functions.train_trigger.processes import free_port, listening
+
+DEFAULT_SCORING_PORT = 5001
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,25 @@ class Runtime:
     home: Path
     azurite: azurite.Azurite
     container: ContainerClient
+
+
+def scoring_port(home: Path) -> int:
+    """The scoring server's port for ``home``, so that every devhost command of the home agrees.
+
+    ``SCORING_PORT`` from the environment wins; else the port recorded for the home; else the
+    local settings' default (5001) if it is free, or any free port when another home's server
+    holds it (recorded, like Azurite's port).
+    """
+    if os.environ.get("SCORING_PORT"):
+        return int(os.environ["SCORING_PORT"])
+    record = home / "run" / "scoring-port"
+    if record.exists():
+        return int(record.read_text())
+    preferred = int(local_settings().get("SCORING_PORT", DEFAULT_SCORING_PORT))
+    port = free_port() if listening(preferred) else preferred
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(str(port))
+    return port
 
 
 def prepare() -> Runtime:
@@ -35,6 +57,7 @@ def prepare() -> Runtime:
             "STOCKCAST_HOME": str(home),
             "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir / 'mlflow.db'}",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "SCORING_PORT": str(scoring_port(home)),
         }
     )
     container = BlobServiceClient.from_connection_string(blob.connection_string).get_container_client(
