@@ -94,8 +94,10 @@ def main() -> None:
     model_dir = save_pyfunc(train_small(home / "bars", cfg), cfg, home)
     scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log")
     env = {**os.environ, "SCORING_PORT": str(scoring_port), "PYTHONPATH": str(ROOT)}
+    # the request path only: no timer tick, no live feed, no MLflow UI
+    command = ["up", "--port", str(http_port), "--schedule", "0 0 0 1 1 *", "--feed-every", "0", "--no-mlflow-ui"]
     up = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "up", "--port", str(http_port), "--schedule", "0 0 0 1 1 *"],
+        [sys.executable, "-m", "devhost", *command],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

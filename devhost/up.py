@@ -105,10 +105,10 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
                 f"one market minute every {options.feed_every:g}s"
             )
         say(f"endpoint: {LocalRollout(get_settings()).reconcile('up-start')}")
-        http = HttpHost(host, options.port).start()
         if options.mlflow_ui:
             ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], _port_or_any(options.mlflow_port))
             say(f"MLflow UI:   {ui['url']}")
+        http = HttpHost(host, options.port).start()  # last: an answering API means the stack is up
         state_file(home).parent.mkdir(parents=True, exist_ok=True)
         schedule = os.environ["TRAIN_SCHEDULE"]
         state_file(home).write_bytes(
