@@ -10,7 +10,6 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from devhost.home import REPO_ROOT
-from functions.train_trigger.processes import alive, listening
+from functions.train_trigger.processes import alive, listening, live_record, preferred_or_free
 
 ACCOUNT = "stockcast"
 DEFAULT_PORT = 10000
@@ -42,15 +41,6 @@ class Azurite:
         )
 
 
-def _free_port(preferred: int) -> int:
-    """``preferred`` if it is free, else any free port (0 asks for any)."""
-    if preferred and not listening(preferred):
-        return preferred
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _key(home: Path) -> str:
     path = home / "azurite" / "account.key"
     if not path.exists():
@@ -66,11 +56,8 @@ def _state_file(home: Path) -> Path:
 
 def running(home: Path) -> Azurite | None:
     """The Azurite this home started, if it is still up."""
-    state = _state_file(home)
-    if not state.exists():
-        return None
-    info = orjson.loads(state.read_bytes())
-    if alive(info["pid"]) and listening(info["port"]):
+    info = live_record(_state_file(home))
+    if info and listening(info["port"]):
         return Azurite(info["pid"], info["port"], _key(home))
     return None
 
@@ -84,7 +71,7 @@ def ensure(home: Path, timeout: float = 30.0) -> Azurite:
     if not binary.exists():
         raise RuntimeError(f"{binary} is missing: run `make setup` (npm ci) first")
     key = _key(home)
-    port = _free_port(int(os.environ.get("STOCKCAST_AZURITE_PORT", DEFAULT_PORT)))
+    port = preferred_or_free(int(os.environ.get("STOCKCAST_AZURITE_PORT", DEFAULT_PORT)))
     data = home / "azurite"
     log = (home / "run").joinpath("azurite.log")
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from devhost import azurite
 from devhost.home import apply_app_settings, local_settings, stockcast_home
-from functions.train_trigger.processes import free_port, listening
+from functions.train_trigger.processes import preferred_or_free
 
 DEFAULT_SCORING_PORT = 5001
 
@@ -39,7 +39,7 @@ def scoring_port(home: Path) -> int:
     if record.exists():
         return int(record.read_text())
     preferred = int(local_settings().get("SCORING_PORT", DEFAULT_SCORING_PORT))
-    port = free_port() if listening(preferred) else preferred
+    port = preferred_or_free(preferred)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(str(port))
     return port

@@ -19,7 +19,7 @@ import orjson
 from devhost import azurite
 from functions.train_trigger.local_jobs import running_job
 from functions.train_trigger.local_rollout import serving_state
-from functions.train_trigger.processes import alive, stop_group
+from functions.train_trigger.processes import live_record, stop_group
 
 MLFLOW_UI_PORT = 5000
 
@@ -31,11 +31,7 @@ def mlflow_ui_state_file(home: Path) -> Path:
 
 def mlflow_ui(home: Path) -> dict | None:
     """The MLflow UI this home started, if it still runs."""
-    path = mlflow_ui_state_file(home)
-    if not path.exists():
-        return None
-    state = orjson.loads(path.read_bytes())
-    return state if alive(state["pid"]) else None
+    return live_record(mlflow_ui_state_file(home))
 
 
 def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT, timeout: float = 60.0) -> dict:

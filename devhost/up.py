@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from devhost.services import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
 from functions.settings import get_settings
 from functions.train_trigger.local_jobs import running_job
 from functions.train_trigger.local_rollout import LocalRollout, serving_state, stop_serving
-from functions.train_trigger.processes import alive, free_port, stop_group
+from functions.train_trigger.processes import live_record, preferred_or_free, stop_group
 
 log = logging.getLogger("devhost")
 
@@ -52,20 +51,7 @@ def state_file(home: Path) -> Path:
 
 def running_up(home: Path) -> dict | None:
     """The running ``devhost up`` of this home, if any."""
-    path = state_file(home)
-    if not path.exists():
-        return None
-    state = orjson.loads(path.read_bytes())
-    return state if alive(state["pid"]) else None
-
-
-def _port_or_any(preferred: int) -> int:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-        except OSError:
-            return free_port()
-    return preferred
+    return live_record(state_file(home))
 
 
 def stop_children(home: Path) -> list[str]:
@@ -106,7 +92,7 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
             )
         say(f"endpoint: {LocalRollout(get_settings()).reconcile('up-start')}")
         if options.mlflow_ui:
-            ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], _port_or_any(options.mlflow_port))
+            ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], preferred_or_free(options.mlflow_port))
             say(f"MLflow UI:   {ui['url']}")
         http = HttpHost(host, options.port).start()  # last: an answering API means the stack is up
         state_file(home).parent.mkdir(parents=True, exist_ok=True)

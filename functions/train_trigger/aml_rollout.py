@@ -152,12 +152,8 @@ class AmlRollout:
 
     def champion(self) -> str | None:
         """The version tagged ``role=champion`` (the training job writes the tag with the alias)."""
-        versions = [
-            m.version
-            for m in self.ml_client.models.list(name=self.settings.model_name)
-            if (m.tags or {}).get("role") == "champion"
-        ]
-        return max(versions, key=int, default=None)
+        found = AmlModels(self.ml_client, self.settings).snapshot().champion
+        return found.version if found else None
 
     def state(self) -> tuple[Any, EndpointState]:
         """The endpoint object and the state the plan needs."""

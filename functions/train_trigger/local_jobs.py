@@ -19,7 +19,7 @@ from azure.storage.blob import ContainerClient
 
 from functions.settings import Settings, child_environment
 from functions.train_trigger.aml_jobs import Submission
-from functions.train_trigger.processes import alive
+from functions.train_trigger.processes import alive, live_record
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +44,7 @@ def sync_raw(container: ContainerClient, dest: Path) -> tuple[int, int]:
 
 def running_job(home: Path) -> dict | None:
     """The lock record of the local training job under ``home``, if its process still runs."""
-    lock = home / "jobs" / "train.lock"
-    try:
-        record = orjson.loads(lock.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return record if record.get("pid", -1) > 0 and alive(record["pid"]) else None
+    return live_record(home / "jobs" / "train.lock")
 
 
 class LocalSubmitter:

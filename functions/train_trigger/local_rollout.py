@@ -19,7 +19,7 @@ import orjson
 
 from functions.settings import Settings, child_environment
 from functions.train_trigger.backends import ModelSnapshot, ModelVersion
-from functions.train_trigger.processes import alive, listening, stop_group
+from functions.train_trigger.processes import listening, live_record, stop_group
 
 log = logging.getLogger(__name__)
 ENTRY_SCRIPT = Path(__file__).resolve().parents[2] / "training_job" / "score.py"
@@ -116,11 +116,7 @@ class LocalModels:
 
 def serving_state(home: Path) -> dict | None:
     """The scoring server recorded under ``home``, if its process still runs."""
-    state_file = home / "serving" / "current.json"
-    if not state_file.exists():
-        return None
-    state = orjson.loads(state_file.read_bytes())
-    return state if alive(state["pid"]) else None
+    return live_record(home / "serving" / "current.json")
 
 
 def stop_serving(home: Path) -> bool:

@@ -6,6 +6,9 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
+
+import orjson
 
 
 def alive(pid: int) -> bool:
@@ -19,6 +22,15 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def live_record(path: Path) -> dict | None:
+    """The JSON record of a background process (``{"pid", ...}``), if it exists and that process runs."""
+    try:
+        record = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("pid", -1) > 0 and alive(record["pid"]) else None
 
 
 def stop_group(pid: int, timeout: float = 15.0) -> None:
@@ -46,3 +58,8 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def preferred_or_free(preferred: int) -> int:
+    """``preferred`` if nothing listens there, else any free loopback port (0 asks for any)."""
+    return preferred if preferred and not listening(preferred) else free_port()
