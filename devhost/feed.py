@@ -2,9 +2,11 @@
 
 Each sync re-sends the whole trading day so far (``range: 1d``), so windows overlap heavily; the
 minute still forming at sync time is a provisional zero-volume bar (O=H=L=C) that the next sync
-revises; minutes without trades are null in all five arrays. Prices follow a random walk with a
-weak autocorrelation and U-shaped intraday volatility and volume. Everything is deterministic
-for a seed.
+revises; minutes without trades are null in all five arrays. Prices follow a random walk whose
+1-minute returns carry an AR(1) autocorrelation of ``AUTOCORRELATION`` (a linear signal a good
+model must find and the significance gate must be able to confirm on a few days of data), with
+U-shaped intraday volatility and volume. Everything is deterministic for a seed. Real minute
+returns are much closer to unpredictable: there the honest champion is usually persistence.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orjson
 
 NEW_YORK = ZoneInfo("America/New_York")
 SESSION_MINUTES = 390
+AUTOCORRELATION = 0.2  # lag-1 autocorrelation of the simulated 1-minute returns
 BAD_KINDS = ("invalid_json", "invalid_utf8", "invalid_symbol", "inconsistent_ohlc", "yahoo_error", "other_stream")
 
 
@@ -65,7 +68,7 @@ def _simulate_day(rng: np.random.Generator, session_open: int, prev_close: float
     returns = np.empty(SESSION_MINUTES)
     prev = 0.0
     for i in range(SESSION_MINUTES):
-        prev = 0.12 * prev + noise[i]
+        prev = AUTOCORRELATION * prev + noise[i]
         returns[i] = prev
     open_ = prev_close * np.exp(rng.normal(0.0, 0.004))
     closes = open_ * np.exp(np.cumsum(returns))

@@ -18,14 +18,16 @@ class TrainConfig:
     window: int = 30
     horizon: int = 1
     units: int = 32
+    ar_lags: int = 10
+    seeds: int = 3
     batch_size: int = 256
     learning_rate: float = 3e-3
     seed: int = 42
     max_gap_minutes: int = 5
     validation_fraction: float = 0.15
     decision_fraction: float = 0.2
-    min_improvement: float = 0.0
-    baseline_tolerance: float = 0.02
+    alpha: float = 0.05
+    interval_level: float = 0.9
     patience: int = 4
     min_windows_per_symbol: int = 200
     summary_out: Path | None = None
@@ -38,8 +40,10 @@ _HELP = {
     "horizon": "minutes ahead to forecast",
     "max_gap_minutes": "longest gap (overnight, halts) a window may not span",
     "decision_fraction": "newest share of time kept unseen for the promotion decision",
-    "min_improvement": "relative RMSE improvement over the champion required to promote",
-    "baseline_tolerance": "how much worse than persistence (relative RMSE) a model may be and still be champion",
+    "ar_lags": "recent 1-minute log returns fed to the linear autoregressive skip path",
+    "seeds": "members trained from consecutive seeds and averaged",
+    "alpha": "level of the one-sided Diebold-Mariano tests that promote (and demote) a champion",
+    "interval_level": "nominal coverage of the split-conformal forecast interval",
     "summary_out": "write the decision summary as JSON here",
 }
 

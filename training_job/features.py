@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import talib
-from numpy.lib.stride_tricks import sliding_window_view
 
 FEATURES = (
     "ret_1",
@@ -61,6 +60,11 @@ def segments(ts_seconds: np.ndarray, max_gap_minutes: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.diff(ts_seconds) > max_gap_minutes * 60)])
 
 
+def bars_needed(window: int) -> int:
+    """Bars one forecast reads: the window plus the indicators' warm-up."""
+    return window + WARMUP
+
+
 @dataclass
 class Windows:
     """Model inputs and what they are about, one row per window."""
@@ -77,10 +81,27 @@ class Windows:
     def __len__(self) -> int:
         return len(self.as_of)
 
+    @property
+    def volatility(self) -> np.ndarray:
+        """Recent 1-minute volatility of each window: the scale of its forecast interval.
+
+        The mean of the close-to-close and the Parkinson (high/low range) variance estimates over
+        the last ``VOL_BARS`` bars: short enough to follow intraday volatility swings (open and
+        close), and the range makes ten bars a usable sample.
+        """
+        ret = self.x[:, -VOL_BARS:, 0].astype(np.float64)
+        rng = self.x[:, -VOL_BARS:, 2].astype(np.float64)
+        var = 0.5 * np.mean(ret**2, axis=1) + 0.5 * np.mean(rng**2, axis=1) / (4.0 * np.log(2.0))
+        return np.maximum(np.sqrt(var), VOL_FLOOR)
+
     def take(self, idx: np.ndarray) -> Windows:
         """The subset of windows at ``idx``."""
         pick = {k: (None if v is None else v[idx]) for k, v in self.__dict__.items()}
         return Windows(**pick)
+
+
+VOL_FLOOR = 1e-6  # a window without a single price change still gets a (tiny) interval scale
+VOL_BARS = 10
 
 
 def symbol_windows(
@@ -91,26 +112,37 @@ def symbol_windows(
     horizon: int,
     max_gap_minutes: int,
     with_target: bool,
+    latest_only: bool = False,
 ) -> Windows:
-    """Every window of one symbol (sorted by ts) whose bars, and target if asked, share a segment."""
+    """Every window of one symbol (sorted by ts) whose bars, and target if asked, share a segment.
+
+    The features of a window are computed from exactly its own ``bars_needed(window)`` bars, the
+    bars a live request sends, so evaluation scores what serving will compute (the indicators'
+    recursive smoothing would otherwise depend on how much history happened to precede it).
+    The warm-up bars may lie before a gap; the window and its target may not.
+    """
     n = len(ts)
-    feats = indicator_features(*ohlcv)
+    need = bars_needed(window)
     close = np.asarray(ohlcv[3], dtype=np.float64)
     seg = segments(ts, max_gap_minutes)
-    ends = np.arange(window - 1, n - (horizon if with_target else 0))
-    if len(ends) == 0:
-        return _empty(window, symbol, with_target)
-    valid_rows = ~np.isnan(feats).any(axis=1)
-    first_valid = int(np.argmax(valid_rows)) if valid_rows.any() else n
+    ends = np.arange(need - 1, n - (horizon if with_target else 0))
+    if latest_only:
+        ends = ends[-1:]
     starts = ends - window + 1
     last = ends + horizon if with_target else ends
-    keep = (starts >= first_valid) & (seg[starts] == seg[last])
+    keep = seg[starts] == seg[last] if len(ends) else np.zeros(0, dtype=bool)
     ends, starts = ends[keep], starts[keep]
     if len(ends) == 0:
         return _empty(window, symbol, with_target)
-    x = sliding_window_view(feats, (window, feats.shape[1]))[:, 0][starts]
+    columns = [np.ascontiguousarray(x, dtype=np.float64) for x in ohlcv]
+    x = np.empty((len(ends), window, len(FEATURES)), dtype=np.float32)
+    for i, end in enumerate(ends):
+        lo = end - need + 1
+        x[i] = indicator_features(*(col[lo : end + 1] for col in columns))[-window:]
+    finite = np.isfinite(x).all(axis=(1, 2))
+    ends, starts, x = ends[finite], starts[finite], x[finite]
     out = Windows(
-        x=np.ascontiguousarray(x),
+        x=x,
         as_of=ts[ends],
         start=ts[starts],
         last_close=close[ends],

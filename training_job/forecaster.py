@@ -1,16 +1,18 @@
 """The deployable model: raw bars in, one forecast per symbol out.
 
-:class:`Forecaster` holds the Keras model, its window settings and the feature code, and runs
-inference through a ``tf.function`` traced once with a fixed input signature (``model.predict``
-costs tens of milliseconds of per-call setup; a single request must not). :class:`ForecasterModel`
-wraps it as an MLflow pyfunc; the ``training_job`` package travels inside the model as its code.
+:class:`Forecaster` holds the Keras model (or none: the ``persistence`` kind forecasts "no
+change"), its window settings, its conformal interval scale, the skill it showed when it was
+evaluated and the feature code, and runs inference through a ``tf.function`` traced once with a
+fixed input signature (``model.predict`` costs tens of milliseconds of per-call setup; a single
+request must not). :class:`ForecasterModel` wraps it as an MLflow pyfunc; the ``training_job``
+package travels inside the model as its code.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,25 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from training_job import sessions
 from training_job.data import epoch_seconds
-from training_job.features import FEATURES, WARMUP, Windows, concat, symbol_windows
+from training_job.features import FEATURES, Windows, bars_needed, concat, symbol_windows
 
 META_FILE = "forecaster.json"
 KERAS_FILE = "model.keras"
-OUTPUT_COLUMNS = ["symbol", "as_of", "target_ts", "predicted_close", "predicted_return"]
+OUTPUT_COLUMNS = [
+    "symbol",
+    "as_of",
+    "target_ts",
+    "predicted_close",
+    "predicted_return",
+    "interval_low",
+    "interval_high",
+    "session_closed",
+    "next_open",
+]
+PERSISTENCE = "persistence"
+LSTM_ATTENTION = "lstm_attention"
 INPUT_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
 
 
@@ -44,11 +59,15 @@ class ForecasterMeta:
     horizon: int
     max_gap_minutes: int
     features: tuple[str, ...] = FEATURES
+    kind: str = LSTM_ATTENTION
+    interval_level: float = 0.9
+    interval_q: float = float("inf")  # conformal quantile of |error| / window volatility
+    skill: dict[str, Any] | None = None  # decision-slice figures of this version when it was registered
 
     @property
     def bars_needed(self) -> int:
         """Contiguous bars a request needs for one forecast."""
-        return self.window + WARMUP
+        return bars_needed(self.window)
 
 
 SeriesArrays = tuple[np.ndarray, tuple[np.ndarray, ...]]  # ts seconds, (o, h, l, c, v)
@@ -58,10 +77,13 @@ class Forecaster:
     """Inference over raw bars, through a compiled forward pass."""
 
     def __init__(self, model: Any, meta: ForecasterMeta) -> None:
-        import tensorflow as tf  # deferred: building features or windows needs no TensorFlow
-
         self.model = model
         self.meta = meta
+        sessions.warm(("SPY",))  # build the US calendar (the common case) now, not on the first request
+        if model is None:  # persistence: no network, no TensorFlow
+            return
+        import tensorflow as tf  # deferred: building features or windows needs no TensorFlow
+
         spec = tf.TensorSpec([None, meta.window, len(meta.features)], tf.float32)
         self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
         # one window (a live request) runs XLA-compiled: ~0.6 ms instead of ~2.5 ms on a CPU core;
@@ -73,6 +95,11 @@ class Forecaster:
         )  # compile now, not on the first request
 
     @classmethod
+    def persistence(cls, meta: ForecasterMeta) -> Forecaster:
+        """The "no change" forecaster: predicted return 0, same windows, intervals and contract."""
+        return cls(None, replace(meta, kind=PERSISTENCE))
+
+    @classmethod
     def load(cls, directory: str | Path) -> Forecaster:
         """Load a forecaster saved by :meth:`save`."""
         import keras
@@ -82,21 +109,30 @@ class Forecaster:
         directory = Path(directory)
         meta = orjson.loads((directory / META_FILE).read_bytes())
         meta["features"] = tuple(meta["features"])
-        return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), ForecasterMeta(**meta))
+        if meta.get("interval_q") is None:  # JSON has no infinity
+            meta["interval_q"] = float("inf")
+        forecaster_meta = ForecasterMeta(**meta)
+        if forecaster_meta.kind == PERSISTENCE:
+            return cls(None, forecaster_meta)
+        return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), forecaster_meta)
 
     @staticmethod
     def save(model: Any, meta: ForecasterMeta, directory: str | Path) -> Path:
         """Write the Keras model and its settings into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        model.save(directory / KERAS_FILE)
-        (directory / META_FILE).write_bytes(orjson.dumps(meta.__dict__))
+        if model is not None:
+            model.save(directory / KERAS_FILE)
+        fields = dict(meta.__dict__)
+        if not np.isfinite(fields["interval_q"]):
+            fields["interval_q"] = None
+        (directory / META_FILE).write_bytes(orjson.dumps(fields))
         return directory
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Predicted log returns for windows ``x`` (n, window, features)."""
-        if len(x) == 0:
-            return np.empty(0, dtype=np.float32)
+        if len(x) == 0 or self.model is None:
+            return np.zeros(len(x), dtype=np.float32)
         fn = self._forward_one if len(x) == 1 else self._forward
         return fn(np.ascontiguousarray(x, dtype=np.float32)).numpy().reshape(-1)
 
@@ -104,47 +140,74 @@ class Forecaster:
         """Input windows of each symbol: the last one, or every one (for evaluation)."""
         parts = []
         short = []
+        m = self.meta
         for symbol, (ts, ohlcv) in series.items():
-            w = symbol_windows(symbol, ts, ohlcv, self.meta.window, self.meta.horizon, self.meta.max_gap_minutes, False)
-            if latest_only:
-                if len(w) == 0 or w.as_of[-1] != ts[-1]:
-                    short.append(symbol)
-                    continue
-                w = w.take(np.array([len(w) - 1]))
+            w = symbol_windows(symbol, ts, ohlcv, m.window, m.horizon, m.max_gap_minutes, False, latest_only)
+            if latest_only and (len(w) == 0 or w.as_of[-1] != ts[-1]):
+                short.append(symbol)
+                continue
             parts.append(w)
         if short:
             raise ForecastInputError(
                 "not_enough_bars",
-                f"{', '.join(short)}: need the last {self.meta.bars_needed} bars without a gap longer than "
-                f"{self.meta.max_gap_minutes} minutes",
+                f"{', '.join(short)}: need the last {m.bars_needed} bars, the last {m.window} of them "
+                f"without a gap longer than {m.max_gap_minutes} minutes",
             )
         if not parts:
             raise ForecastInputError("malformed", "no bars")
         return concat(parts)
 
+    def half_width(self, w: Windows) -> np.ndarray:
+        """Half width of each window's interval in log-return units (conformal q × window volatility)."""
+        return self.meta.interval_q * w.volatility
+
     def forecast(self, series: Mapping[str, SeriesArrays], latest_only: bool = True) -> list[dict[str, Any]]:
-        """Forecast rows for the latest bar of each symbol (or for every window)."""
+        """Forecast rows for the latest bar of each symbol (or for every window).
+
+        A live forecast (``latest_only``) whose target would fall after its exchange session's
+        close says so (``session_closed``, ``next_open``) and forecasts no change: the model was
+        only ever trained and evaluated on next bars inside a session.
+        """
         w = self.windows(series, latest_only)
         ret = self.forward(w.x).astype(np.float64)
-        closes = w.last_close * np.exp(ret)
-        step = self.meta.horizon * 60
-        return [
-            {
-                "symbol": str(w.symbol[i]),
-                "as_of": int(w.as_of[i]),
-                "target_ts": int(w.as_of[i]) + step,
-                "predicted_close": float(closes[i]),
-                "predicted_return": float(ret[i]),
-            }
-            for i in range(len(w))
-        ]
+        half = self.half_width(w)
+        rows = []
+        for i in range(len(w)):
+            as_of, last = int(w.as_of[i]), float(w.last_close[i])
+            r, target, closed, next_open = float(ret[i]), as_of + self.meta.horizon * 60, False, None
+            if latest_only:
+                nxt = sessions.next_bar(str(w.symbol[i]), as_of, self.meta.horizon)
+                target, closed, next_open = nxt.target_ts, nxt.session_closed, nxt.next_open
+            if closed:
+                r, low, high = 0.0, None, None
+            elif np.isfinite(half[i]):
+                low, high = last * float(np.exp(r - half[i])), last * float(np.exp(r + half[i]))
+            else:
+                low = high = None
+            rows.append(
+                {
+                    "symbol": str(w.symbol[i]),
+                    "as_of": as_of,
+                    "target_ts": target,
+                    "predicted_close": last * float(np.exp(r)),
+                    "predicted_return": r,
+                    "interval_low": low,
+                    "interval_high": high,
+                    "session_closed": closed,
+                    "next_open": next_open,
+                }
+            )
+        return rows
 
     def predict_frame(self, bars: pd.DataFrame, latest_only: bool = True) -> pd.DataFrame:
         """The pyfunc contract: a DataFrame of bars in, a DataFrame of forecasts out."""
         rows = self.forecast(series_from_frame(bars), latest_only)
         out = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
-        for col in ("as_of", "target_ts"):  # MLflow schemas hold naive datetimes: these are UTC
-            out[col] = pd.to_datetime(out[col], unit="s")
+        for col in ("as_of", "target_ts", "next_open"):  # MLflow schemas hold naive datetimes: these are UTC
+            out[col] = pd.to_datetime(pd.Series(out[col], dtype="Int64"), unit="s").astype("datetime64[ns]")
+        for col in ("interval_low", "interval_high"):
+            out[col] = out[col].astype("float64")
+        out["session_closed"] = out["session_closed"].astype(bool)
         return out
 
 

@@ -1,16 +1,26 @@
-"""The LSTM-Attention forecaster: Normalization → LSTM(return_sequences) → attention → Dense.
+"""LSTM-Attention with a linear autoregressive skip path, seed averaging and output shrinkage.
 
-Input normalisation is adapted on the training windows only and lives inside the model, and so
-does the target scale, so the saved ``.keras`` file is the whole model.
+Normalization → LSTM(return_sequences) → additive attention → Dense is the card's model. Beside
+it, as in LSTNet, a linear "highway" maps the last ``ar_lags`` log returns straight to the
+output: a linear signal in returns needs no LSTM to be found, and the skip path starts from its
+weighted least-squares solution, so training begins at the linear model and only keeps what the
+LSTM adds on validation. Members trained from several seeds are averaged, and the average is
+multiplied by a shrinkage factor λ∈[0, 1] fitted on the validation slice (λ = 0 is exactly
+persistence). Input normalisation, target scale and λ live inside the exported model.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import layers, ops
+
+log = logging.getLogger(__name__)
+RET_1 = 0  # column of the 1-minute log return in the feature matrix (features.FEATURES)
 
 
 @keras.saving.register_keras_serializable(package="stockcast")
@@ -38,34 +48,121 @@ class AdditiveAttention(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@keras.saving.register_keras_serializable(package="stockcast")
+class RecentReturns(layers.Layer):
+    """The last ``lags`` values of one feature column, divided by ``scale``: the AR path's input."""
+
+    def __init__(self, lags: int = 10, column: int = RET_1, scale: float = 1.0, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.lags, self.column, self.scale = lags, column, scale
+
+    def call(self, x: object) -> object:
+        """(batch, time, features) → (batch, lags)."""
+        return x[:, -self.lags :, self.column] / self.scale
+
+    def get_config(self) -> dict:
+        """Serialisable configuration."""
+        return {**super().get_config(), "lags": self.lags, "column": self.column, "scale": self.scale}
+
+
 @dataclass(frozen=True)
 class FitResult:
-    """A trained model and its per-epoch history."""
+    """A trained model and its per-epoch history (of the first member)."""
 
     model: keras.Model
     loss: list[float]
     val_loss: list[float]
-    best_epoch: int
+    best_epoch: int  # 0: no epoch improved on the initial (linear) model
+    shrinkage: float
+    seeds: int
 
 
-def build(
-    window: int, n_features: int, units: int, learning_rate: float, x_train: np.ndarray, y_scale: float
-) -> tuple[keras.Model, keras.Model]:
-    """Build (trainable, exported) models sharing weights; Normalization is adapted on ``x_train``.
+def symbol_weights(symbols: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-window weights 1/var(returns of its symbol): every symbol counts the same, whatever its volatility."""
+    weights = np.empty(len(y), dtype=np.float64)
+    for symbol in np.unique(symbols):
+        mask = symbols == symbol
+        var = float(np.var(y[mask]))
+        weights[mask] = 1.0 / var if var > 0 else 0.0
+    mean = weights.mean()
+    return weights / mean if mean > 0 else np.ones(len(y))
 
-    The trainable one predicts the target in units of its training standard deviation (a loss
-    near 1 trains far better than one near 1e-6); the exported one rescales to log returns.
+
+def ridge_ar(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray, lags: int, scale: float = 1.0, alpha: float = 1e-3
+) -> tuple[np.ndarray, float]:
+    """Weighted ridge regression of ``y`` on the last ``lags`` returns / ``scale``: (coefficients, intercept)."""
+    design = x[:, -lags:, RET_1].astype(np.float64) / scale
+    mean_x = np.average(design, axis=0, weights=weights)
+    mean_y = float(np.average(y, weights=weights))
+    centred = design - mean_x
+    gram = (centred * weights[:, None]).T @ centred
+    penalty = alpha * np.trace(gram) / lags * np.eye(lags)
+    coef = np.linalg.solve(gram + penalty, (centred * weights[:, None]).T @ (y - mean_y))
+    return coef, mean_y - float(mean_x @ coef)
+
+
+def build_member(
+    window: int,
+    n_features: int,
+    units: int,
+    lags: int,
+    learning_rate: float,
+    x_train: np.ndarray,
+    y_scale: float,
+    index: int = 0,
+) -> keras.Model:
+    """One member predicting the target in units of ``y_scale``: LSTM-Attention head + linear AR path.
+
+    The head starts at zero, so an untrained member is exactly its AR path.
     """
     norm = layers.Normalization(axis=-1, name="normalize")
     norm.adapt(x_train.reshape(-1, n_features))
     inputs = keras.Input(shape=(window, n_features), name="features")
     hidden = layers.LSTM(units, return_sequences=True, name="lstm")(norm(inputs))
     context = AdditiveAttention(units, name="attention")(hidden)
-    scaled = layers.Dense(1, name="head")(context)
-    trainable = keras.Model(inputs, scaled, name="lstm_attention_scaled")
-    trainable.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
-    exported = keras.Model(inputs, layers.Rescaling(y_scale, name="target_scale")(scaled), name="lstm_attention")
-    return trainable, exported
+    head = layers.Dense(1, kernel_initializer="zeros", name="head")(context)
+    ar = layers.Dense(1, name="ar")(RecentReturns(lags, RET_1, y_scale, name="recent_returns")(inputs))
+    out = layers.Add(name="sum")([head, ar])
+    model = keras.Model(inputs, out, name=f"lstm_attention_ar_{index}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", weighted_metrics=[])
+    return model
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Early stopping that also counts the starting point: weights never end worse than before training."""
+
+    def __init__(self, x_val: np.ndarray, y_val: np.ndarray, w_val: np.ndarray, patience: int) -> None:
+        super().__init__()
+        self.val = (x_val, y_val, w_val)
+        self.patience = patience
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Record the initial validation loss and weights."""
+        x, y, w = self.val
+        self.best = float(self.model.evaluate(x, y, sample_weight=w, verbose=0, batch_size=4096))
+        self.best_weights = self.model.get_weights()
+        self.best_epoch, self.wait = 0, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Keep the best weights; stop after ``patience`` epochs without improvement."""
+        current = float((logs or {})["val_loss"])
+        if current < self.best:
+            self.best, self.best_weights, self.best_epoch, self.wait = current, self.model.get_weights(), epoch + 1, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Restore the best weights seen, the initial ones included."""
+        self.model.set_weights(self.best_weights)
+
+
+def shrinkage(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """λ∈[0, 1] minimising Σ(actual − λ·predicted)²: least squares, clipped."""
+    denom = float(np.dot(predicted, predicted))
+    return 0.0 if denom <= 0 else float(np.clip(np.dot(predicted, actual) / denom, 0.0, 1.0))
 
 
 def fit(
@@ -74,32 +171,61 @@ def fit(
     x_val: np.ndarray,
     y_val: np.ndarray,
     *,
+    symbols_train: np.ndarray,
+    symbols_val: np.ndarray,
     units: int,
+    ar_lags: int,
     learning_rate: float,
     epochs: int,
     batch_size: int,
     patience: int,
     seed: int,
-    on_epoch: object = None,
+    seeds: int = 1,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train with early stopping on the validation slice, seeded for reproducibility."""
-    keras.utils.set_random_seed(seed)
+    """Train ``seeds`` members with early stopping, average them and fit λ on validation.
+
+    The loss is weighted by 1/var of each symbol's returns, so a volatile ticker does not drown
+    the others; the exported model outputs log returns.
+    """
+    window, n_features = x_train.shape[1], x_train.shape[2]
+    lags = min(ar_lags, window)
     y_scale = float(np.std(y_train)) or 1.0
-    model, exported = build(x_train.shape[1], x_train.shape[2], units, learning_rate, x_train, y_scale)
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    ]
-    if on_epoch is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch))
-    history = model.fit(
-        x_train,
-        y_train / y_scale,
-        validation_data=(x_val, y_val / y_scale),
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
+    w_train = symbol_weights(symbols_train, y_train)
+    w_val = symbol_weights(symbols_val, y_val)
+    coef, intercept = ridge_ar(x_train, y_train / y_scale, w_train, lags, y_scale)
+    members, first = [], None
+    for k in range(max(seeds, 1)):
+        keras.utils.set_random_seed(seed + k)
+        member = build_member(window, n_features, units, lags, learning_rate, x_train, y_scale, k)
+        member.get_layer("ar").set_weights([coef.reshape(-1, 1).astype(np.float32), np.array([intercept], np.float32)])
+        keep = _KeepBest(x_val, y_val / y_scale, w_val, patience)
+        callbacks: list[keras.callbacks.Callback] = [keep]
+        if on_epoch is not None and k == 0:
+            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch))
+        history = member.fit(
+            x_train,
+            y_train / y_scale,
+            sample_weight=w_train,
+            validation_data=(x_val, y_val / y_scale, w_val),
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        if first is None:
+            first = (history.history["loss"], history.history["val_loss"], keep.best_epoch)
+        members.append(member)
+    inputs = keras.Input(shape=(window, n_features), name="features")
+    outs = [m(inputs) for m in members]
+    mean = outs[0] if len(outs) == 1 else layers.Average(name="seed_average")(outs)
+    averaged = keras.Model(inputs, mean, name="lstm_attention_ar_scaled")
+    predicted_val = averaged.predict(x_val, batch_size=4096, verbose=0).reshape(-1).astype(np.float64)
+    lam = shrinkage(predicted_val, y_val.astype(np.float64) / y_scale)
+    exported = keras.Model(
+        inputs, layers.Rescaling(y_scale * lam, name="shrunk_log_return")(mean), name="lstm_attention"
     )
-    val = [float(x) for x in history.history["val_loss"]]
-    return FitResult(exported, [float(x) for x in history.history["loss"]], val, int(np.argmin(val)) + 1)
+    loss, val_loss, best_epoch = first
+    log.info("members=%d best_epoch=%d shrinkage=%.3f", len(members), best_epoch, lam)
+    return FitResult(exported, [float(v) for v in loss], [float(v) for v in val_loss], best_epoch, lam, len(members))

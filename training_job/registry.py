@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ROLE_TAG = "role"
+KIND_TAG = "kind"
+PERSISTENCE = "persistence"
+DEFAULT_KIND = "lstm_attention"  # versions registered before kinds were tagged
 
 
 class ModelRegistry:
@@ -61,6 +64,17 @@ class ModelRegistry:
         if role == CHALLENGER and not versions:  # the champion tag also marks the newest challenger
             versions = self._with_role(CHAMPION)
         return max(versions, key=int) if versions else None
+
+    def kind_of(self, version: str) -> str:
+        """What ``version`` is (``persistence`` or a trained kind), from its ``kind`` tag."""
+        return self.client.get_model_version(self.name, version).tags.get(KIND_TAG, DEFAULT_KIND)
+
+    def persistence_version(self) -> str | None:
+        """The newest version tagged ``kind=persistence``, if any."""
+        if not self._exists():
+            return None
+        found = self.client.search_model_versions(f"name='{self.name}' and tag.{KIND_TAG}='{PERSISTENCE}'")
+        return max((str(v.version) for v in found), key=int, default=None)
 
     def role_of(self, version: str) -> str | None:
         """The role tag of ``version`` (tag mode)."""

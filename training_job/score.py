@@ -1,8 +1,9 @@
 """Scoring script of the online endpoint (AKS via Azure ML; ``azmlinfsrv`` locally).
 
 ``init()`` loads the MLflow pyfunc from ``AZUREML_MODEL_DIR``; ``run()`` takes ``{"bars": [...]}``
-and answers ``{"forecasts": [...], "model": {"name", "version"}}``. Bad input gets a JSON error
-with a 4xx status, never a 200 carrying an error string.
+and answers ``{"forecasts": [...], "model": {"name", "version", "kind"}, "skill": {...}}``; a GET
+answers what is served and how many bars a forecast needs. Bad input gets a JSON error with a
+4xx status, never a 200 carrying an error string.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ def init() -> None:
     # the model's own copy of the feature code, put on sys.path by the pyfunc loader
     from training_job.forecaster import ForecastInputError, series_from_records
 
+    forecaster = pyfunc.unwrap_python_model().forecaster
     _state.update(
-        forecaster=pyfunc.unwrap_python_model().forecaster,
+        forecaster=forecaster,
         error=ForecastInputError,
         series=series_from_records,
-        model=_model_identity(mlmodel if mlmodel.name.isdigit() else model_dir),
+        model={**_model_identity(mlmodel if mlmodel.name.isdigit() else model_dir), "kind": forecaster.meta.kind},
+        skill=forecaster.meta.skill,
     )
     log.info("model=%s loaded from %s", _state["model"], mlmodel)
 
@@ -78,16 +81,26 @@ def score(payload: Any) -> tuple[dict[str, Any], int]:
         rows = _state["forecaster"].forecast(_state["series"](payload["bars"]))
     except _state["error"] as exc:
         return {"error": {"code": exc.code, "message": str(exc)}}, _STATUS.get(exc.code, 400)
-    for row in rows:
-        row["as_of"], row["target_ts"] = _iso(row["as_of"]), _iso(row["target_ts"])
-    return {"forecasts": rows, "model": _state["model"]}, 200
+    level = _state["forecaster"].meta.interval_level
+    return {"forecasts": [_shape(row, level) for row in rows], "model": _state["model"], "skill": _state["skill"]}, 200
+
+
+def _shape(row: dict[str, Any], level: float) -> dict[str, Any]:
+    """A forecast row as JSON: ISO times and the interval as one object (null when there is none)."""
+    low, high = row.pop("interval_low"), row.pop("interval_high")
+    row["interval"] = None if low is None else {"level": level, "low": low, "high": high}
+    row["as_of"] = _iso(row["as_of"])
+    row["target_ts"] = None if row["target_ts"] is None else _iso(row["target_ts"])
+    row["next_open"] = None if row["next_open"] is None else _iso(row["next_open"])
+    return row
 
 
 @rawhttp
 def run(request: AMLRequest) -> AMLResponse:
     """Answer one HTTP request to the scoring route."""
     if request.method == "GET":
-        return _json({"model": _state["model"], "bars_needed": _state["forecaster"].meta.bars_needed}, 200)
+        meta = _state["forecaster"].meta
+        return _json({"model": _state["model"], "bars_needed": meta.bars_needed, "skill": _state["skill"]}, 200)
     try:
         payload = orjson.loads(request.get_data())
     except orjson.JSONDecodeError as exc:

@@ -11,7 +11,7 @@ import importlib.metadata
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,16 @@ from mlflow.tracking import MlflowClient
 from training_job import data, evaluate
 from training_job.config import TrainConfig, parse_args
 from training_job.features import WARMUP, Windows, concat, symbol_windows
-from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel, series_from_frame
+from training_job.forecaster import (
+    LSTM_ATTENTION,
+    PERSISTENCE,
+    Forecaster,
+    ForecasterMeta,
+    ForecasterModel,
+    series_from_frame,
+)
 from training_job.model import FitResult, fit
-from training_job.registry import CHALLENGER, CHAMPION, ModelRegistry
+from training_job.registry import CHALLENGER, CHAMPION, KIND_TAG, ModelRegistry
 
 log = logging.getLogger("training_job")
 CODE_DIR = Path(__file__).resolve().parent
@@ -41,7 +48,7 @@ class NotEnoughDataError(SystemExit):
     """No symbol has enough bars: the job exits non-zero with how many it needs."""
 
 
-SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "ta-lib", "pandas", "numpy", "orjson", "pyarrow")
+SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "ta-lib", "pandas", "numpy", "orjson", "pyarrow", "exchange-calendars")
 
 
 def serving_requirements() -> list[str]:
@@ -73,10 +80,11 @@ def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[s
     return concat(parts), skipped
 
 
-def _join(forecasts: pd.DataFrame, w: Windows) -> np.ndarray:
-    """Predicted close aligned with the windows ``w`` (by symbol and as_of)."""
+def predicted_returns(forecasts: pd.DataFrame, w: Windows) -> np.ndarray:
+    """Predicted log returns aligned with the windows ``w`` (by symbol and as_of); NaN where missing."""
     key = pd.MultiIndex.from_arrays([forecasts["symbol"], data.epoch_seconds(forecasts["as_of"])])
-    lookup = pd.Series(forecasts["predicted_close"].to_numpy(), index=key)
+    lookup = pd.Series(forecasts["predicted_return"].to_numpy(dtype=np.float64), index=key)
+    lookup = lookup[~lookup.index.duplicated(keep="last")]
     return lookup.reindex(pd.MultiIndex.from_arrays([w.symbol, w.as_of])).to_numpy()
 
 
@@ -84,7 +92,7 @@ def _plots(fit_loss: list[float], val_loss: list[float], w: Windows, predicted: 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(1, len(fit_loss) + 1), fit_loss, label="train")
     ax.plot(range(1, len(val_loss) + 1), val_loss, label="validation")
-    ax.set(xlabel="epoch", ylabel="MSE (target std units)", title="Loss", yscale="log")
+    ax.set(xlabel="epoch", ylabel="weighted MSE (target std units)", title="Loss (first member)", yscale="log")
     ax.legend()
     loss_png = out / "loss_curve.png"
     fig.savefig(loss_png, dpi=100, bbox_inches="tight")
@@ -94,7 +102,7 @@ def _plots(fit_loss: list[float], val_loss: list[float], w: Windows, predicted: 
     fig, ax = plt.subplots(figsize=(10, 4))
     times = pd.to_datetime(w.target_ts[rows], unit="s", utc=True)
     ax.plot(times, w.target_close[rows], label="actual close", lw=1.2)
-    ax.plot(times, predicted[rows], label="model", lw=1)
+    ax.plot(times, w.last_close[rows] * np.exp(predicted[rows]), label="model", lw=1)
     ax.plot(times, w.last_close[rows], label="persistence", lw=0.8, ls="--")
     ax.set(title=f"{symbol}: predicted vs actual close on the decision slice", ylabel="price")
     ax.legend()
@@ -138,28 +146,109 @@ def fit_model(train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = No
         train.y,
         val.x,
         val.y,
+        symbols_train=train.symbol,
+        symbols_val=val.symbol,
         units=cfg.units,
+        ar_lags=cfg.ar_lags,
         learning_rate=cfg.learning_rate,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         patience=cfg.patience,
         seed=cfg.seed,
+        seeds=cfg.seeds,
         on_epoch=on_epoch,
     )
 
 
+def interval_scale(forecaster: Forecaster, val: Windows, level: float) -> float:
+    """Split-conformal quantile of |error| / window volatility on the validation slice."""
+    errors = np.abs(val.y.astype(np.float64) - forecaster.forward(val.x).astype(np.float64))
+    return evaluate.conformal_quantile(errors / val.volatility, level)
+
+
+def skill(model_log_rmse: float, persistence_log_rmse: float, test: evaluate.DMTest | None, n: int) -> dict:
+    """What a version showed on its decision slice: log-RMSE ratio to persistence, p-value, n."""
+    ratio = model_log_rmse / persistence_log_rmse if persistence_log_rmse > 0 else 1.0
+    return {
+        "ratio_to_persistence": round(ratio, 6),
+        "p_value": None if test is None or test.p_value is None else round(test.p_value, 6),
+        "n": int(n),
+        "evaluated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _example(bars: pd.DataFrame, symbol: str, meta: ForecasterMeta) -> pd.DataFrame:
+    example = bars[bars["symbol"] == symbol].tail(meta.bars_needed)[data.BAR_COLUMNS[:-1]].reset_index(drop=True)
+    example["ts"] = example["ts"].dt.tz_convert("UTC").dt.tz_localize(None)  # MLflow schemas: naive UTC
+    return example
+
+
+def save_pyfunc(forecaster: Forecaster, example: pd.DataFrame, out: Path) -> Path:
+    """Write ``forecaster`` as an MLflow pyfunc folder (model, settings and this package as code)."""
+    forecaster_dir = Forecaster.save(forecaster.model, forecaster.meta, out.parent / f"{out.name}-forecaster")
+    signature = infer_signature(example, forecaster.predict_frame(example), params={"mode": "latest"})
+    mlflow.pyfunc.save_model(
+        out,
+        python_model=ForecasterModel(),
+        artifacts={"forecaster": str(forecaster_dir)},
+        code_paths=[str(CODE_DIR)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=serving_requirements(),
+    )
+    return out
+
+
+def register_persistence(
+    registry: ModelRegistry, prepared: Prepared, cfg: TrainConfig, run_id: str, artifact_uri: str, tmp: Path
+) -> str:
+    """Register the "no change" forecaster as a version (tag ``kind=persistence``); return it.
+
+    It carries the same contract and serving path as a trained model, and its intervals come
+    from persistence's own validation errors, so the endpoint always has something honest to serve.
+    """
+    dec = prepared.decision
+    meta = ForecasterMeta(
+        cfg.window, cfg.horizon, cfg.max_gap_minutes, kind=PERSISTENCE, interval_level=cfg.interval_level
+    )
+    forecaster = Forecaster.persistence(meta)
+    q = interval_scale(forecaster, prepared.validation, cfg.interval_level)
+    log_rmse = float(np.sqrt(np.mean(dec.y.astype(np.float64) ** 2)))
+    meta = replace(forecaster.meta, interval_q=q, skill=skill(log_rmse, log_rmse, None, len(dec)))
+    forecaster = Forecaster.persistence(meta)
+    save_pyfunc(forecaster, _example(prepared.bars, dec.symbol[0], meta), tmp / "persistence")
+    mlflow.log_artifacts(str(tmp / "persistence"), "persistence_model")
+    version = registry.register(
+        f"{artifact_uri}/persistence_model", run_id, {KIND_TAG: PERSISTENCE, "interval_q": f"{q:.6g}"}
+    )
+    log.info("model=%s registered persistence as version %s", cfg.model_name, version)
+    return version
+
+
+def _score_champion(
+    registry: ModelRegistry, version: str, bars: pd.DataFrame, dec: Windows, run_name: str
+) -> tuple[np.ndarray | None, str | None]:
+    """The champion's predicted returns on the decision windows, or why it could not be scored."""
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version}")
+        return predicted_returns(champion.predict(data.model_input(bars), params={"mode": "all"}), dec), None
+    except Exception as exc:  # a champion that cannot be loaded or scored must not stop training for good
+        log.exception("run=%s champion v%s could not be scored", run_name, version)
+        return None, f"champion v{version} could not be scored ({type(exc).__name__}: {exc})"
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, evaluate against champion and persistence, register, and decide; return the summary."""
+    """Train, test against champion and persistence on the decision slice, register, and decide."""
     prepared = prepare(cfg.bars, cfg)
     bars, windows, skipped = prepared.bars, prepared.windows, prepared.skipped
     train, val, dec = prepared.train, prepared.validation, prepared.decision
     profile = data.profile(bars, cfg.max_gap_minutes)
     mlflow.set_experiment(cfg.experiment)
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
-    client = MlflowClient()
-    registry = ModelRegistry(client, cfg.model_name)
-    with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp:
-        run_id = active.info.run_id
+    registry = ModelRegistry(MlflowClient(), cfg.model_name)
+    with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
         log.info("run=%s windows train=%d val=%d decision=%d", run_name, len(train), len(val), len(dec))
         mlflow.log_params({k: str(v) for k, v in cfg.__dict__.items()})
         mlflow.log_params(
@@ -173,81 +262,155 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         )
         mlflow.log_dict({**profile, "skipped": skipped}, "data_profile.json")
 
+        persistence_version = registry.persistence_version()
+        if persistence_version is None:
+            persistence_version = register_persistence(registry, prepared, cfg, run_id, artifact_uri, tmp)
+            if registry.version_for(CHAMPION) is None:
+                registry.assign(CHAMPION, persistence_version)
+        champion_version = registry.version_for(CHAMPION) or persistence_version
+        champion_kind = registry.kind_of(champion_version)
+
         def on_epoch(epoch: int, logs: dict) -> None:
             mlflow.log_metrics({"loss": logs["loss"], "val_loss": logs["val_loss"]}, step=epoch + 1)
             log.info("run=%s epoch=%d loss=%.3g val_loss=%.3g", run_name, epoch + 1, logs["loss"], logs["val_loss"])
 
         result = fit_model(train, val, cfg, on_epoch)
-        mlflow.log_metric("best_epoch", result.best_epoch)
-        meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
-        forecaster_dir = Forecaster.save(result.model, meta, Path(tmp) / "forecaster")
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "shrinkage": result.shrinkage, "seeds": result.seeds})
+        meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes, interval_level=cfg.interval_level)
         forecaster = Forecaster(result.model, meta)
+        q = interval_scale(forecaster, val, cfg.interval_level)
+        forecaster.meta = meta = replace(meta, interval_q=q)
 
-        # every predictor is scored through the same pyfunc path on the same unseen slice
-        model_close = _join(forecaster.predict_frame(bars, latest_only=False), dec)
-        champion_version = registry.version_for(CHAMPION)
-        champion_close = None
-        if champion_version is not None:
-            champion = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}/{champion_version}")
-            champion_close = _join(champion.predict(data.model_input(bars), params={"mode": "all"}), dec)
-        figures = {
-            "model": evaluate.metrics(model_close, dec.target_close, dec.last_close),
-            "champion": None
-            if champion_close is None
-            else evaluate.metrics(champion_close, dec.target_close, dec.last_close),
-            "persistence": evaluate.metrics(dec.last_close, dec.target_close, dec.last_close),
-        }
-        decision, reason = evaluate.decide(
-            figures["model"], figures["champion"], figures["persistence"], cfg.min_improvement, cfg.baseline_tolerance
+        # every predictor is scored through the pyfunc path on the same unseen windows: each window's
+        # features come from exactly the bars a live request sends, so this scores what is served
+        model_ret = predicted_returns(forecaster.predict_frame(bars, latest_only=False), dec)
+        champion_ret, champion_error = np.zeros(len(dec)), None
+        if champion_kind != PERSISTENCE:
+            champion_ret, champion_error = _score_champion(registry, champion_version, bars, dec, run_name)
+        common = np.isfinite(model_ret) & (np.isfinite(champion_ret) if champion_ret is not None else True)
+        d = dec.take(np.flatnonzero(common))
+        model_ret = model_ret[common]
+        y = d.y.astype(np.float64)
+        losses = {"model": (model_ret - y) ** 2, "persistence": y**2}
+        if champion_ret is not None:
+            losses["champion"] = (champion_ret[common] - y) ** 2
+        decision = evaluate.gate(
+            losses["model"],
+            losses["persistence"],
+            losses.get("champion"),
+            champion_kind == PERSISTENCE,
+            cfg.alpha,
+            cfg.horizon,
         )
+        demoted = decision.demoted or champion_error is not None
+        reason = decision.reason if champion_error is None else f"{champion_error}: demoted; {decision.reason}"
+        figures = {
+            "model": evaluate.metrics(model_ret, y, d.last_close),
+            "champion": None
+            if champion_ret is None
+            else evaluate.metrics(champion_ret[common], y, d.last_close, champion_kind == PERSISTENCE),
+            "persistence": evaluate.metrics(np.zeros(len(d)), y, d.last_close, persistence=True),
+        }
+        half = q * d.volatility
+        interval = {"level": cfg.interval_level, "q": q, "coverage": evaluate.coverage(model_ret, y, half)}
+        tests = {
+            "vs_champion": decision.vs_champion.as_dict() if decision.vs_champion else None,
+            "vs_persistence": decision.vs_persistence.as_dict(),
+            "champion_vs_persistence": decision.champion_vs_persistence.as_dict()
+            if decision.champion_vs_persistence
+            else None,
+        }
         for who, values in figures.items():
             if values:
-                mlflow.log_metrics({f"{who}_{k}": v for k, v in values.items()})
-        for png in _plots(result.loss, result.val_loss, dec, model_close, Path(tmp)):
+                mlflow.log_metrics({f"{who}_{k}": v for k, v in values.items() if v is not None})
+        for name, test in tests.items():
+            if test:
+                mlflow.log_metrics({f"{name}_{k}": v for k, v in test.items() if v is not None})
+        mlflow.log_metrics({"interval_coverage": interval["coverage"], "interval_q": q, "n_decision": len(d)})
+        for png in _plots(result.loss, result.val_loss, d, model_ret, tmp):
             mlflow.log_artifact(str(png), "plots")
+        table = pd.DataFrame(
+            {
+                "symbol": d.symbol.astype(str),
+                "as_of": d.as_of,
+                "actual_return": y,
+                "model": model_ret,
+                "champion": np.nan if champion_ret is None else champion_ret[common],
+                "half_width": half,
+            }
+        )
+        table.to_parquet(tmp / "decision_forecasts.parquet")
+        mlflow.log_artifact(str(tmp / "decision_forecasts.parquet"))
 
-        example = (
-            bars[bars["symbol"] == dec.symbol[0]].tail(meta.bars_needed)[data.BAR_COLUMNS[:-1]].reset_index(drop=True)
+        forecaster.meta = meta = replace(
+            meta,
+            skill=skill(
+                figures["model"]["log_rmse"], figures["persistence"]["log_rmse"], decision.vs_persistence, len(d)
+            ),
         )
-        example["ts"] = example["ts"].dt.tz_convert("UTC").dt.tz_localize(None)  # MLflow schemas: naive UTC
-        signature = infer_signature(example, forecaster.predict_frame(example), params={"mode": "latest"})
-        model_dir = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(
-            model_dir,
-            python_model=ForecasterModel(),
-            artifacts={"forecaster": str(forecaster_dir)},
-            code_paths=[str(CODE_DIR)],
-            signature=signature,
-            input_example=example,
-            pip_requirements=serving_requirements(),
-        )
-        mlflow.log_artifacts(str(model_dir), "model")
+        save_pyfunc(forecaster, _example(bars, d.symbol[0], meta), tmp / "model")
+        mlflow.log_artifacts(str(tmp / "model"), "model")
         tags = {
-            "decision": decision,
-            "reason": reason,
+            KIND_TAG: LSTM_ATTENTION,
+            "decision": decision.decision,
+            "reason": reason[:4000],
             "run_name": run_name,
             "decision_rmse": f"{figures['model']['rmse']:.6g}",
+            "decision_log_rmse": f"{figures['model']['log_rmse']:.6g}",
             "persistence_rmse": f"{figures['persistence']['rmse']:.6g}",
+            "persistence_log_rmse": f"{figures['persistence']['log_rmse']:.6g}",
+            "n_decision": str(len(d)),
+            "p_vs_persistence": _fmt(decision.vs_persistence.p_value),
+            "p_vs_champion": _fmt(decision.vs_champion.p_value if decision.vs_champion else None),
+            "interval_coverage": f"{interval['coverage']:.4f}",
         }
         if figures["champion"]:  # the Function App reports all three figures from the version's tags
             tags["champion_rmse"] = f"{figures['champion']['rmse']:.6g}"
-        version = registry.register(f"{active.info.artifact_uri}/model", run_id, tags)
+        version = registry.register(f"{artifact_uri}/model", run_id, tags)
         registry.assign(CHALLENGER, version)
-        if decision == "promoted":
-            registry.assign(CHAMPION, version)
-        mlflow.set_tags({**tags, "model_version": version, "champion_version": champion_version or "-"})
+        champion_after = champion_version
+        if decision.decision == evaluate.PROMOTED:
+            champion_after = version
+        elif demoted:
+            champion_after = persistence_version
+        if champion_after != champion_version or registry.version_for(CHAMPION) != champion_after:
+            registry.assign(CHAMPION, champion_after)
+        after_kind = LSTM_ATTENTION if champion_after == version else registry.kind_of(champion_after)
+        mlflow.set_tags(
+            {**tags, "model_version": version, "champion_version": champion_version, "champion_after": champion_after}
+        )
         summary = {
             "version": version,
-            "decision": decision,
+            "kind": LSTM_ATTENTION,
+            "decision": decision.decision,
             "reason": reason,
             "champion_version": champion_version,
+            "champion_after": {"version": champion_after, "kind": after_kind},
+            "demoted": demoted,
+            "n_decision": len(d),
+            "alpha": cfg.alpha,
+            "tests": tests,
+            "interval": interval,
+            "shrinkage": result.shrinkage,
             "metrics": figures,
         }
         mlflow.log_dict(summary, "summary.json")
-        log.info("run=%s version=%s decision=%s reason=%s", run_name, version, decision, reason)
+        log.info(
+            "run=%s version=%s decision=%s champion=%s(%s) reason=%s",
+            run_name,
+            version,
+            decision.decision,
+            champion_after,
+            after_kind,
+            reason,
+        )
     if cfg.summary_out:
         Path(cfg.summary_out).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:
