@@ -65,12 +65,12 @@ def mlflow_store(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
-TINY = dict(epochs=2, units=8, window=20, batch_size=128, min_windows_per_symbol=100, patience=2)
+TINY = dict(epochs=2, units=8, window=20, batch_size=128, min_windows_per_symbol=100, patience=2, seeds=1)
 
 
 @dataclass
 class Trained:
-    """Two runs against one registry: a normal one and a deliberately crippled one."""
+    """Two runs against one registry: a normal one (after persistence, v1) and a deliberately crippled one."""
 
     home: Path
     tracking_uri: str
@@ -81,15 +81,15 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def bars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two trading days of bars for three symbols, written by the ingest code."""
+    """Four trading days of bars for three symbols, written by the ingest code."""
     folder = tmp_path_factory.mktemp("bars")
-    write_bars(FeedConfig(symbols=("AAA", "BBB", "CCC"), days=2, seed=3), folder)
+    write_bars(FeedConfig(symbols=("AAA", "BBB", "CCC"), days=4, seed=3), folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def trained(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory, bars_dir: Path) -> Iterator[Trained]:
-    """Train twice against a private MLflow store: v1 promotes, crippled v2 must be retained."""
+    """Train twice against a private MLflow store: v1 is persistence, v2 promotes, crippled v3 is retained."""
     from training_job.train import run
 
     home = tmp_path_factory.mktemp("mlflow")
@@ -118,7 +118,7 @@ class Served:
 
 @pytest.fixture(scope="session")
 def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Azmlinfsrv on SCORING_PORT serving the trained champion (v1)."""
+    """Azmlinfsrv on SCORING_PORT serving the trained champion (v2)."""
     with mlflow_store(trained.tracking_uri):  # models:/ URIs resolve through the global registry URI
         model_dir = Path(
             mlflow.artifacts.download_artifacts(
@@ -127,7 +127,8 @@ def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest
         )
     port = int(os.environ["SCORING_PORT"])
     log = tmp_path_factory.mktemp("logs") / "score.log"
-    proc = local_rollout.start_scoring_server(model_dir, port, trained.config.model_name, "1", log)
+    version = trained.first["champion_after"]["version"]
+    proc = local_rollout.start_scoring_server(model_dir, port, trained.config.model_name, version, log)
     try:
         info = local_rollout.wait_healthy(port, proc)
         yield Served(f"http://127.0.0.1:{port}/score", port, info)

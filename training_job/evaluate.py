@@ -210,7 +210,7 @@ def gate(
 def _verdict(verb: str, who: str, test: DMTest, alpha: float | None = None) -> str:
     ratio = "n/a" if test.loss_ratio is None else f"{math.sqrt(test.loss_ratio):.4f}"
     p = "n/a" if test.p_value is None else f"{test.p_value:.3g}"
-    need = f" < {alpha:g}" if alpha is not None else ""
+    need = f" (needs < {alpha:g} and ratio < 1)" if alpha is not None else ""
     return f"challenger {verb} {who}: log-RMSE ratio {ratio}, DM p={p}{need}, n={test.n}"
 
 

@@ -185,7 +185,7 @@ def _example(bars: pd.DataFrame, symbol: str, meta: ForecasterMeta) -> pd.DataFr
 
 def save_pyfunc(forecaster: Forecaster, example: pd.DataFrame, out: Path) -> Path:
     """Write ``forecaster`` as an MLflow pyfunc folder (model, settings and this package as code)."""
-    forecaster_dir = Forecaster.save(forecaster.model, forecaster.meta, out.parent / f"{out.name}-forecaster")
+    forecaster_dir = Forecaster.save(forecaster.model, forecaster.meta, out.parent / f"{out.name}-parts" / "forecaster")
     signature = infer_signature(example, forecaster.predict_frame(example), params={"mode": "latest"})
     mlflow.pyfunc.save_model(
         out,

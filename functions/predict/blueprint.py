@@ -17,7 +17,7 @@ from functions.ingest.bars import from_parquet
 from functions.ingest.latest import latest_blob_name
 from functions.ingest.storage import bars_container
 from functions.predict.client import UNAVAILABLE, scoring_client
-from functions.predict.requests import ApiError, forecast_body, parse_post, parse_symbol
+from functions.predict.requests import ApiError, forecast_body, newest_close, parse_post, parse_symbol
 from functions.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ _cache: dict[str, _Latest] = {}
 _cache_lock = threading.Lock()
 
 
-def _latest(settings: Settings, symbol: str) -> _Latest:
-    """The newest bars of ``symbol``, read through a short per-process cache.
+def _latest(settings: Settings, symbol: str, request_id: str) -> _Latest:
+    """The newest bars of ``symbol``, as many as the served model needs, through a short per-process cache.
 
     Bars change once a minute, so re-reading the blob for every request only adds a storage
     round trip; ``PREDICT_CACHE_SECONDS`` (default 2 s) bounds how stale an answer can be.
@@ -53,20 +53,21 @@ def _latest(settings: Settings, symbol: str) -> _Latest:
         hit = _cache.get(symbol)
     if hit and hit.expires > now:
         return hit
-    entry = _Latest(now + settings.predict_cache_seconds, _read_latest(settings, symbol))
+    count = scoring_client(settings).bars_needed(request_id)
+    entry = _Latest(now + settings.predict_cache_seconds, _read_latest(settings, symbol, count))
     with _cache_lock:
         _cache[symbol] = entry
     return entry
 
 
-def _read_latest(settings: Settings, symbol: str) -> list[dict]:
-    """The newest bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records."""
+def _read_latest(settings: Settings, symbol: str, count: int) -> list[dict]:
+    """The newest ``count`` bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records."""
     try:
         data = bars_container(settings).download_blob(latest_blob_name(symbol)).readall()
     except ResourceNotFoundError:
         raise ApiError(404, "unknown_symbol", f"no bars stored for {symbol}") from None
     table = from_parquet(data)
-    table = table.slice(max(0, table.num_rows - settings.predict_history_bars))
+    table = table.slice(max(0, table.num_rows - count))
     ts = pc.cast(table.column("ts"), "int64").to_pylist()
     cols = {k: table.column(k).to_pylist() for k in ("open", "high", "low", "close", "volume")}
     return [
@@ -80,7 +81,7 @@ def _read_latest(settings: Settings, symbol: str) -> list[dict]:
 def _score(symbol: str, bars: list[dict], settings: Settings, request_id: str) -> tuple[bytes, float]:
     """The forecast body for ``bars`` and the seconds spent in the endpoint."""
     scored, endpoint_s = scoring_client(settings).score(bars, request_id)
-    return forecast_body(symbol, scored, float(bars[-1]["close"])), endpoint_s
+    return forecast_body(symbol, scored, newest_close(bars)), endpoint_s
 
 
 def _forecast_latest(symbol: str, settings: Settings, request_id: str) -> tuple[bytes, float]:
@@ -89,7 +90,7 @@ def _forecast_latest(symbol: str, settings: Settings, request_id: str) -> tuple[
     A forecast is a function of the bars and the model, and the bars change once a minute, so
     every request between two reads of ``latest/`` gets the same answer without a second call.
     """
-    entry = _latest(settings, symbol)
+    entry = _latest(settings, symbol, request_id)
     if entry.body is None:
         with entry.lock:
             if entry.body is None:

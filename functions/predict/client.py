@@ -21,6 +21,39 @@ from functions.settings import Settings
 
 log = logging.getLogger(__name__)
 UNAVAILABLE = (("Retry-After", "5"),)
+SERVED_TTL_S = 60.0  # how long what the endpoint said it serves is trusted before asking again
+SERVED_RETRY_S = 5.0  # after a failed info call, how long the fallback bar count is used
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the endpoint serves, as its GET said: the model version and the bars one forecast needs."""
+
+    version: str | None
+    bars_needed: int
+    expires: float
+
+
+def served_from_info(info: Any, fallback: int, expires: float) -> Served:
+    """Read the endpoint's GET answer; an endpoint that does not say ``bars_needed`` gets ``fallback``."""
+    info = info if isinstance(info, dict) else {}
+    model = info.get("model") if isinstance(info.get("model"), dict) else {}
+    needed = info.get("bars_needed")
+    valid = isinstance(needed, int) and not isinstance(needed, bool) and needed > 0
+    version = model.get("version")
+    return Served(None if version is None else str(version), needed if valid else fallback, expires)
+
+
+def is_current(served: Served | None, now: float) -> bool:
+    """Whether the cached answer may still be used."""
+    return served is not None and served.expires > now
+
+
+def contradicts(served: Served | None, scored: dict[str, Any]) -> bool:
+    """Whether a scoring response came from another model version than the cached one."""
+    model = scored.get("model") if isinstance(scored, dict) else None
+    version = model.get("version") if isinstance(model, dict) else None
+    return served is not None and version is not None and str(version) != served.version
 
 
 @dataclass
@@ -61,7 +94,7 @@ class EndpointAuth:
 
 
 class ScoringClient:
-    """POSTs ``{"bars": [...]}`` to the endpoint and maps failures to API errors."""
+    """Calls the endpoint (POST ``{"bars": [...]}`` to score, GET for what it serves), maps failures to API errors."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -69,18 +102,74 @@ class ScoringClient:
         self.auth = EndpointAuth(settings)
         timeout = httpx.Timeout(settings.scoring_timeout_s, connect=1.0)
         self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self._served: Served | None = None
+        self._served_lock = threading.Lock()
 
     def score(self, bars: list[dict[str, Any]], request_id: str) -> tuple[dict[str, Any], float]:
         """Score the bars; returns (response document, seconds spent in the endpoint call)."""
-        body = orjson.dumps({"bars": bars})
+        try:
+            scored, elapsed = self._call("POST", orjson.dumps({"bars": bars}), request_id)
+        except ApiError as err:
+            if err.code == "not_enough_bars":  # the served model may have changed: ask again next time
+                self.forget_served()
+            raise
+        if contradicts(self._served, scored):
+            log.info("request=%s the endpoint now serves another model version; asking it again", request_id)
+            self.forget_served()
+        return scored, elapsed
+
+    def info(self, request_id: str) -> dict[str, Any]:
+        """The endpoint's GET answer: ``{"model", "bars_needed", "skill"}``."""
+        return self._call("GET", None, request_id)[0]
+
+    def bars_needed(self, request_id: str) -> int:
+        """Bars the served model needs for a forecast, asked of the endpoint at most once a minute.
+
+        If the endpoint cannot say, ``PREDICT_HISTORY_BARS`` bars are sent instead.
+        """
+        served = self._served
+        if not is_current(served, time.monotonic()):
+            with self._served_lock:
+                served = self._served
+                if not is_current(served, time.monotonic()):
+                    served = self._served = self._ask_served(request_id)
+        return served.bars_needed
+
+    @property
+    def served(self) -> Served | None:
+        """What the endpoint last said it serves (None until asked, or after it was forgotten)."""
+        return self._served
+
+    def forget_served(self) -> None:
+        """Drop what the endpoint said it serves; the next GET forecast asks again."""
+        self._served = None
+
+    def _ask_served(self, request_id: str) -> Served:
+        fallback = self.settings.predict_history_bars
+        try:
+            info = self.info(request_id)
+        except ApiError as err:
+            log.warning(
+                "request=%s endpoint info failed (%s: %s); sending %d bars", request_id, err.code, err.message, fallback
+            )
+            return Served(None, fallback, time.monotonic() + SERVED_RETRY_S)
+        served = served_from_info(info, fallback, time.monotonic() + SERVED_TTL_S)
+        log.info("request=%s endpoint serves version %s, needs %d bars", request_id, served.version, served.bars_needed)
+        return served
+
+    def _call(self, method: str, body: bytes | None, request_id: str) -> tuple[dict[str, Any], float]:
+        """One request with retries; returns (JSON document of a 200, seconds spent in the last attempt)."""
         attempts = self.settings.scoring_retries + 1
+        base = {"x-ms-client-request-id": request_id}
+        if body is not None:
+            base["Content-Type"] = "application/json"
         for attempt in range(1, attempts + 1):
-            headers = {"Content-Type": "application/json", "x-ms-client-request-id": request_id, **self.auth.headers()}
+            headers = {**base, **self.auth.headers()}
             started = time.perf_counter()
             try:
-                response = self.http.post(self.url, content=body, headers=headers)
+                response = self.http.request(method, self.url, content=body, headers=headers)
             except httpx.TransportError as exc:
-                log.warning("request=%s scoring attempt %d/%d failed: %s", request_id, attempt, attempts, exc)
+                log.warning("request=%s scoring %s %d/%d failed: %s", request_id, method, attempt, attempts, exc)
                 self._backoff(attempt, attempts)
                 continue
             elapsed = time.perf_counter() - started
@@ -89,7 +178,7 @@ class ScoringClient:
                 continue
             if response.status_code >= 500:
                 log.warning(
-                    "request=%s scoring attempt %d/%d: HTTP %d", request_id, attempt, attempts, response.status_code
+                    "request=%s scoring %s %d/%d: HTTP %d", request_id, method, attempt, attempts, response.status_code
                 )
                 self._backoff(attempt, attempts)
                 continue

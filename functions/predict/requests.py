@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,9 @@ import orjson
 from functions.ingest.bars import SYMBOL_PATTERN
 
 BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
+MODEL_KINDS = ("persistence", "lstm_attention")  # what the endpoint may serve; anything else is "unknown"
+INTERVAL_FIELDS = ("level", "low", "high")
+SKILL_FIELDS = ("ratio_to_persistence", "p_value", "n", "evaluated_at")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,17 @@ def _number(bar: dict, name: str, index: int) -> float:
     return float(value)
 
 
+def _is_time(ts: Any) -> bool:
+    """Whether ``ts`` is unix seconds or an ISO 8601 time the endpoint can read."""
+    if isinstance(ts, bool) or not isinstance(ts, (int, str)):
+        return False
+    try:
+        ts_seconds(ts)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
 def parse_post(body: bytes, max_bars: int, max_bytes: int) -> tuple[str, list[dict[str, Any]]]:
     """Validate ``{"symbol", "bars": [...]}``; returns the symbol and normalised bars."""
     if len(body) > max_bytes:
@@ -63,7 +78,7 @@ def parse_post(body: bytes, max_bars: int, max_bytes: int) -> tuple[str, list[di
         if not isinstance(bar, dict):
             raise ApiError(400, "invalid_bar", f"bars[{i}] must be an object")
         ts = bar.get("ts")
-        if not (isinstance(ts, str) and ts) and (isinstance(ts, bool) or not isinstance(ts, int)):
+        if not _is_time(ts):
             raise ApiError(400, "invalid_bar", f"bars[{i}].ts must be an ISO 8601 time or unix seconds")
         o, h, lo, c = (_number(bar, k, i) for k in ("open", "high", "low", "close"))
         v = _number(bar, "volume", i)
@@ -71,6 +86,50 @@ def parse_post(body: bytes, max_bars: int, max_bytes: int) -> tuple[str, list[di
             raise ApiError(400, "invalid_bar", f"bars[{i}]: need prices > 0, low <= open/close <= high, volume >= 0")
         out.append({"symbol": symbol, "ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v})
     return symbol, out
+
+
+def ts_seconds(value: str | int) -> int:
+    """Unix seconds of a bar's ``ts`` (ISO 8601, UTC if no offset, or unix seconds), as the endpoint reads it."""
+    if isinstance(value, int):
+        return value
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp())
+
+
+def newest_close(bars: list[dict[str, Any]]) -> float:
+    """The close of the newest bar by time; of bars with the same time, the last sent (as the endpoint keeps)."""
+    newest = max(range(len(bars)), key=lambda i: (ts_seconds(bars[i]["ts"]), i))
+    return float(bars[newest]["close"])
+
+
+def _model(scored: dict[str, Any]) -> dict[str, str]:
+    """Name, version and kind of the model that scored; ``unknown`` for what an older endpoint omits."""
+    model = scored.get("model")
+    model = model if isinstance(model, dict) else {}
+    kind = model.get("kind")
+    return {
+        "name": str(model.get("name", "unknown")),
+        "version": str(model.get("version", "unknown")),
+        "kind": kind if kind in MODEL_KINDS else "unknown",
+    }
+
+
+def _skill(scored: dict[str, Any]) -> dict[str, Any] | None:
+    """The served version's skill against persistence, or None when the endpoint reports none."""
+    skill = scored.get("skill")
+    if not isinstance(skill, dict):
+        return None
+    return {key: skill.get(key) for key in SKILL_FIELDS}
+
+
+def _interval(row: dict[str, Any]) -> dict[str, float] | None:
+    """The prediction interval as scored, or None (no interval, or no forecast across a close)."""
+    interval = row.get("interval")
+    if not isinstance(interval, dict) or any(interval.get(key) is None for key in INTERVAL_FIELDS):
+        return None
+    return {key: interval[key] for key in INTERVAL_FIELDS}
 
 
 def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> bytes:
@@ -83,9 +142,13 @@ def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> byt
         {
             "symbol": symbol,
             "as_of": row["as_of"],
-            "target_ts": row["target_ts"],
+            "target_ts": row.get("target_ts"),
             "predicted_close": row["predicted_close"],
             "last_close": last_close,
-            "model": scored.get("model", {"name": "unknown", "version": "unknown"}),
+            "interval": _interval(row),
+            "session_closed": bool(row.get("session_closed", False)),
+            "next_open": row.get("next_open"),
+            "model": _model(scored),
+            "skill": _skill(scored),
         }
     )

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training_job.evaluate import chronological_split, decide, metrics
-from training_job.features import FEATURES, WARMUP, concat, indicator_features, segments, symbol_windows
+from training_job.evaluate import chronological_split
+from training_job.features import (
+    FEATURES,
+    WARMUP,
+    bars_needed,
+    concat,
+    indicator_features,
+    segments,
+    symbol_windows,
+)
 
 
 def series(n: int, seed: int = 0, gap_at: int | None = None):
@@ -60,7 +68,7 @@ def test_windows_never_span_a_gap_and_target_is_the_next_log_return():
     spans = w.target_ts - w.start
     assert spans.max() <= 20 * 60  # 20 bars of one minute: never the 17-hour gap
     assert not np.isnan(w.x).any()  # windows start after the indicators' warm-up
-    assert ts[WARMUP - 10] <= w.start.min() <= ts[WARMUP]
+    assert w.as_of.min() == ts[bars_needed(20) - 1]
     close = dict(zip(ts.tolist(), ohlcv[3], strict=True))
     i = 5
     assert w.y[i] == pytest.approx(np.log(close[int(w.target_ts[i])] / close[int(w.as_of[i])]), rel=1e-5)
@@ -77,30 +85,42 @@ def test_decision_slice_never_overlaps_training():
     assert w.target_ts[split.train].max() < w.start[split.decision].min()
 
 
+def test_window_features_come_from_exactly_the_bars_a_request_sends():
+    """Every window's features equal those computed from only its last bars_needed bars (train/serve parity)."""
+    ts, ohlcv = series(300, seed=4)
+    every = symbol_windows("X", ts, ohlcv, window=20, horizon=1, max_gap_minutes=5, with_target=False)
+    need = bars_needed(20)
+    for i in (0, 57, len(every) - 1):
+        end = int(np.flatnonzero(ts == every.as_of[i])[0])
+        cut = slice(end - need + 1, end + 1)
+        alone = symbol_windows("X", ts[cut], tuple(x[cut] for x in ohlcv), 20, 1, 5, False, latest_only=True)
+        assert len(alone) == 1 and alone.as_of[0] == every.as_of[i]
+        np.testing.assert_array_equal(alone.x[0], every.x[i])
+
+
+def test_extra_history_before_the_window_does_not_change_a_forecast_input():
+    """Sending 300 bars or exactly bars_needed bars gives the same latest window."""
+    ts, ohlcv = series(300, seed=5)
+    need = bars_needed(30)
+    full = symbol_windows("X", ts, ohlcv, 30, 1, 5, False, latest_only=True)
+    short = symbol_windows("X", ts[-need:], tuple(x[-need:] for x in ohlcv), 30, 1, 5, False, latest_only=True)
+    np.testing.assert_array_equal(full.x, short.x)
+    assert full.as_of.tolist() == short.as_of.tolist() == [ts[-1]]
+
+
 @pytest.mark.parametrize(
-    ("model", "champion", "persistence", "expected"),
+    ("returns", "ranges", "expected"),
     [
-        (1.00, None, 1.00, "promoted"),
-        (1.015, None, 1.00, "promoted"),  # within the 2% tolerance
-        (1.03, None, 1.00, "retained"),
-        (0.95, 0.99, 1.00, "promoted"),
-        (0.985, 0.99, 1.00, "retained"),  # does not beat the champion by 1%
-        (1.05, 1.10, 1.00, "retained"),  # beats the champion but not persistence
+        (0.001, 0.0, np.sqrt(0.5 * 1e-6)),
+        (0.0, 0.002, np.sqrt(0.5 * 4e-6 / (4 * np.log(2)))),
+        (0.0, 0.0, 1e-6),  # a flat window still gets the floor, never zero
     ],
 )
-def test_promotion_rule(model, champion, persistence, expected):
-    """Promote when the challenger beats the champion by the margin and is not worse than persistence."""
-
-    def as_m(r):
-        return None if r is None else {"rmse": r, "mae": r, "directional_accuracy": 0.5}
-
-    decision, reason = decide(
-        as_m(model), as_m(champion), as_m(persistence), min_improvement=0.01, baseline_tolerance=0.02
-    )
-    assert decision == expected and reason
-
-
-def test_metrics_values():
-    """RMSE, MAE and directional accuracy on a hand-checked example."""
-    m = metrics(np.array([11.0, 9.0]), np.array([12.0, 10.0]), np.array([10.0, 10.5]))
-    assert m == {"rmse": 1.0, "mae": 1.0, "directional_accuracy": 1.0}
+def test_window_volatility_blends_close_to_close_and_range(returns, ranges, expected):
+    """Volatility = sqrt(mean of the close-to-close and Parkinson variances), floored."""
+    x = np.zeros((1, 20, len(FEATURES)), dtype=np.float32)
+    x[0, :, 0] = returns
+    x[0, :, 2] = ranges
+    w = concat([symbol_windows("X", *series(100), 20, 1, 5, False)])
+    w.x = x[np.zeros(len(w), dtype=int)]
+    assert w.volatility[0] == pytest.approx(expected, rel=1e-4)

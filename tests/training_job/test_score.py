@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -43,16 +44,58 @@ def recent_bars(bars_dir: Path, symbol: str, n: int) -> list[dict]:
 
 
 def test_scores_with_finite_forecast_and_model_identity(server, bars_dir):
-    """A valid request gets 200, a finite forecast near the last close, and the model's name and version."""
+    """A valid request gets 200, a forecast with its interval, the model's name, version, kind and skill."""
     url, info = server
-    bars = recent_bars(bars_dir, "NEWCO", info["bars_needed"] + 5)
+    bars = recent_bars(bars_dir, "NEWCO", info["bars_needed"] + 30)[:-30]  # 15:29 New York: mid-session
     response = httpx.post(url, content=orjson.dumps({"bars": bars}), headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
     body = response.json()
     [row] = body["forecasts"]
-    assert body["model"] == {"name": "stockcast-lstm-attention", "version": "1"}
-    assert row["symbol"] == "NEWCO" and row["as_of"] == bars[-1]["ts"].replace("+00:00", "Z")
+    assert body["model"] == {"name": "stockcast-lstm-attention", "version": "2", "kind": "lstm_attention"}
+    assert set(body["skill"]) == {"ratio_to_persistence", "p_value", "n", "evaluated_at"}
+    assert body["skill"]["ratio_to_persistence"] < 1 and body["skill"]["p_value"] < 0.05
+    as_of = bars[-1]["ts"].replace("+00:00", "Z")
+    assert row["symbol"] == "NEWCO" and row["as_of"] == as_of and row["target_ts"] == as_of.replace(":29:", ":30:")
     assert math.isfinite(row["predicted_close"]) and abs(row["predicted_close"] / bars[-1]["close"] - 1) < 0.05
+    interval = row["interval"]
+    assert interval["level"] == 0.9 and interval["low"] < row["predicted_close"] < interval["high"]
+    assert row["session_closed"] is False and row["next_open"] is None
+
+
+def test_the_sessions_last_minute_names_the_next_open_instead_of_a_minute_that_never_trades(server, bars_dir):
+    """At 15:59 New York the target is not 16:00: session_closed, next open, no change forecast."""
+    url, info = server
+    bars = recent_bars(bars_dir, "NEWCO", info["bars_needed"])  # the last bar of the day: 15:59 New York
+    assert bars[-1]["ts"].endswith("20:59:00+00:00")
+    response = httpx.post(url, content=orjson.dumps({"bars": bars}))
+    [row] = response.json()["forecasts"]
+    assert row["session_closed"] is True and row["target_ts"] is None and row["interval"] is None
+    assert row["next_open"].endswith("T14:30:00Z")  # the next trading day, 09:30 New York
+    assert row["predicted_close"] == bars[-1]["close"]
+
+
+def test_served_forecast_equals_the_evaluated_one_for_the_same_window(server, trained, bars_dir):
+    """Train/serve parity: what the endpoint answers for a decision window is what the gate scored."""
+    from mlflow.tracking import MlflowClient
+
+    url, info = server
+    client = MlflowClient(trained.tracking_uri)
+    run_id = client.get_model_version(trained.config.model_name, "2").run_id
+    evaluated = pd.read_parquet(client.download_artifacts(run_id, "decision_forecasts.parquet"))
+    bars = read_bars(bars_dir)
+    for _, row in evaluated.sample(8, random_state=1).iterrows():
+        rows = bars[(bars.symbol == row.symbol) & (bars.ts <= pd.Timestamp(row.as_of, unit="s", tz="UTC"))]
+        window = rows.tail(info["bars_needed"])
+        payload = [
+            {"symbol": r.symbol, "ts": int(r.ts.timestamp()), "open": r.open, "high": r.high, "low": r.low,
+             "close": r.close, "volume": int(r.volume)}
+            for r in window.itertuples()
+        ]  # fmt: skip
+        response = httpx.post(url, content=orjson.dumps({"bars": payload}))
+        [served] = response.json()["forecasts"]
+        assert served["predicted_return"] == pytest.approx(row.model, rel=1e-5, abs=1e-9)
+        last = payload[-1]["close"]
+        assert served["interval"]["high"] == pytest.approx(last * math.exp(row.model + row.half_width), rel=1e-6)
 
 
 @pytest.mark.parametrize(

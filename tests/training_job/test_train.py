@@ -17,26 +17,46 @@ from training_job.train import main
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_first_run_promotes_and_crippled_second_is_retained(trained):
-    """v1 becomes champion; a crippled v2 is registered as challenger and champion stays v1."""
-    assert (trained.first["version"], trained.first["decision"], trained.first["champion_version"]) == (
-        "1",
-        "promoted",
-        None,
-    )
-    assert trained.first["metrics"]["champion"] is None
-    assert (trained.second["version"], trained.second["decision"], trained.second["champion_version"]) == (
-        "2",
-        "retained",
-        "1",
-    )
+def test_first_run_registers_persistence_then_promotes_a_significantly_better_model(trained):
+    """v1 is persistence and champion before training; v2 beats it with DM p < 0.05 and becomes champion."""
+    first = trained.first
+    assert (first["version"], first["kind"], first["champion_version"]) == ("2", "lstm_attention", "1")
+    assert first["decision"] == "promoted" and first["champion_after"] == {"version": "2", "kind": "lstm_attention"}
+    vs = first["tests"]["vs_persistence"]
+    assert vs["p_value"] < 0.05 and vs["loss_ratio"] < 1 and vs["n"] == first["n_decision"] > 100
+    assert first["tests"]["vs_champion"] == vs and first["tests"]["champion_vs_persistence"] is None
+    assert first["metrics"]["model"]["log_rmse"] < first["metrics"]["persistence"]["log_rmse"]
+    assert first["metrics"]["champion"] == first["metrics"]["persistence"]  # the champion was persistence
     client = MlflowClient(trained.tracking_uri)
     name = trained.config.model_name
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    v1 = client.get_model_version(name, "1")
+    assert v1.tags["kind"] == "persistence"
+
+
+def test_crippled_second_run_is_retained_and_champion_stays(trained):
+    """A crippled v3 is registered as challenger; the champion stays v2; every figure is recorded."""
+    second = trained.second
+    assert (second["version"], second["decision"], second["champion_version"]) == ("3", "retained", "2")
+    assert second["champion_after"] == {"version": "2", "kind": "lstm_attention"} and not second["demoted"]
+    client = MlflowClient(trained.tracking_uri)
+    name = trained.config.model_name
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "3"
     for who in ("model", "champion", "persistence"):
-        assert set(trained.second["metrics"][who]) == {"rmse", "mae", "directional_accuracy"}
-        assert math.isfinite(trained.second["metrics"][who]["rmse"])
+        assert set(second["metrics"][who]) == {"rmse", "log_rmse", "mae", "directional_accuracy"}
+        assert math.isfinite(second["metrics"][who]["rmse"]) and math.isfinite(second["metrics"][who]["log_rmse"])
+    assert second["metrics"]["persistence"]["directional_accuracy"] is None
+    assert 0 <= second["metrics"]["champion"]["directional_accuracy"] <= 1
+    for test in ("vs_champion", "vs_persistence", "champion_vs_persistence"):
+        assert set(second["tests"][test]) >= {"dm_stat", "p_value", "n", "min_detectable_ratio"}
+    assert second["tests"]["champion_vs_persistence"]["p_value"] > 0.05  # the champion still holds up
+
+
+def test_interval_coverage_is_reported_near_nominal(trained):
+    """The job reports split-conformal coverage on the decision slice, near the 90 % level."""
+    interval = trained.first["interval"]
+    assert interval["level"] == 0.9 and interval["q"] > 0
+    assert abs(interval["coverage"] - 0.9) < 0.05
 
 
 def test_summary_files_match_the_returned_summary(trained):
@@ -48,18 +68,29 @@ def test_summary_files_match_the_returned_summary(trained):
 def test_run_records_params_metrics_plots_profile_and_tags(trained):
     """The run holds every parameter, per-epoch losses, the figures, both PNGs and the profile."""
     client = MlflowClient(trained.tracking_uri)
-    version = client.get_model_version(trained.config.model_name, "2")
+    version = client.get_model_version(trained.config.model_name, "3")
     run = client.get_run(version.run_id)
     assert run.data.params["window"] == "20" and run.data.params["learning_rate"] == "5.0"
-    assert {"model_rmse", "champion_rmse", "persistence_rmse", "model_directional_accuracy"} <= set(run.data.metrics)
+    assert {
+        "model_rmse",
+        "model_log_rmse",
+        "champion_rmse",
+        "persistence_rmse",
+        "model_directional_accuracy",
+        "vs_persistence_p_value",
+        "vs_champion_dm_stat",
+        "interval_coverage",
+        "n_decision",
+    } <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
     assert run.data.tags["decision"] == "retained" and version.tags["decision"] == "retained"
+    assert version.tags["kind"] == "lstm_attention" and float(version.tags["p_vs_champion"]) > 0.05
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"data_profile.json", "summary.json", "model", "plots"} <= artifacts
+    assert {"data_profile.json", "summary.json", "model", "plots", "decision_forecasts.parquet"} <= artifacts
     assert plots == {"plots/loss_curve.png", "plots/predicted_vs_actual.png"}
     profile = json.loads(Path(client.download_artifacts(run.info.run_id, "data_profile.json")).read_text())
-    assert set(profile["symbols"]) == {"AAA", "BBB", "CCC"} and profile["symbols"]["AAA"]["gaps_over_max"] == 1
+    assert set(profile["symbols"]) == {"AAA", "BBB", "CCC"} and profile["symbols"]["AAA"]["gaps_over_max"] == 3
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/MLmodel", "model/input_example.json", "model/code"} <= model_files
 
@@ -89,6 +120,22 @@ def test_no_usable_data_exits_nonzero_with_how_many_bars_are_needed(tmp_path, ba
     """Too little data per symbol: exit 2, naming the bars needed."""
     assert main(["--bars", str(bars_dir), "--min-windows-per-symbol", "100000"]) == 2
     assert "each needs at least 100071 contiguous bars" in caplog.text
+
+
+def test_skill_travels_inside_the_served_model(trained):
+    """The registered version carries its decision-slice skill and interval scale for the endpoint."""
+    from training_job.forecaster import Forecaster
+
+    client = MlflowClient(trained.tracking_uri)
+    run_id = client.get_model_version(trained.config.model_name, "2").run_id
+    folder = Path(client.download_artifacts(run_id, "model/artifacts/forecaster"))
+    meta = Forecaster.load(folder).meta
+    first = trained.first
+    assert meta.kind == "lstm_attention" and meta.interval_q == pytest.approx(first["interval"]["q"])
+    ratio = first["metrics"]["model"]["log_rmse"] / first["metrics"]["persistence"]["log_rmse"]
+    assert meta.skill["ratio_to_persistence"] == pytest.approx(ratio, abs=1e-6)
+    assert meta.skill["p_value"] == pytest.approx(first["tests"]["vs_persistence"]["p_value"], abs=1e-6)
+    assert meta.skill["n"] == first["n_decision"]
 
 
 def test_every_option_has_a_default():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.replay import make_batches, replay
 from functions.predict import blueprint
-from functions.predict.client import scoring_client
+from functions.predict.client import ScoringClient, scoring_client
 from functions.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,12 @@ def api(runtime, champion_server):
         http.stop()
 
 
-def _bars(n: int, start: int = 1_793_629_800, price: float = 50.0) -> list[dict]:
+OPEN = 1_793_629_800  # 2026-11-02T14:30:00Z, a Monday's 09:30 in New York
+LAST_MINUTE = OPEN + 389 * 60  # 20:59Z, the session's last 1-minute bar (the close is 21:00Z)
+NEXT_OPEN = "2026-11-03T14:30:00Z"
+
+
+def _bars(n: int, start: int = OPEN, price: float = 50.0) -> list[dict]:
     return [
         {
             "ts": start + 60 * i,
@@ -59,14 +65,56 @@ def _bars(n: int, start: int = 1_793_629_800, price: float = 50.0) -> list[dict]
     ]
 
 
-def test_get_returns_a_finite_forecast_from_the_champion(api):
-    """GET /api/predict/{symbol}: 200, the champion's version, a forecast near the last close."""
+def _iso(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _post(api: str, symbol: str, bars: list[dict]) -> httpx.Response:
+    return httpx.post(f"{api}/predict", content=orjson.dumps({"symbol": symbol, "bars": bars}), timeout=30)
+
+
+def test_get_returns_the_served_model_kind_and_skill(api, champion_server):
+    """GET /api/predict/{symbol}: 200 with the served version, its kind and skill, near the last close."""
     response = httpx.get(f"{api}/predict/brk-b", timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["symbol"] == "BRK-B" and body["model"] == {"name": "stockcast-lstm-attention", "version": "1"}
+    assert body["symbol"] == "BRK-B" and body["model"] == champion_server.info["model"]
+    assert body["model"]["name"] == "stockcast-lstm-attention"
+    assert body["model"]["kind"] in ("persistence", "lstm_attention")
+    assert body["skill"] == champion_server.info["skill"] and body["skill"]["n"] > 0
+    assert (body["skill"]["p_value"] is None) == (body["model"]["kind"] == "persistence")
     assert math.isfinite(body["predicted_close"]) and abs(body["predicted_close"] / body["last_close"] - 1) < 0.05
-    assert body["target_ts"] > body["as_of"]
+
+
+def test_get_at_the_stored_session_end_forecasts_no_change(api):
+    """The stored day ends at its session's last minute: no target, no interval, the next open, no change."""
+    body = httpx.get(f"{api}/predict/AAA", timeout=30).json()
+    as_of = dt.datetime.fromisoformat(body["as_of"])
+    assert (as_of.hour, as_of.minute) == (20, 59)  # 15:59 in New York
+    assert body["session_closed"] is True and body["target_ts"] is None and body["interval"] is None
+    assert body["next_open"] is not None and body["next_open"] > body["as_of"]
+    assert body["predicted_close"] == body["last_close"]
+
+
+def test_get_sends_the_bars_the_served_model_needs(api, champion_server, monkeypatch):
+    """GET reads and sends exactly the served model's bars_needed (asked of the endpoint), not PREDICT_HISTORY_BARS."""
+    needed = champion_server.info["bars_needed"]
+    assert needed != get_settings().predict_history_bars  # otherwise this test could not tell them apart
+    sent: list[int] = []
+    score = ScoringClient.score
+
+    def recording_score(self, bars, request_id):
+        sent.append(len(bars))
+        return score(self, bars, request_id)
+
+    monkeypatch.setattr(ScoringClient, "score", recording_score)
+    monkeypatch.setattr(blueprint, "_cache", {})
+    scoring_client(get_settings()).forget_served()
+    response = httpx.get(f"{api}/predict/AAA", timeout=30)
+    assert response.status_code == 200, response.text
+    assert sent == [needed]
+    assert scoring_client(get_settings()).served.bars_needed == needed
+    assert scoring_client(get_settings()).served.version == champion_server.info["model"]["version"]
 
 
 def _endpoint_ms(response: httpx.Response) -> float:
@@ -89,11 +137,46 @@ def test_get_scores_each_read_of_latest_once(api, monkeypatch):
     assert first.json() == second.json()
 
 
-def test_post_scores_the_bars_sent(api):
-    """POST /api/predict with enough contiguous bars: 200 for a symbol never stored."""
-    response = httpx.post(f"{api}/predict", content=orjson.dumps({"symbol": "NEWCO", "bars": _bars(90)}), timeout=30)
+def test_post_scores_the_bars_sent(api, champion_server):
+    """POST /api/predict with enough contiguous bars mid-session: 200, the next minute, an interval around it."""
+    response = _post(api, "NEWCO", _bars(90))
     assert response.status_code == 200, response.text
-    assert response.json()["last_close"] == 50.0
+    body = response.json()
+    assert body["last_close"] == 50.0 and body["as_of"] == _iso(OPEN + 89 * 60)
+    assert body["target_ts"] == _iso(OPEN + 90 * 60)
+    assert body["session_closed"] is False and body["next_open"] is None
+    assert body["model"] == champion_server.info["model"] and body["skill"] == champion_server.info["skill"]
+    interval = body["interval"]
+    assert interval is None or (
+        interval["level"] == 0.9 and interval["low"] <= body["predicted_close"] <= interval["high"]
+    )
+
+
+def test_post_last_close_is_the_newest_bar_by_time(api, champion_server):
+    """POST with bars newest first, ts as ISO and unix seconds: last_close and as_of are the newest bar's."""
+    bars = _bars(champion_server.info["bars_needed"] + 5)
+    for i, bar in enumerate(bars):
+        price = round(50.0 + 0.01 * i, 4)
+        bar.update(open=price, high=price * 1.001, low=price * 0.999, close=price)
+        if i % 2:
+            bar["ts"] = _iso(bar["ts"])
+    newest = bars[-1]
+    response = _post(api, "NEWCO", bars[::-1])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["last_close"] == newest["close"] == round(50.0 + 0.01 * (len(bars) - 1), 4) != bars[0]["close"]
+    assert body["as_of"] == _iso(OPEN + 60 * (len(bars) - 1))
+
+
+def test_post_at_the_session_close_forecasts_no_change(api, champion_server):
+    """POST ending at the session's last minute: session closed, no target or interval, the next open, no change."""
+    n = champion_server.info["bars_needed"]
+    response = _post(api, "NEWCO", _bars(n, start=LAST_MINUTE - 60 * (n - 1)))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["as_of"] == _iso(LAST_MINUTE) and body["target_ts"] is None
+    assert body["session_closed"] is True and body["next_open"] == NEXT_OPEN and body["interval"] is None
+    assert body["predicted_close"] == body["last_close"] == 50.0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,294 @@
+"""Pure predict code: the 200 body, the newest close, and what the client makes of the endpoint's GET."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import orjson
+import pytest
+
+from functions.predict.client import SERVED_RETRY_S, ScoringClient, Served, contradicts, is_current, served_from_info
+from functions.predict.requests import ApiError, forecast_body, newest_close, parse_post, ts_seconds
+from functions.settings import Settings
+
+MODEL = {"name": "stockcast-lstm-attention", "version": "2", "kind": "lstm_attention"}
+SKILL = {"ratio_to_persistence": 0.97, "p_value": 0.012, "n": 1400, "evaluated_at": "2026-11-04T21:05:00Z"}
+PERSISTENCE_SKILL = {"ratio_to_persistence": 1.0, "p_value": None, "n": 1400, "evaluated_at": "2026-11-04T21:05:00Z"}
+IN_SESSION = {
+    "symbol": "AAA",
+    "as_of": "2026-11-04T15:00:00Z",
+    "target_ts": "2026-11-04T15:01:00Z",
+    "predicted_close": 101.0,
+    "predicted_return": 0.00995,
+    "interval": {"level": 0.9, "low": 100.5, "high": 101.5},
+    "session_closed": False,
+    "next_open": None,
+}
+AT_CLOSE = {
+    "symbol": "AAA",
+    "as_of": "2026-11-04T20:59:00Z",
+    "target_ts": None,
+    "predicted_close": 100.0,
+    "predicted_return": 0.0,
+    "interval": None,
+    "session_closed": True,
+    "next_open": "2026-11-05T14:30:00Z",
+}
+OLD_ROW = {
+    "symbol": "AAA",
+    "as_of": "2026-11-04T15:00:00Z",
+    "target_ts": "2026-11-04T15:01:00Z",
+    "predicted_close": 101.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("scored", "expected"),
+    [
+        pytest.param(
+            {"forecasts": [IN_SESSION], "model": MODEL, "skill": SKILL},
+            {
+                "target_ts": "2026-11-04T15:01:00Z",
+                "predicted_close": 101.0,
+                "interval": {"level": 0.9, "low": 100.5, "high": 101.5},
+                "session_closed": False,
+                "next_open": None,
+                "model": MODEL,
+                "skill": SKILL,
+            },
+            id="lstm-in-session",
+        ),
+        pytest.param(
+            {
+                "forecasts": [{**IN_SESSION, "predicted_close": 100.0, "predicted_return": 0.0}],
+                "model": {"name": "stockcast-lstm-attention", "version": "1", "kind": "persistence"},
+                "skill": PERSISTENCE_SKILL,
+            },
+            {
+                "target_ts": "2026-11-04T15:01:00Z",
+                "predicted_close": 100.0,
+                "interval": {"level": 0.9, "low": 100.5, "high": 101.5},
+                "session_closed": False,
+                "next_open": None,
+                "model": {"name": "stockcast-lstm-attention", "version": "1", "kind": "persistence"},
+                "skill": PERSISTENCE_SKILL,
+            },
+            id="persistence",
+        ),
+        pytest.param(
+            {"forecasts": [AT_CLOSE], "model": MODEL, "skill": SKILL},
+            {
+                "target_ts": None,
+                "predicted_close": 100.0,
+                "interval": None,
+                "session_closed": True,
+                "next_open": "2026-11-05T14:30:00Z",
+                "model": MODEL,
+                "skill": SKILL,
+            },
+            id="session-closed",
+        ),
+        pytest.param(
+            {"forecasts": [{**AT_CLOSE, "next_open": None}], "model": MODEL, "skill": SKILL},
+            {
+                "target_ts": None,
+                "predicted_close": 100.0,
+                "interval": None,
+                "session_closed": True,
+                "next_open": None,
+                "model": MODEL,
+                "skill": SKILL,
+            },
+            id="session-closed-next-open-unknown",
+        ),
+        pytest.param(
+            {"forecasts": [OLD_ROW], "model": {"name": "stockcast-lstm-attention", "version": "1"}},
+            {
+                "target_ts": "2026-11-04T15:01:00Z",
+                "predicted_close": 101.0,
+                "interval": None,
+                "session_closed": False,
+                "next_open": None,
+                "model": {"name": "stockcast-lstm-attention", "version": "1", "kind": "unknown"},
+                "skill": None,
+            },
+            id="old-endpoint-without-kind-or-skill",
+        ),
+        pytest.param(
+            {"forecasts": [OLD_ROW]},
+            {
+                "target_ts": "2026-11-04T15:01:00Z",
+                "predicted_close": 101.0,
+                "interval": None,
+                "session_closed": False,
+                "next_open": None,
+                "model": {"name": "unknown", "version": "unknown", "kind": "unknown"},
+                "skill": None,
+            },
+            id="no-model-at-all",
+        ),
+        pytest.param(
+            {
+                "forecasts": [{**IN_SESSION, "interval": {"level": 0.9, "low": None, "high": None}}],
+                "model": {**MODEL, "version": 7, "kind": "gradient_boosting"},
+                "skill": {**SKILL, "extra": "dropped"},
+            },
+            {
+                "target_ts": "2026-11-04T15:01:00Z",
+                "predicted_close": 101.0,
+                "interval": None,
+                "session_closed": False,
+                "next_open": None,
+                "model": {"name": "stockcast-lstm-attention", "version": "7", "kind": "unknown"},
+                "skill": SKILL,
+            },
+            id="unlisted-kind-partial-interval",
+        ),
+    ],
+)
+def test_forecast_body_shapes_interval_skill_kind_and_session(scored, expected):
+    """The 200 body carries the scored interval, skill, kind and session fields; old endpoints get defaults."""
+    body = orjson.loads(forecast_body("AAA", scored, 100.0))
+    assert body == {"symbol": "AAA", "as_of": scored["forecasts"][0]["as_of"], "last_close": 100.0, **expected}
+
+
+def test_forecast_body_picks_the_row_of_the_symbol():
+    """Of several forecast rows, the body is made from the requested symbol's."""
+    other = {**IN_SESSION, "symbol": "BBB", "predicted_close": 7.0}
+    body = orjson.loads(forecast_body("AAA", {"forecasts": [other, IN_SESSION], "model": MODEL}, 100.0))
+    assert body["symbol"] == "AAA" and body["predicted_close"] == 101.0
+
+
+def test_forecast_body_without_the_symbol_is_503():
+    """A scoring response with no row for the symbol is a 503 endpoint_error with Retry-After."""
+    with pytest.raises(ApiError) as caught:
+        forecast_body("AAA", {"forecasts": [], "model": MODEL}, 100.0)
+    assert (caught.value.status, caught.value.code, caught.value.headers) == (
+        503,
+        "endpoint_error",
+        (("Retry-After", "5"),),
+    )
+
+
+def _bar(ts, close: float) -> dict:
+    return {"ts": ts, "open": close, "high": close, "low": close, "close": close, "volume": 1}
+
+
+@pytest.mark.parametrize(
+    ("bars", "close"),
+    [
+        pytest.param([_bar(1_793_629_920, 3.0), _bar(1_793_629_800, 1.0), _bar(1_793_629_860, 2.0)], 3.0, id="unix"),
+        pytest.param(
+            [_bar("2026-11-02T14:32:00Z", 3.0), _bar("2026-11-02T14:30:00Z", 1.0), _bar("2026-11-02T14:31:00Z", 2.0)],
+            3.0,
+            id="iso",
+        ),
+        pytest.param(
+            [_bar("2026-11-02T09:33:00-05:00", 4.0), _bar("2026-11-02T14:32:00", 3.0), _bar(1_793_629_800, 1.0)],
+            4.0,
+            id="offsets-naive-and-unix-compared-as-times",
+        ),
+        pytest.param(
+            [_bar("2026-11-02T14:31:00+00:00", 5.0), _bar(1_793_629_860, 6.0), _bar(1_793_629_800, 1.0)],
+            6.0,
+            id="same-time-last-sent-wins",
+        ),
+        pytest.param([_bar("2026-11-02T14:30:00Z", 9.0)], 9.0, id="one-bar"),
+    ],
+)
+def test_newest_close_is_the_newest_bar_by_time(bars, close):
+    """newest_close takes the newest bar by parsed time, not the last one sent; a tie goes to the later one."""
+    assert newest_close(bars) == close
+
+
+@pytest.mark.parametrize(
+    ("ts", "seconds"),
+    [
+        (1_793_629_800, 1_793_629_800),
+        ("2026-11-02T14:30:00Z", 1_793_629_800),
+        ("2026-11-02T14:30:00", 1_793_629_800),
+        ("2026-11-02T09:30:00-05:00", 1_793_629_800),
+        ("2026-11-02T14:30:59.9Z", 1_793_629_859),
+    ],
+)
+def test_ts_seconds_reads_iso_and_unix(ts, seconds):
+    """ts_seconds reads ISO 8601 (UTC when naive) and unix seconds as the scoring endpoint does."""
+    assert ts_seconds(ts) == seconds
+
+
+@pytest.mark.parametrize("ts", ["", "yesterday", "2026-13-02T14:30:00Z", True, 1.5, None])
+def test_parse_post_rejects_a_time_the_endpoint_cannot_read(ts):
+    """A bar whose ts is neither ISO 8601 nor integer unix seconds is a 400 invalid_bar."""
+    body = orjson.dumps({"symbol": "AAA", "bars": [_bar(ts, 1.0)]})
+    with pytest.raises(ApiError) as caught:
+        parse_post(body, 10, 10_000)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_bar")
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        (
+            {"model": {"name": "m", "version": "2", "kind": "lstm_attention"}, "bars_needed": 60, "skill": None},
+            ("2", 60),
+        ),
+        ({"model": {"name": "m", "version": 3}, "bars_needed": 120}, ("3", 120)),
+        ({"model": {"name": "m", "version": "2"}}, ("2", 90)),
+        ({"model": {"name": "m", "version": "2"}, "bars_needed": 0}, ("2", 90)),
+        ({"model": {"name": "m", "version": "2"}, "bars_needed": True}, ("2", 90)),
+        ({"model": {"name": "m", "version": "2"}, "bars_needed": "60"}, ("2", 90)),
+        ({"status": "healthy"}, (None, 90)),
+        (["not", "an", "object"], (None, 90)),
+    ],
+)
+def test_served_from_info_reads_bars_needed_or_falls_back(info, expected):
+    """The endpoint's GET gives the version and bars_needed; without a usable count the fallback applies."""
+    served = served_from_info(info, 90, 123.0)
+    assert (served.version, served.bars_needed, served.expires) == (*expected, 123.0)
+
+
+@pytest.mark.parametrize(
+    ("served", "scored", "stale"),
+    [
+        (Served("2", 60, 1e9), {"model": {"version": "2"}}, False),
+        (Served("2", 60, 1e9), {"model": {"version": "3"}}, True),
+        (Served("2", 60, 1e9), {"model": {"version": 2}}, False),
+        (Served(None, 90, 1e9), {"model": {"version": "2"}}, True),
+        (Served("2", 60, 1e9), {"forecasts": []}, False),
+        (None, {"model": {"version": "3"}}, False),
+    ],
+)
+def test_contradicts_when_another_version_scored(served, scored, stale):
+    """A scoring response from another model version than the cached one makes the cache stale."""
+    assert contradicts(served, scored) is stale
+
+
+@pytest.mark.parametrize(
+    ("served", "now", "current"),
+    [(None, 0.0, False), (Served("1", 60, 10.0), 9.9, True), (Served("1", 60, 10.0), 10.0, False)],
+)
+def test_is_current_until_it_expires(served, now, current):
+    """A cached answer is used until its expiry time."""
+    assert is_current(served, now) is current
+
+
+def _settings(**overrides) -> Settings:
+    base = Settings(
+        "bars", "stock_bars", "ingest", "0 */15 * * * *", bars_storage_connection_string="UseDevelopmentStorage=true"
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def test_bars_needed_falls_back_to_history_bars_when_the_endpoint_is_down():
+    """With nothing listening at SCORING_URL, GET sends PREDICT_HISTORY_BARS bars and asks again soon."""
+    client = ScoringClient(
+        _settings(scoring_url="http://127.0.0.1:9/score", scoring_retries=0, predict_history_bars=77)
+    )
+    try:
+        assert client.bars_needed("test") == 77
+        served = client.served
+        assert served is not None and (served.version, served.bars_needed) == (None, 77)
+        assert served.expires <= time.monotonic() + SERVED_RETRY_S
+    finally:
+        client.http.close()
