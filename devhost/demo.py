@@ -1,9 +1,11 @@
 """``make demo``: the whole offline story once, stage by stage, with real figures.
 
 1. generate trading days of Airbyte bars and replay them through the ingest function (Azurite);
-2. fire the timer: the local job trains version 1, the rollout serves the champion;
-3. ``GET /api/predict/{symbol}`` over HTTP for every symbol;
-4. replay one more day and fire the timer again: version 2 against the champion and persistence;
+2. fire the timer: the local job registers persistence ("no change") as version 1 and champion,
+   trains version 2 and promotes it only if a Diebold–Mariano test says it beats persistence;
+   the rollout serves the champion;
+3. ``GET /api/predict/{symbol}`` over HTTP for every symbol, with its interval;
+4. replay one more day and fire the timer again: version 3 against the champion and persistence;
 5. predict again, then summarise storage, versions and aliases, plots, the MLflow UI, timings.
 """
 
@@ -122,13 +124,13 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
         )
         views.replay_bodies(first, options.batch_size, 4, options.seed, console)
         views.show_bars(console)
-    with stage("2 train v1", "2. timer: train version 1 and serve the champion"):
+    with stage("2 train", "2. timer: persistence as version 1, train version 2, serve the champion"):
         result.decisions.append(views.train(console) or {})
     http = HttpHost(Host(), 0).start()
     try:
         with stage("3 predict", "3. predict: GET /api/predict/{symbol} over HTTP"):
             result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
-        with stage("4 train v2", "4. one more day, then train version 2 against the champion"):
+        with stage("4 train again", "4. one more day, then train version 3 against the champion"):
             console.print(f"{len(extra)} more messages -> {folder / 'feed-next-day.jsonl'}")
             views.replay_bodies(extra, options.batch_size, 4, options.seed + 1, console)
             result.decisions.append(views.train(console) or {})
@@ -147,11 +149,13 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
 
 def _summary(result: DemoResult, tracking_uri: str, console: Console) -> None:
     table = Table(title="model versions")
-    for column in ("version", "aliases", "decision", "plots"):
+    for column in ("version", "kind", "aliases", "decision", "plots"):
         table.add_column(column)
     for v in result.versions:
         plots = views.plots_folder(tracking_uri, v["run_id"])
-        table.add_row(v["version"], ", ".join(v["aliases"]), v["decision"] or "", str(plots or "-"))
+        table.add_row(
+            v["version"], v.get("kind") or "", ", ".join(v["aliases"]), v["decision"] or "", str(plots or "-")
+        )
     console.rule("[bold]summary")
     console.print(f"bars stored: {result.bars_stored}   dead-lettered events: {result.dead_letters}")
     console.print(table)

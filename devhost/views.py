@@ -86,20 +86,66 @@ def train(console: Console) -> dict | None:
     if summary is None:
         console.print(f"[red]no decision[/]: job {result.job_name} wrote no summary; see {result.log_path}")
         return None
-    table = Table(title=f"version {summary['version']}: {summary['decision']}")
-    for column in ("predictor", "RMSE", "MAE", "direction"):
-        table.add_column(column, justify="left" if column == "predictor" else "right")
-    for who, figures in summary["metrics"].items():
-        if figures:
-            table.add_row(
-                who, f"{figures['rmse']:.5f}", f"{figures['mae']:.5f}", f"{figures['directional_accuracy']:.1%}"
-            )
-    console.print(table)
-    console.print(
-        f"decision: {summary['decision']} ({summary['reason']}); champion before: {summary['champion_version']}"
-    )
+    console.print(decision_table(summary))
+    for line in decision_lines(summary):
+        console.print(line)
     console.print(f"rollout: {result.rollout}   job log: {result.log_path}")
     return summary
+
+
+def decision_table(summary: dict) -> Table:
+    """The decision-slice figures of the challenger, the champion and persistence."""
+    table = Table(title=f"version {summary['version']} ({summary.get('kind', '?')}): {summary['decision']}")
+    for column in ("predictor", "RMSE", "log-RMSE", "vs persistence", "MAE", "direction (moved bars)"):
+        table.add_column(column, justify="left" if column == "predictor" else "right")
+    base = (summary["metrics"].get("persistence") or {}).get("log_rmse")
+    for who, figures in summary["metrics"].items():
+        if figures:
+            direction = figures.get("directional_accuracy")
+            log_rmse = figures.get("log_rmse")
+            table.add_row(
+                who,
+                f"{figures['rmse']:.5f}",
+                "-" if log_rmse is None else f"{log_rmse:.3e}",
+                "-" if not (log_rmse and base) else f"{log_rmse / base:.4f}",
+                f"{figures['mae']:.5f}",
+                "-" if direction is None else f"{direction:.1%}",
+            )
+    return table
+
+
+def decision_lines(summary: dict) -> list[str]:
+    """The gate's decision with its p-values, the champion after it, and the interval's coverage."""
+    tests = summary.get("tests") or {}
+    lines = []
+    for name, label in (
+        ("vs_persistence", "challenger vs persistence"),
+        ("vs_champion", "challenger vs champion"),
+        ("champion_vs_persistence", "champion worse than persistence?"),
+    ):
+        test = tests.get(name)
+        if test and test.get("p_value") is not None:
+            detectable = test.get("min_detectable_ratio")
+            lines.append(
+                f"  {label}: DM {test['dm_stat']:+.2f}, one-sided p = {test['p_value']:.4f} (n = {test['n']}"
+                + ("" if detectable is None else f"; detectable at 80% power: ratio <= {detectable:.4f}")
+                + ")"
+            )
+    after = summary.get("champion_after") or {}
+    lines.append(
+        f"decision: [bold]{summary['decision']}[/] at alpha = {summary.get('alpha', 0.05)}: {summary['reason']}"
+    )
+    lines.append(
+        f"champion: v{summary['champion_version']} before, v{after.get('version')} ({after.get('kind')}) after"
+        + ("  [yellow](the old champion was demoted)[/]" if summary.get("demoted") else "")
+    )
+    interval = summary.get("interval")
+    if interval:
+        lines.append(
+            f"interval: {interval['level']:.0%} split-conformal, coverage on the decision slice "
+            f"{interval['coverage']:.1%}"
+        )
+    return lines
 
 
 def mlflow_ui_command() -> str:
@@ -114,8 +160,8 @@ def forecasts(base: str, symbols: Iterable[str], console: Console) -> list[dict]
     """
     symbols = list(symbols)
     table = Table(title=f"forecasts via GET {base}/predict/{{symbol}}")
-    for column in ("symbol", "last close", "forecast", "as of (UTC)", "target minute", "model"):
-        table.add_column(column, justify="right" if column in ("last close", "forecast") else "left")
+    for column in ("symbol", "last close", "forecast", "interval", "as of (UTC)", "target minute", "model"):
+        table.add_column(column, justify="right" if column in ("last close", "forecast", "interval") else "left")
     out = []
     with (
         httpx.Client(timeout=30) as client,
@@ -134,18 +180,30 @@ def forecasts(base: str, symbols: Iterable[str], console: Console) -> list[dict]
                 )
                 continue
             out.append(body)
+            interval = body.get("interval")
+            model = body["model"]
             table.add_row(
                 body["symbol"],
                 f"{body['last_close']:.4f}",
                 f"{body['predicted_close']:.4f}",
+                "-" if not interval else f"{interval['low']:.4f}..{interval['high']:.4f} ({interval['level']:.0%})",
                 _minute(body["as_of"]),
-                _minute(body["target_ts"]),
-                f"v{body['model']['version']}",
+                _target(body),
+                f"v{model['version']} {model.get('kind', '')}".strip(),
             )
     if out:
         table.caption = f"model {out[0]['model']['name']}"
     console.print(table)
     return out
+
+
+def _target(body: dict) -> str:
+    """The target minute, or the next session's open when the session has closed."""
+    if body.get("target_ts"):
+        return _minute(body["target_ts"])
+    if body.get("session_closed"):
+        return "session closed; next open " + (_minute(body["next_open"]) if body.get("next_open") else "unknown")
+    return "-"
 
 
 def _minute(iso: str) -> str:
@@ -166,6 +224,7 @@ def model_versions(tracking_uri: str, model_name: str) -> list[dict]:
                 "version": str(v.version),
                 "aliases": sorted(a for a, version in aliases.items() if str(version) == str(v.version)),
                 "decision": v.tags.get("decision"),
+                "kind": v.tags.get("kind"),
                 "run_id": v.run_id,
             }
             for v in versions

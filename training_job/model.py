@@ -75,6 +75,7 @@ class FitResult:
     best_epoch: int  # 0: no epoch improved on the initial (linear) model
     shrinkage: float
     seeds: int
+    best_val_loss: float  # of the first member, the initial point included
 
 
 def symbol_weights(symbols: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -114,16 +115,20 @@ def build_member(
 ) -> keras.Model:
     """One member predicting the target in units of ``y_scale``: LSTM-Attention head + linear AR path.
 
-    The head starts at zero, so an untrained member is exactly its AR path.
+    The head starts at zero, so an untrained member is exactly its AR path; ``lags=0`` leaves the
+    AR path out (the card's plain LSTM-Attention, used as the benchmarks' reference).
     """
     norm = layers.Normalization(axis=-1, name="normalize")
     norm.adapt(x_train.reshape(-1, n_features))
     inputs = keras.Input(shape=(window, n_features), name="features")
     hidden = layers.LSTM(units, return_sequences=True, name="lstm")(norm(inputs))
     context = AdditiveAttention(units, name="attention")(hidden)
-    head = layers.Dense(1, kernel_initializer="zeros", name="head")(context)
-    ar = layers.Dense(1, name="ar")(RecentReturns(lags, RET_1, y_scale, name="recent_returns")(inputs))
-    out = layers.Add(name="sum")([head, ar])
+    if lags == 0:
+        out = layers.Dense(1, name="head")(context)
+    else:
+        head = layers.Dense(1, kernel_initializer="zeros", name="head")(context)
+        ar = layers.Dense(1, name="ar")(RecentReturns(lags, RET_1, y_scale, name="recent_returns")(inputs))
+        out = layers.Add(name="sum")([head, ar])
     model = keras.Model(inputs, out, name=f"lstm_attention_ar_{index}")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", weighted_metrics=[])
     return model
@@ -193,12 +198,14 @@ def fit(
     y_scale = float(np.std(y_train)) or 1.0
     w_train = symbol_weights(symbols_train, y_train)
     w_val = symbol_weights(symbols_val, y_val)
-    coef, intercept = ridge_ar(x_train, y_train / y_scale, w_train, lags, y_scale)
+    coef, intercept = ridge_ar(x_train, y_train / y_scale, w_train, lags, y_scale) if lags else (None, 0.0)
     members, first = [], None
     for k in range(max(seeds, 1)):
         keras.utils.set_random_seed(seed + k)
         member = build_member(window, n_features, units, lags, learning_rate, x_train, y_scale, k)
-        member.get_layer("ar").set_weights([coef.reshape(-1, 1).astype(np.float32), np.array([intercept], np.float32)])
+        if lags:
+            weights = [coef.reshape(-1, 1).astype(np.float32), np.array([intercept], np.float32)]
+            member.get_layer("ar").set_weights(weights)
         keep = _KeepBest(x_val, y_val / y_scale, w_val, patience)
         callbacks: list[keras.callbacks.Callback] = [keep]
         if on_epoch is not None and k == 0:
@@ -215,7 +222,7 @@ def fit(
             callbacks=callbacks,
         )
         if first is None:
-            first = (history.history["loss"], history.history["val_loss"], keep.best_epoch)
+            first = (history.history["loss"], history.history["val_loss"], keep.best_epoch, keep.best)
         members.append(member)
     inputs = keras.Input(shape=(window, n_features), name="features")
     outs = [m(inputs) for m in members]
@@ -226,6 +233,8 @@ def fit(
     exported = keras.Model(
         inputs, layers.Rescaling(y_scale * lam, name="shrunk_log_return")(mean), name="lstm_attention"
     )
-    loss, val_loss, best_epoch = first
+    loss, val_loss, best_epoch, best_val = first
     log.info("members=%d best_epoch=%d shrinkage=%.3f", len(members), best_epoch, lam)
-    return FitResult(exported, [float(v) for v in loss], [float(v) for v in val_loss], best_epoch, lam, len(members))
+    return FitResult(
+        exported, [float(v) for v in loss], [float(v) for v in val_loss], best_epoch, lam, len(members), best_val
+    )

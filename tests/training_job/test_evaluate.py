@@ -123,7 +123,7 @@ def test_gate_persistence_cannot_be_beaten_by_noise():
 
 
 def test_gate_degraded_champion_is_demoted_to_persistence():
-    """A champion significantly worse than persistence on the new slice is demoted; a useless challenger is not promoted."""
+    """A champion significantly worse than persistence on the new slice is demoted; a useless challenger is not."""
     y, f = _returns(phi=0.3)
     wrong_sign = -f * 2  # the regime flipped: yesterday's signal is now harmful
     decision = gate(y**2 * 1.0001, y**2, (wrong_sign - y) ** 2, champion_is_persistence=False, alpha=0.05)
@@ -170,7 +170,7 @@ def test_metrics_values():
     ("n", "level", "expected"), [(9, 0.9, 9.0), (19, 0.9, 18.0), (99, 0.9, 90.0), (5, 0.9, math.inf)]
 )
 def test_conformal_quantile_is_the_finite_sample_order_statistic(n, level, expected):
-    """q is the ceil((n+1)·level)-th smallest score; too few scores give an infinite interval."""
+    """Q is the ceil((n+1)·level)-th smallest score; too few scores give an infinite interval."""
     assert conformal_quantile(np.arange(1, n + 1, dtype=float)[::-1], level) == expected
 
 

@@ -8,7 +8,6 @@ import pytest
 from training_job.evaluate import chronological_split
 from training_job.features import (
     FEATURES,
-    WARMUP,
     bars_needed,
     concat,
     indicator_features,

@@ -103,13 +103,14 @@ def test_report_of_an_empty_registry_records_nothing(recorded, caplog):
 
 @pytest.mark.integration
 def test_local_models_read_the_trained_registry(runtime, trained):
-    """v1 promoted is the champion; v2 (retained) is the newest and carries all three figures as tags."""
+    """v2 promoted over persistence (v1) is champion; v3 (retained) is the newest and carries all figures as tags."""
     settings = dataclasses.replace(
         get_settings(), mlflow_tracking_uri=trained.tracking_uri, model_name=trained.config.model_name
     )
     snapshot = LocalModels(settings).snapshot()
-    assert (snapshot.champion.version, snapshot.newest.version) == ("1", "2")
-    assert snapshot.champion.tags["decision"] == "promoted" and "champion_rmse" not in snapshot.champion.tags
+    assert (snapshot.champion.version, snapshot.newest.version) == ("2", "3")
+    assert snapshot.champion.tags["decision"] == "promoted" and snapshot.champion.tags["kind"] == "lstm_attention"
+    assert float(snapshot.champion.tags["p_vs_persistence"]) < 0.05
     figures = trained.second["metrics"]
     assert {k: snapshot.newest.tags[k] for k in ("decision", "decision_rmse", "champion_rmse", "persistence_rmse")} == {
         "decision": "retained",
@@ -142,7 +143,7 @@ class ScriptedSubmitter:
 
 @pytest.mark.integration
 def test_timer_ticks_count_outcomes_and_report_the_registry(runtime, trained, recorded, caplog, monkeypatch):
-    """Three ticks through the registered timer: submitted, active, failed; the champion's RMSE and v2's decision."""
+    """Three ticks through the registered timer: submitted, active, failed; the champion's RMSE and v3's decision."""
     caplog.set_level(logging.INFO, logger="stockcast.events")
     settings = dataclasses.replace(
         get_settings(), mlflow_tracking_uri=trained.tracking_uri, model_name=trained.config.model_name
@@ -158,9 +159,9 @@ def test_timer_ticks_count_outcomes_and_report_the_registry(runtime, trained, re
     assert recorded.values("stockcast.training.submissions", "outcome") == {"submitted": 1, "active": 1, "failed": 1}
     first, second = trained.first["metrics"], trained.second["metrics"]
     assert recorded.values("stockcast.model.rmse", "predictor", "version") == {
-        ("champion", "1"): pytest.approx(first["model"]["rmse"], rel=1e-5),
-        ("persistence", "1"): pytest.approx(first["persistence"]["rmse"], rel=1e-5),
+        ("champion", "2"): pytest.approx(first["model"]["rmse"], rel=1e-5),
+        ("persistence", "2"): pytest.approx(first["persistence"]["rmse"], rel=1e-5),
     }
     [record] = _decision_records(caplog)
-    assert (record.version, record.decision) == ("2", "retained")
+    assert (record.version, record.decision) == ("3", "retained")
     assert record.rmse_champion == pytest.approx(second["champion"]["rmse"], rel=1e-5)
