@@ -121,9 +121,9 @@ def main() -> None:
                     "persistence_rmse": round(figures["persistence"]["rmse"], 6),
                     "log_rmse_ratio": round(figures["stockcast"]["log_rmse"] / base, 4),
                     "reference_log_rmse_ratio": round(figures["reference"]["log_rmse"] / base, 4),
-                    "p_vs_persistence": round(tests["stockcast_vs_persistence"].p_value, 6),
-                    "reference_p_vs_persistence": round(tests["reference_vs_persistence"].p_value, 6),
-                    "p_vs_reference": round(tests["stockcast_vs_reference"].p_value, 6),
+                    "p_vs_persistence": float(f"{tests['stockcast_vs_persistence'].p_value:.3g}"),
+                    "reference_p_vs_persistence": float(f"{tests['reference_vs_persistence'].p_value:.3g}"),
+                    "p_vs_reference": float(f"{tests['stockcast_vs_reference'].p_value:.3g}"),
                     "n_decision": len(dec),
                 }
             )

@@ -47,6 +47,7 @@ class DemoResult:
     dead_letters: int = 0
     decisions: list[dict] = field(default_factory=list)
     first_forecasts: list[dict] = field(default_factory=list)
+    mid_session: dict | None = None
     forecasts: list[dict] = field(default_factory=list)
     versions: list[dict] = field(default_factory=list)
     served_version: str | None = None
@@ -130,6 +131,7 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
     try:
         with stage("3 predict", "3. predict: GET /api/predict/{symbol} over HTTP"):
             result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
+            result.mid_session = views.mid_session_forecast(http.base_url, options.symbols[0], 30, console)
         with stage("4 train again", "4. one more day, then train version 3 against the champion"):
             console.print(f"{len(extra)} more messages -> {folder / 'feed-next-day.jsonl'}")
             views.replay_bodies(extra, options.batch_size, 4, options.seed + 1, console)

@@ -127,7 +127,7 @@ def decision_lines(summary: dict) -> list[str]:
         if test and test.get("p_value") is not None:
             detectable = test.get("min_detectable_ratio")
             lines.append(
-                f"  {label}: DM {test['dm_stat']:+.2f}, one-sided p = {test['p_value']:.4f} (n = {test['n']}"
+                f"  {label}: DM {test['dm_stat']:+.2f}, one-sided p = {_p(test['p_value'])} (n = {test['n']}"
                 + ("" if detectable is None else f"; detectable at 80% power: ratio <= {detectable:.4f}")
                 + ")"
             )
@@ -195,6 +195,69 @@ def forecasts(base: str, symbols: Iterable[str], console: Console) -> list[dict]
         table.caption = f"model {out[0]['model']['name']}"
     console.print(table)
     return out
+
+
+def mid_session_forecast(base: str, symbol: str, minutes_before_close: int, console: Console) -> dict | None:
+    """``POST {base}/predict`` with the stored bars up to ``minutes_before_close`` before the last one.
+
+    The GETs after a replayed day all stand at the session's last minute, where an honest answer
+    forecasts nothing; this shows a forecast inside the session, with its interval and the close
+    that actually followed.
+    """
+    from devhost.runtime import prepare
+    from devhost.store import stored_bars
+
+    bars = stored_bars(prepare().container, symbol)
+    if bars.num_rows < 2:
+        return None
+    times = pc.cast(bars.column("ts"), "int64")
+    cut = pc.sum(pc.less_equal(times, times[-1].as_py() - 60 * minutes_before_close)).as_py() or 0
+    if cut < 2:
+        return None
+    window = bars.slice(max(0, cut - 200), min(cut, 200))
+    ts = pc.cast(window.column("ts"), "int64").to_pylist()
+    cols = {k: window.column(k).to_pylist() for k in ("open", "high", "low", "close", "volume")}
+    payload = {
+        "symbol": symbol,
+        "bars": [
+            {"ts": t, "open": o, "high": h, "low": lo, "close": c, "volume": v}
+            for t, o, h, lo, c, v in zip(
+                ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"], strict=True
+            )
+        ],
+    }
+    response = httpx.post(f"{base}/predict", json=payload, timeout=30)
+    body = response.json()
+    if response.status_code != 200:
+        console.print(f"[red]{symbol}: {response.status_code}[/] {body['error']['code']}: {body['error']['message']}")
+        return None
+    actual = bars.column("close")[cut].as_py()
+    interval = body.get("interval")
+    inside = interval is not None and interval["low"] <= actual <= interval["high"]
+    console.print(
+        f"inside the session (POST {base}/predict, {symbol} as of {_minute(body['as_of'])} UTC): "
+        f"last close {body['last_close']:.4f}, forecast {body['predicted_close']:.4f} for {_target(body)}"
+        + (
+            f", {interval['level']:.0%} interval {interval['low']:.4f}..{interval['high']:.4f}"
+            if interval
+            else ", no interval"
+        )
+        + f"; the close that followed: {actual:.4f} ({'inside' if inside else 'outside'} the interval)"
+    )
+    skill = body.get("skill") or {}
+    if skill:
+        p_value = skill.get("p_value")
+        console.print(
+            f"served v{body['model']['version']} ({body['model'].get('kind')}): log-RMSE "
+            f"{skill['ratio_to_persistence']:.4f}x persistence on its decision slice "
+            f"(p = {'n/a' if p_value is None else _p(p_value)}, n = {skill['n']})"
+        )
+    return body
+
+
+def _p(value: float) -> str:
+    """A p-value for people: four decimals, or scientific notation when smaller."""
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
 
 
 def _target(body: dict) -> str:

@@ -130,6 +130,20 @@ def test_forecasts_are_finite_and_honest_about_the_session_close(demo, stage):
         assert all(f["as_of"] > g["as_of"] for f, g in zip(forecasts, result["first_forecasts"], strict=True))
 
 
+def test_mid_session_forecast_carries_an_interval_and_the_served_skill(demo):
+    """The demo's POST 30 minutes before the close forecasts the next minute with an interval around it."""
+    _, _, result, stdout = demo
+    body = result["mid_session"]
+    assert body["symbol"] == SYMBOLS[0] and body["as_of"].endswith("T20:29:00Z")
+    assert body["target_ts"].endswith("T20:30:00Z") and body["session_closed"] is False
+    interval = body["interval"]
+    assert interval["level"] == 0.9 and interval["low"] < body["predicted_close"] < interval["high"]
+    assert interval["high"] / interval["low"] < 1.05
+    served = result["decisions"][0]["champion_after"]
+    assert body["model"]["version"] == served["version"] and body["model"]["kind"] == served["kind"]
+    assert body["skill"]["n"] > 0 and "inside the session (POST" in stdout
+
+
 def test_demo_output_tells_every_stage_with_timings(demo):
     """The printed story names all five stages, the decision with RMSEs, the MLflow UI and timings."""
     _, _, result, stdout = demo
