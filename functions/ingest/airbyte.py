@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from functions.ingest.bars import BAR_SCHEMA, SYMBOL_PATTERN, empty_bars, true_bar_rows
+from functions.ingest.bars import BAR_SCHEMA, empty_bars, normalise_symbol, true_bar_rows
 
 PRICE_STREAM = "price"
 _QUOTE_FIELDS = ("open", "high", "low", "close", "volume")
@@ -168,8 +168,8 @@ def _decode_result(result: Any, event_index: int, emitted_at: int, where: str) -
         raise _RejectError(Reason.MISSING_CHART, f"{where} is not an object")
     meta = _require(result, "meta", dict, Reason.MISSING_CHART, where)
     raw_symbol = meta.get("symbol")
-    symbol = raw_symbol.upper() if isinstance(raw_symbol, str) else ""
-    if not SYMBOL_PATTERN.match(symbol):
+    symbol = normalise_symbol(raw_symbol)
+    if symbol is None:
         raise _RejectError(Reason.INVALID_SYMBOL, f"{where}.meta.symbol {raw_symbol!r} is not a valid symbol")
     granularity = meta.get("dataGranularity", "1m")
     if granularity != "1m":

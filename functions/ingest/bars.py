@@ -16,7 +16,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9^][A-Z0-9.^=-]{0,15}$")
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9^][A-Z0-9.^=-]{0,15}")
+
+
+def valid_symbol(value: object) -> bool:
+    r"""A symbol as the bar contract stores it: an ASCII string that the pattern matches whole.
+
+    ``fullmatch``, because ``$`` also matches before a trailing newline (``GOOG\n`` would pass).
+    """
+    return isinstance(value, str) and value.isascii() and SYMBOL_PATTERN.fullmatch(value) is not None
+
+
+def normalise_symbol(value: object) -> str | None:
+    """The upper-cased symbol if ``value`` is a valid one in any ASCII case, else None.
+
+    ASCII is checked before upper-casing: Unicode case mapping turns ``straße`` into ``STRASSE``.
+    """
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    upper = value.upper()
+    return upper if valid_symbol(upper) else None
 PRICE_COLUMNS = ("open", "high", "low", "close")
 # Columns that break exact emitted_at ties, most significant first.
 TIE_BREAK = ("volume", "close", "high", "low", "open")

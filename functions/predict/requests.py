@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from functions.ingest.bars import SYMBOL_PATTERN
+from functions.ingest.bars import SYMBOL_PATTERN, normalise_symbol
 
 BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
 MODEL_KINDS = ("persistence", "lstm_attention")  # what the endpoint may serve; anything else is "unknown"
@@ -32,9 +32,9 @@ class ApiError(Exception):
 
 
 def parse_symbol(raw: str | None) -> str:
-    """Upper-case and check a symbol against the bar contract's pattern."""
-    symbol = (raw or "").strip().upper()
-    if not SYMBOL_PATTERN.match(symbol):
+    """Check a symbol against the bar contract (ASCII, whole string) and upper-case it."""
+    symbol = normalise_symbol(raw)
+    if symbol is None:
         raise ApiError(400, "invalid_symbol", f"symbol {raw!r} does not match {SYMBOL_PATTERN.pattern}")
     return symbol
 
