@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
-SYMBOL = re.compile(r"^[A-Z0-9^][A-Z0-9.^=-]{0,15}$")
+SYMBOL = re.compile(r"[A-Z0-9^][A-Z0-9.^=-]{0,15}")
 FIELDS = ("open", "high", "low", "close", "volume")
 
 
@@ -38,8 +39,23 @@ def message(
     )
 
 
+def _number(value: Any) -> float | None:
+    """A JSON number as float, or None for anything else (bools, strings, objects)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def oracle(bodies: Iterable[bytes]) -> dict[tuple[str, int], tuple]:
-    """True bars by (symbol, minute ts) -> (o, h, l, c, v), computed the slow, obvious way."""
+    """True bars by (symbol, minute ts) -> (o, h, l, c, v), computed the slow, obvious way.
+
+    A bar counts when the contract's bounds hold: ts an integral number of seconds in
+    [2000-01-01, emitted_at + 1 day], prices finite in (0, 1e9] with low <= open/close <= high,
+    volume integral in [0, 1e15], and an ASCII symbol whose upper case matches the pattern whole.
+    """
     best: dict[tuple[str, int], tuple] = {}
     for body in bodies:
         try:
@@ -51,18 +67,27 @@ def oracle(bodies: Iterable[bytes]) -> dict[tuple[str, int], tuple]:
             results = chart["result"]
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             continue
+        if isinstance(emitted, bool) or not isinstance(emitted, int):
+            continue
         for result in results:
-            symbol = str(result["meta"]["symbol"]).upper()
-            if not SYMBOL.match(symbol):
+            raw = result["meta"]["symbol"]
+            if not isinstance(raw, str) or not raw.isascii() or not SYMBOL.fullmatch(raw.upper()):
                 continue
+            symbol = raw.upper()
             quote = result["indicators"]["quote"][0]
             for i, t in enumerate(result.get("timestamp") or []):
-                o, h, lo, c, v = (quote[name][i] for name in FIELDS)
-                if None in (o, h, lo, c, v):
+                t = _number(t)
+                if t is None or not t.is_integer() or not 946_684_800 <= t <= emitted / 1000 + 86_400:
                     continue
-                if not (0 < lo <= min(o, c) and max(o, c) <= h and v >= 0 and float(v).is_integer()):
+                values = [_number(quote[name][i]) for name in FIELDS]
+                if None in values:
                     continue
-                key = (symbol, t - t % 60)
+                o, h, lo, c, v = values
+                if not all(math.isfinite(x) for x in values) or h > 1e9 or v > 1e15 or not v.is_integer():
+                    continue
+                if not (0 < lo <= min(o, c) and max(o, c) <= h and v >= 0):
+                    continue
+                key = (symbol, int(t) - int(t) % 60)
                 candidate = (emitted, v, c, h, lo, o)
                 if key not in best or candidate > best[key]:
                     best[key] = candidate

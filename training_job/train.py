@@ -35,6 +35,7 @@ from training_job.forecaster import (
     Forecaster,
     ForecasterMeta,
     ForecasterModel,
+    ForecastInputError,
     series_from_frame,
 )
 from training_job.model import FitResult, fit
@@ -65,8 +66,14 @@ def serving_requirements() -> list[str]:
 def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[str, str]]:
     """Windows of every usable symbol, and the reason each skipped symbol was skipped."""
     parts, skipped = [], {}
-    for symbol, (ts, ohlcv) in series_from_frame(bars).items():
-        w = symbol_windows(symbol, ts, ohlcv, cfg.window, cfg.horizon, cfg.max_gap_minutes, with_target=True)
+    for symbol, rows in bars.groupby("symbol", sort=True):
+        try:  # one symbol's bad bars must never stop the others from training
+            [(ts, ohlcv)] = series_from_frame(rows).values()
+            w = symbol_windows(symbol, ts, ohlcv, cfg.window, cfg.horizon, cfg.max_gap_minutes, with_target=True)
+        except (ForecastInputError, ValueError, FloatingPointError) as exc:
+            log.warning("symbol %s skipped: %s", symbol, exc)
+            skipped[symbol] = f"unusable bars: {exc}"
+            continue
         if len(w) < cfg.min_windows_per_symbol:
             skipped[symbol] = f"{len(ts)} bars give {len(w)} windows, need {cfg.min_windows_per_symbol}"
             continue

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import orjson
@@ -15,38 +11,19 @@ from mlflow.tracking import MlflowClient
 
 from devhost.demo import split_last_day
 from devhost.feed import FeedConfig, generate
-from functions.train_trigger.processes import free_port
+from tests.e2e.cli import devhost, private_env
 from tests.factories import oracle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ("AAA", "BBB", "CCC")
 DAYS, SEED = 2, 11
-# tiny model; whether it is promoted is the gate's call on this data, and the tests follow the decision
-TINY_TRAINING = "--epochs 1 --units 4 --window 20 --min-windows-per-symbol 50 --seeds 1"
-
-
-def devhost(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m devhost`` as a user would, in a private home."""
-    return subprocess.run(
-        [sys.executable, "-m", "devhost", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """One demo run in a private $STOCKCAST_HOME (its own Azurite, MLflow store and scoring port)."""
     home = tmp_path_factory.mktemp("demo-home")
-    env = {
-        **os.environ,
-        "STOCKCAST_HOME": str(home),
-        "STOCKCAST_AZURITE_PORT": "0",
-        "SCORING_PORT": str(free_port()),
-        "TRAIN_ARGS": TINY_TRAINING,
-        "PYTHONPATH": str(ROOT),
-    }
-    for key in ("BarsStorage", "MLFLOW_TRACKING_URI"):  # the session's own services stay out of it
-        env.pop(key, None)
+    env = private_env(home)
     summary = home / "summary.json"
     args = ["demo", "--symbols", ",".join(SYMBOLS), "--days", str(DAYS), "--seed", str(SEED)]
     done = devhost(env, *args, "--summary-out", str(summary))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import orjson
 import pytest
 
 from functions.train_trigger.processes import alive, free_port
+from tests.e2e.cli import ROOT, private_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pids(home: Path) -> dict[str, int]:
@@ -45,16 +44,7 @@ def _wait_for(check, timeout: float, what: str):
 def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
     """From an empty home: backfill, a timer-trained champion behind GET /predict, a live feed; Ctrl-C stops all."""
     home, port, mlflow_port = tmp_path / "home", free_port(), free_port()
-    env = {
-        **os.environ,
-        "STOCKCAST_HOME": str(home),
-        "STOCKCAST_AZURITE_PORT": "0",
-        "SCORING_PORT": str(free_port()),
-        "TRAIN_ARGS": "--epochs 1 --units 4 --window 20 --min-windows-per-symbol 50 --seeds 1",
-        "PYTHONPATH": str(ROOT),
-    }
-    for key in ("BarsStorage", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
+    env = private_env(home)
     command = [sys.executable, "-m", "devhost", "up", "--port", str(port), "--mlflow-port", str(mlflow_port)]
     command += ["--schedule", "*/10 * * * * *", "--feed-every", "0.5"]
     log = tmp_path / "up.log"
