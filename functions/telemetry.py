@@ -223,14 +223,20 @@ def training_decision(
     rmse_model: float | None,
     rmse_champion: float | None,
     rmse_persistence: float | None,
+    significance: dict[str, float | None] | None = None,
 ) -> None:
-    """Log the training decision of a model version; its fields become customDimensions."""
+    """Log the training decision of a model version; its fields become customDimensions.
+
+    ``significance`` carries the gate's figures (``p_vs_persistence``, ``p_vs_champion``,
+    ``n_decision``), so the portal shows why a version was or was not promoted.
+    """
     extra: dict[str, Any] = {"tick": tick, "version": version, "decision": decision, "reason": reason}
     # OpenTelemetry drops None attributes with a warning; a missing figure is left out instead
     for key, value in (
         ("rmse_model", rmse_model),
         ("rmse_champion", rmse_champion),
         ("rmse_persistence", rmse_persistence),
+        *(significance or {}).items(),
     ):
         if value is not None:
             extra[key] = value

@@ -21,6 +21,7 @@ REASON = "reason"
 MODEL_RMSE = "decision_rmse"
 CHAMPION_RMSE = "champion_rmse"
 PERSISTENCE_RMSE = "persistence_rmse"
+SIGNIFICANCE = ("p_vs_persistence", "p_vs_champion", "n_decision")  # the gate's figures
 
 
 def _figure(tags: Mapping[str, str], key: str) -> float | None:
@@ -56,6 +57,7 @@ class ModelReport:
                 _figure(newest.tags, MODEL_RMSE),
                 _figure(newest.tags, CHAMPION_RMSE),
                 _figure(newest.tags, PERSISTENCE_RMSE),
+                {key: _figure(newest.tags, key) for key in SIGNIFICANCE},
             )
             self.last_decision = newest.version
         log.info(

@@ -165,3 +165,7 @@ def test_timer_ticks_count_outcomes_and_report_the_registry(runtime, trained, re
     [record] = _decision_records(caplog)
     assert (record.version, record.decision) == ("3", "retained")
     assert record.rmse_champion == pytest.approx(second["champion"]["rmse"], rel=1e-5)
+    tests = trained.second["tests"]
+    assert record.p_vs_champion == pytest.approx(tests["vs_champion"]["p_value"], rel=1e-3)
+    assert record.p_vs_persistence == pytest.approx(tests["vs_persistence"]["p_value"], rel=1e-3)
+    assert record.n_decision == trained.second["n_decision"]
