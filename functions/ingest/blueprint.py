@@ -3,8 +3,10 @@
 Outputs: the batch's true bars as one Parquet blob under ``raw/`` and its undecodable events as
 one JSONL blob under ``deadletter/`` (both blob output bindings, written by the host after the
 function returns), and the rolling ``latest/<SYMBOL>.parquet`` windows (ETag-conditional SDK
-writes). Any storage error fails the invocation; the retry policy re-runs the whole batch, which
-is safe because every reader applies the true-bar rule.
+writes; a corrupt one is quarantined and rebuilt from ``raw/``). Every symbol's window is updated
+even when another's fails; any storage error then fails the invocation, so neither output is
+written, and the retry policy re-runs the whole batch, which is safe because every reader
+applies the true-bar rule and the latest/ merge is idempotent.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def ingest(events: list[func.EventHubEvent], raw: func.Out[bytes], deadletter: f
         len(decoded.dead_letters),
     )
     if decoded.bars.num_rows:
+        # raises only after every symbol was tried; the outputs below are then never set, because
+        # the host writes them only for an invocation that returns
         held = update_latest(
             bars_container(settings), decoded.bars, settings.latest_window, settings.latest_max_attempts, bid
         )

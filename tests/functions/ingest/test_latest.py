@@ -1,14 +1,32 @@
-"""latest/<SYMBOL>.parquet on real Azurite: ETag-conditional merges lose nothing."""
+"""latest/<SYMBOL>.parquet on real Azurite: ETag-conditional merges lose nothing; corrupt blobs are rebuilt."""
 
 from __future__ import annotations
 
+import io
+import logging
 import threading
+from dataclasses import replace
+from urllib.parse import unquote, urlparse
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 
-from functions.ingest.bars import from_parquet
-from functions.ingest.latest import LatestConflictError, latest_blob_name, update_symbol
+from functions.ingest.bars import from_parquet, last_bars, to_parquet, true_bars
+from functions.ingest.latest import (
+    LatestConflictError,
+    LatestUpdateError,
+    latest_blob_name,
+    update_latest,
+    update_symbol,
+)
+from functions.ingest.rebuild import QUARANTINE_PREFIX, rebuild_from_raw
+from functions.predict import blueprint as predict_blueprint
+from functions.predict.requests import ApiError
+from functions.settings import get_settings
 from tests.functions.ingest.test_bars import T0, bars, key_values
 
 pytestmark = pytest.mark.integration
@@ -82,3 +100,154 @@ def test_window_and_idempotence(container):
     update_symbol(container, "AAPL", bars(minutes(0, 10)), 4, 4, "a-again")
     assert stored(container) == first
     assert [t for _, t, _, _ in first] == [T0 + 60 * i for i in range(6, 10)]
+
+
+# --- repair: raw/ is the truth, latest/ a view of it ---
+
+DAY1, DAY2 = "raw/date=2026-11-02", "raw/date=2026-11-03"
+
+
+def series(symbol: str, start: int, count: int, emitted: int, bump: float = 0.0) -> pa.Table:
+    """``count`` one-minute bars of ``symbol`` from minute ``start``, emitted at ``emitted``."""
+    return bars([(symbol, T0 + 60 * (start + i), 100.0 + start + i + bump, 1, emitted) for i in range(count)])
+
+
+def only(table: pa.Table, symbol: str) -> pa.Table:
+    return table.filter(pc.equal(table.column("symbol"), symbol))
+
+
+def seed_raw(container) -> pa.Table:
+    """Three hours over two dates of AAPL and MSFT bars, the newest revising minutes 15-19; returns all rows."""
+    hours = {
+        f"{DAY1}/hour=23": pa.concat_tables([series("AAPL", 0, 10, 1), series("MSFT", 0, 10, 1)]),
+        f"{DAY2}/hour=00": pa.concat_tables([series("AAPL", 10, 10, 2), series("MSFT", 10, 3, 2)]),
+        f"{DAY2}/hour=09": pa.concat_tables([series("AAPL", 20, 10, 3), series("AAPL", 15, 5, 3, bump=0.5)]),
+    }
+    for prefix, table in hours.items():
+        container.upload_blob(f"{prefix}/batch.parquet", to_parquet(table), overwrite=True)
+    return pa.concat_tables(list(hours.values()))
+
+
+def quarantined(container, symbol: str = "AAPL") -> list[tuple[str, bytes]]:
+    return [
+        (b.name, container.download_blob(b.name).readall())
+        for b in container.list_blobs(name_starts_with=f"{QUARANTINE_PREFIX}{symbol}/")
+    ]
+
+
+def _wrong_schema() -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"symbol": ["AAPL"], "price": [1.0]}), sink)
+    return sink.getvalue()
+
+
+CORRUPT = {
+    "empty": (b"", "empty"),
+    "garbage": (b"not parquet at all", "unreadable"),
+    "truncated": (to_parquet(series("AAPL", 0, 30, 9))[:-40], "unreadable"),
+    "schema": (_wrong_schema(), "schema"),
+    "other-symbol": (to_parquet(series("MSFT", 40, 3, 9)), "wrong-symbol"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPT))
+def test_corrupt_latest_is_quarantined_and_rebuilt_from_raw(container, kind):
+    """A bad latest blob is copied to quarantine and replaced by raw/'s window merged with the batch."""
+    everything = seed_raw(container)
+    bad, reason = CORRUPT[kind]
+    container.upload_blob(latest_blob_name("AAPL"), bad, overwrite=True)
+    batch = series("AAPL", 30, 2, 4)
+    held = update_symbol(container, "AAPL", batch, 14, 4, "b-1")
+    truth = key_values(last_bars(only(pa.concat_tables([everything, batch]), "AAPL"), 14))
+    assert held == 14
+    assert stored(container) == truth
+    assert [t for _, t, _, _ in truth] == [T0 + 60 * i for i in range(18, 32)]
+    assert [c for _, _, c, _ in truth[:2]] == [118.5, 119.5]  # the newer hour's revision won
+    [(name, data)] = quarantined(container)
+    assert data == bad
+    assert f"-{reason}-" in name
+
+
+def _downloads(runtime, container, seen: list[str]):
+    def hook(request) -> None:
+        if request.http_request.method == "GET" and "comp=list" not in request.http_request.url:
+            seen.append(unquote(urlparse(request.http_request.url).path))
+
+    return _client(runtime, container, hook)
+
+
+def test_rebuild_stops_once_an_older_hour_adds_nothing(container, runtime):
+    """With the window full, an hour that changes nothing ends the scan: older dates are never downloaded."""
+    everything = seed_raw(container)
+    seen: list[str] = []
+    rebuilt = rebuild_from_raw(_downloads(runtime, container, seen), "AAPL", 14, "b-2")
+    assert key_values(rebuilt) == key_values(last_bars(only(everything, "AAPL"), 14))
+    assert any("hour=00" in path for path in seen)
+    assert not any("date=2026-11-02" in path for path in seen)
+
+
+def test_rebuild_reads_older_dates_until_the_window_is_full(container):
+    """A window larger than raw/ holds gathers every hour across dates, newest version of each minute."""
+    everything = seed_raw(container)
+    rebuilt = rebuild_from_raw(container, "AAPL", 100, "b-3")
+    assert key_values(rebuilt) == key_values(true_bars(only(everything, "AAPL")))
+    assert rebuilt.num_rows == 30
+    assert rebuilt.column("close").to_pylist()[15:20] == [115.5, 116.5, 117.5, 118.5, 119.5]
+
+
+def test_corrupt_raw_blob_is_skipped_during_rebuild(container, caplog):
+    """An unreadable raw/ blob is skipped with a warning naming the batch; the rest still rebuild."""
+    everything = seed_raw(container)
+    container.upload_blob(f"{DAY2}/hour=09/bad.parquet", b"PAR1 torn write", overwrite=True)
+    with caplog.at_level(logging.WARNING, logger="functions.ingest.rebuild"):
+        rebuilt = rebuild_from_raw(container, "AAPL", 100, "b-4")
+    assert key_values(rebuilt) == key_values(true_bars(only(everything, "AAPL")))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "batch=b-4" in warning and f"{DAY2}/hour=09/bad.parquet" in warning
+
+
+def test_predict_read_path_rebuilds_a_corrupt_blob(container):
+    """_read_latest answers the bars rebuilt from raw/ for a corrupt blob and leaves it repaired."""
+    everything = seed_raw(container)
+    container.upload_blob(latest_blob_name("AAPL"), b"\x00garbage", overwrite=True)
+    settings = replace(get_settings(), latest_window=14)
+    records = predict_blueprint._read_latest(settings, "AAPL", 5)
+    truth = last_bars(only(everything, "AAPL"), 14)
+    assert [(r["ts"], r["close"]) for r in records] == [(T0 + 60 * i, 100.0 + i) for i in range(25, 30)]
+    assert stored(container) == key_values(truth)
+    assert [data for _, data in quarantined(container)] == [b"\x00garbage"]
+
+
+def test_predict_read_path_unknown_symbol_stays_404(container):
+    """No latest blob, or a corrupt one with no raw/ bars behind it, is 404 (the bad bytes kept in quarantine)."""
+    seed_raw(container)
+    settings = get_settings()
+    with pytest.raises(ApiError) as missing:
+        predict_blueprint._read_latest(settings, "ZZZZ", 5)
+    container.upload_blob(latest_blob_name("NVDA"), b"junk", overwrite=True)
+    with pytest.raises(ApiError) as corrupt:
+        predict_blueprint._read_latest(settings, "NVDA", 5)
+    assert (missing.value.status, corrupt.value.status) == (404, 404)
+    assert corrupt.value.code == "unknown_symbol"
+    assert not container.get_blob_client(latest_blob_name("NVDA")).exists()
+    assert [data for _, data in quarantined(container, "NVDA")] == [b"junk"]
+
+
+def test_one_failing_symbol_does_not_block_the_others(container, runtime):
+    """update_latest updates every symbol, then raises one error naming the symbol that failed."""
+
+    def fail_bbb(request) -> None:
+        if request.http_request.method == "PUT" and "/latest/BBB.parquet" in request.http_request.url:
+            raise ServiceRequestError("injected storage outage")
+
+    client = BlobServiceClient.from_connection_string(
+        runtime.azurite.connection_string, raw_request_hook=fail_bbb, retry_total=0
+    ).get_container_client(container.container_name)
+    batch = pa.concat_tables([series(s, 0, 3, 1) for s in ("AAA", "BBB", "CCC")])
+    with pytest.raises(LatestUpdateError, match="BBB") as raised:
+        update_latest(client, batch, 512, 4, "b-5")
+    assert set(raised.value.failed) == {"BBB"}
+    for symbol in ("AAA", "CCC"):
+        latest = from_parquet(container.download_blob(latest_blob_name(symbol)).readall())
+        assert key_values(latest) == key_values(only(batch, symbol))
+    assert not container.get_blob_client(latest_blob_name("BBB")).exists()
