@@ -1,28 +1,42 @@
 """Local submitter: the same training command as Azure ML, as a background subprocess.
 
-Raw bars are synced incrementally from storage (Azurite) into ``$STOCKCAST_HOME/jobs/inputs``;
-a lock file with the job's pid keeps it single-flight, and is cleared when that pid is dead.
+Raw bars are synced incrementally from storage (Azurite) into ``$STOCKCAST_HOME/jobs/inputs``.
+``jobs/train.lock`` keeps training single-flight: it appears with its record already in it
+(pid, job name, start, phase), holds the submitter's pid while bars sync and the job's pid once it
+runs, and is stale only when that process is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 from azure.storage.blob import ContainerClient
 
 from functions.settings import Settings, child_environment
 from functions.train_trigger.aml_jobs import Submission
-from functions.train_trigger.processes import alive, live_record
+from functions.train_trigger.processes import alive, started, stop_group
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCK_NAME = "train.lock"
+# A lock this code writes always holds a record, so an unreadable one comes from elsewhere: an
+# older version that created the lock empty and filled it after the bar sync, a hand edit or a
+# crash of the disk. It may be a lock being filled right now, so only an old one is broken; an
+# hour is far longer than any bar sync.
+GARBAGE_STALE_SECONDS = 3600.0
 _children: dict[int, subprocess.Popen] = {}  # reaped on the next check, so no zombie lingers
 
 
@@ -42,9 +56,154 @@ def sync_raw(container: ContainerClient, dest: Path) -> tuple[int, int]:
     return copied, total
 
 
-def running_job(home: Path) -> dict | None:
-    """The lock record of the local training job under ``home``, if its process still runs."""
-    return live_record(home / "jobs" / "train.lock")
+def _reap() -> None:
+    """Collect finished jobs started by this process, so that their pids read as gone."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            _children.pop(pid, None)
+
+
+def _read(lock: Path) -> tuple[bool, dict[str, Any] | None, float]:
+    """Whether ``lock`` exists, its record (None if unreadable or without a pid) and its age in seconds."""
+    try:
+        with open(lock, "rb") as fh:
+            raw = fh.read()
+            age = time.time() - os.fstat(fh.fileno()).st_mtime
+    except FileNotFoundError:
+        return False, None, 0.0
+    except OSError:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False, None, 0.0
+        except OSError:
+            return True, None, 0.0  # nothing known about it: young, so it is left alone
+        return True, None, age
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return True, None, age
+    pid = record.get("pid") if isinstance(record, dict) else None
+    valid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+    return True, record if valid else None, age
+
+
+def _holder_gone(record: dict[str, Any]) -> str | None:
+    """Why the process a lock record names is gone (exited, a zombie, its pid reused), else None."""
+    pid = record["pid"]
+    if not alive(pid):
+        return f"process {pid} is gone"
+    recorded, now = record.get("pid_started"), started(pid)
+    if isinstance(recorded, int) and now is not None and now != recorded:
+        return f"pid {pid} now names another process"
+    return None
+
+
+def _stale_reason(record: dict[str, Any] | None, age: float) -> str | None:
+    """Why an existing lock is stale, or None while it is held (never for being young or old alone)."""
+    if record is None:
+        return f"unreadable and {age:.0f}s old" if age > GARBAGE_STALE_SECONDS else None
+    return _holder_gone(record)
+
+
+@contextlib.contextmanager
+def _guarded(lock: Path) -> Iterator[None]:
+    """Serialise check, break and create of ``lock`` across threads and processes.
+
+    Breaking a stale lock is a read, then an unlink: two ticks that both read the same stale lock
+    would both unlink, and the second would remove the lock the first had just created. The guard
+    file is never removed, so everyone flocks the same inode (a new open per call, so threads of one
+    process exclude each other too); the kernel drops the flock if its holder dies.
+    """
+    fd = os.open(lock.with_name(lock.name + ".guard"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check(lock: Path) -> tuple[bool, dict[str, Any] | None]:
+    """Under the guard: whether ``lock`` is held, and its record; a stale lock is removed."""
+    _reap()
+    exists, record, age = _read(lock)
+    if not exists:
+        return False, None
+    why = _stale_reason(record, age)
+    if why is None:
+        return True, record
+    log.warning("removing stale lock %s (%s): %s", lock, why, record)
+    lock.unlink(missing_ok=True)
+    return False, None
+
+
+def _temp_with(lock: Path, record: dict[str, Any]) -> Path:
+    """A new file beside ``lock`` (same file system, so it can be linked) holding ``record``, synced."""
+    fd, name = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=".tmp", dir=lock.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, orjson.dumps(record))  # a few hundred bytes: one write
+        os.fsync(fd)
+    except BaseException:
+        os.unlink(name)
+        raise
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def acquire(lock: Path, record: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """Create ``lock`` holding ``record`` unless a live holder has it; returns (won, the holder's record).
+
+    The record is written and synced to a temp file first, then hard-linked to the lock's name:
+    ``os.link`` fails if the name exists, so the lock appears atomically and never empty. A stale
+    lock (its process gone) is removed first. The holder's record is None for a young unreadable lock.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_with(lock, record)
+    try:
+        with _guarded(lock):
+            held, holder = _check(lock)
+            if held:
+                return False, holder
+            try:
+                os.link(temp, lock)
+            except FileExistsError:  # created by a writer that skips the guard (an older version)
+                return False, _read(lock)[1]
+            return True, None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def release(lock: Path, owner: dict[str, Any]) -> bool:
+    """Remove ``lock`` if it still holds ``owner``'s record; a lock someone else took is left alone."""
+    with _guarded(lock):
+        if _read(lock)[1] != owner:
+            return False
+        lock.unlink(missing_ok=True)
+        return True
+
+
+def _rewrite(lock: Path, record: dict[str, Any]) -> None:
+    """Swap the lock's record for ``record``: readers see the old one or the new one, never a part."""
+    temp = _temp_with(lock, record)
+    try:
+        os.replace(temp, lock)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def running_job(home: Path) -> dict[str, Any] | None:
+    """The lock record of the local training job under ``home``, if its process still runs.
+
+    None while a tick still syncs bars: the lock then names the submitting host, which is no job to
+    wait for or stop (``devhost stop`` signals the job's process group).
+    """
+    record = _read(home / "jobs" / LOCK_NAME)[1]
+    if record is None or record.get("phase", "running") != "running" or _holder_gone(record):
+        return None
+    return record
 
 
 class LocalSubmitter:
@@ -55,23 +214,14 @@ class LocalSubmitter:
         self.container = container
         self.home = Path(str(settings.stockcast_home))
         self.jobs = self.home / "jobs"
-        self.lock = self.jobs / "train.lock"
+        self.lock = self.jobs / LOCK_NAME
 
-    def active(self) -> dict | None:
-        """The running job's lock record, or None (a stale lock is removed)."""
-        if not self.lock.exists():
+    def active(self) -> dict[str, Any] | None:
+        """The lock holder's record (a running job, or a tick syncing bars), or None; a stale lock is removed."""
+        if not self.jobs.is_dir():
             return None
-        try:
-            record = orjson.loads(self.lock.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            record = {"pid": -1}
-        child = _children.get(record.get("pid", -1))
-        if child is not None and child.poll() is not None:
-            _children.pop(record["pid"], None)
-        if record.get("pid", -1) > 0 and alive(record["pid"]):
-            return record
-        self.lock.unlink(missing_ok=True)
-        return None
+        with _guarded(self.lock):
+            return _check(self.lock)[1]
 
     def summary(self, job_name: str) -> dict | None:
         """The decision summary a finished job wrote."""
@@ -79,27 +229,39 @@ class LocalSubmitter:
         return orjson.loads(path.read_bytes()) if path.exists() else None
 
     def submit_unless_active(self, tick_id: str, now: dt.datetime) -> Submission:
-        """Single-flight: start the job unless one is running."""
-        running = self.active()
-        if running:
-            return Submission(False, running["name"], f"local job {running['name']} is still running")
-        self.jobs.mkdir(parents=True, exist_ok=True)
+        """Single-flight: take the lock, sync bars, start the job; or say who holds the lock."""
         name = f"train-{now:%Y%m%dT%H%M%S}Z-{tick_id[-4:]}"
-        try:  # O_EXCL: of two racing ticks, only one creates the lock
-            fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return Submission(False, None, "another tick is starting a job")
+        pid = os.getpid()
+        # while bars sync the lock names this process: alive as long as the sync can still finish
+        syncing = {
+            "pid": pid,
+            "pid_started": started(pid),
+            "name": name,
+            "started": now.isoformat(),
+            "phase": "syncing",
+        }
+        won, holder = acquire(self.lock, syncing)
+        if not won:
+            if holder is None:
+                return Submission(False, None, f"{self.lock} is unreadable and recent; left alone")
+            state = "is still running" if holder.get("phase", "running") == "running" else "is syncing bars"
+            return Submission(False, holder.get("name"), f"local job {holder.get('name')} {state}")
         try:
             inputs = self.jobs / "inputs" / "bars"
             copied, total = sync_raw(self.container, inputs)
             log.info("tick=%s job=%s synced %d new of %d raw blobs", tick_id, name, copied, total)
             proc = self._start(name, inputs)
-            os.write(fd, orjson.dumps({"pid": proc.pid, "name": name, "started": now.isoformat()}))
         except BaseException:
-            os.close(fd)
-            self.lock.unlink(missing_ok=True)
+            release(self.lock, syncing)
             raise
-        os.close(fd)
+        try:
+            _rewrite(self.lock, {**syncing, "pid": proc.pid, "pid_started": started(proc.pid), "phase": "running"})
+        except BaseException:
+            # a lock left on this long-lived host's pid would block training until the host restarts
+            log.exception("tick=%s job=%s could not record its pid; stopping it", tick_id, name)
+            stop_group(proc.pid)
+            release(self.lock, syncing)
+            raise
         return Submission(True, name, "submitted")
 
     def _start(self, name: str, inputs: Path) -> subprocess.Popen:

@@ -24,6 +24,19 @@ def alive(pid: int) -> bool:
         return True
 
 
+def started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, from /proc), or None where that cannot be read.
+
+    With the pid it names one process for good: a recorded pid that the kernel has since given to
+    another process shows a different start.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def live_record(path: Path) -> dict | None:
     """The JSON record of a background process (``{"pid", ...}``), if it exists and that process runs."""
     try:
