@@ -131,7 +131,11 @@ class Invocation:
 
 @cache
 def _blob_service(connection_string: str) -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(connection_string)
+    """The output bindings' client, with the app's bounded timeouts and retries (not the SDK's 80 s)."""
+    from functions.ingest.storage import connection_string_client
+    from functions.settings import get_settings
+
+    return connection_string_client(connection_string, get_settings())
 
 
 @cache

@@ -1,20 +1,33 @@
-"""Bring up what the functions need offline: app settings, Azurite and the bars container."""
+"""Bring up what the functions need offline: app settings, Azurite and the bars container.
+
+A :class:`Runtime` is what was true when it was made; :meth:`Runtime.reconnect` (and
+:func:`keep_connected`, which ``devhost up`` runs) re-resolves the home's Azurite, so a
+long-running command outlives an Azurite that died or moved port.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import ContainerClient
 
 from devhost import azurite
 from devhost.home import apply_app_settings, local_settings, stockcast_home
+from functions.ingest.storage import bars_container
+from functions.settings import get_settings
 from functions.train_trigger.processes import preferred_or_free
 
+log = logging.getLogger("devhost")
 DEFAULT_SCORING_PORT = 5001
+_persisted_at_exit: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,20 @@ class Runtime:
     home: Path
     azurite: azurite.Azurite
     container: ContainerClient
+
+    def reconnect(self) -> Runtime:
+        """The home's Azurite as it is now: ``self`` if unchanged, else a runtime wired to the new one.
+
+        A dead Azurite is restarted (on its recorded port when free, so clients already built
+        keep working); a new one gets its connection string exported and the settings and
+        storage clients rebuilt.
+        """
+        blob = azurite.ensure(self.home)
+        return self if blob == self.azurite else _connect(self.home, blob)
+
+    def persist(self) -> bool:
+        """Make every write Azurite acknowledged so far survive a crash; see :func:`devhost.azurite.flush`."""
+        return azurite.flush(self.home)
 
 
 def scoring_port(home: Path) -> int:
@@ -46,9 +73,27 @@ def scoring_port(home: Path) -> int:
 
 
 def prepare() -> Runtime:
-    """Start Azurite if needed, export app settings pointing at it, and create the container."""
+    """Start Azurite if needed, export app settings pointing at it, and create the container.
+
+    The process then saves Azurite's index before it exits, so a command's exit status comes
+    only once what it wrote would survive ``kill -9`` of Azurite.
+    """
     home = stockcast_home()
-    blob = azurite.ensure(home)
+    runtime = _connect(home, azurite.ensure(home))
+    if home not in _persisted_at_exit:
+        _persisted_at_exit.add(home)
+        atexit.register(_persist_at_exit, home)
+    return runtime
+
+
+def _persist_at_exit(home: Path) -> None:
+    try:
+        azurite.flush(home)
+    except Exception:  # an exit hook must not turn a finished command into a traceback
+        log.warning("could not make Azurite save its index for %s", home, exc_info=True)
+
+
+def _connect(home: Path, blob: azurite.Azurite) -> Runtime:
     mlflow_dir = home / "mlflow"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
     apply_app_settings(
@@ -60,9 +105,28 @@ def prepare() -> Runtime:
             "SCORING_PORT": str(scoring_port(home)),
         }
     )
-    container = BlobServiceClient.from_connection_string(blob.connection_string).get_container_client(
-        os.environ["BARS_CONTAINER"]
-    )
+    get_settings.cache_clear()  # read again: the storage clients are keyed on the settings
+    container = bars_container(get_settings())
     with contextlib.suppress(ResourceExistsError):
         container.create_container()
     return Runtime(home, blob, container)
+
+
+def keep_connected(
+    runtime: Runtime, stop: threading.Event, say: Callable[[str], None] | None = None, every: float = 2.0
+) -> None:
+    """Until ``stop`` is set, re-resolve the home's Azurite every ``every`` seconds (see ``reconnect``)."""
+    while not stop.wait(every):
+        try:
+            fresh = runtime.reconnect()
+        except Exception:  # Azurite failing to start now may work on the next check
+            log.exception("Azurite for %s is down and could not be restarted", runtime.home)
+            continue
+        if fresh is not runtime:
+            if say:
+                say(f"Azurite:     restarted (pid {fresh.azurite.pid}) on http://127.0.0.1:{fresh.azurite.port}")
+            else:
+                log.warning(
+                    "Azurite for %s changed: pid %d, port %d", runtime.home, fresh.azurite.pid, fresh.azurite.port
+                )
+            runtime = fresh

@@ -22,7 +22,7 @@ from devhost.feed import FeedConfig
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.orchestrate import fire_timer, next_fire
-from devhost.runtime import Runtime
+from devhost.runtime import Runtime, keep_connected
 from devhost.services import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
 from functions.settings import get_settings
 from functions.train_trigger.local_jobs import running_job
@@ -77,6 +77,8 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
     threads: list[threading.Thread] = []
     http = None
     try:
+        # restarts this home's Azurite if it dies, and follows it if another command moved it
+        threads.append(threading.Thread(target=keep_connected, args=(runtime, stop, say), name="azurite-watch"))
         if options.feed_every > 0:
             resume = live.resume_point(runtime.container)
             if resume is None:

@@ -6,6 +6,7 @@ This is the only module that reads the environment. :func:`get_settings` parses 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -36,6 +37,27 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_seconds(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero or a positive integer")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Typed app settings. Field metadata names the app setting and how to parse it."""
@@ -47,6 +69,11 @@ class Settings:
     bars_storage_connection_string: str | None = None
     bars_storage_blob_service_uri: str | None = None
     bars_storage_client_id: str | None = None
+    # storage clients: bounded, so a dead endpoint fails in seconds, not the SDK's minutes
+    storage_connect_timeout_s: float = 3.0
+    storage_timeout_s: float = 10.0
+    storage_retries: int = 2
+    storage_retry_backoff_s: float = 0.5
     latest_window: int = 512
     latest_max_attempts: int = 8
     ml_backend: str = "local"
@@ -98,6 +125,10 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
     "bars_storage_connection_string": ("BarsStorage", str, False),
     "bars_storage_blob_service_uri": ("BarsStorage__blobServiceUri", str, False),
     "bars_storage_client_id": ("BarsStorage__clientId", str, False),
+    "storage_connect_timeout_s": ("STORAGE_CONNECT_TIMEOUT_SECONDS", _positive_seconds, False),
+    "storage_timeout_s": ("STORAGE_TIMEOUT_SECONDS", _positive_seconds, False),
+    "storage_retries": ("STORAGE_RETRIES", _non_negative_int, False),
+    "storage_retry_backoff_s": ("STORAGE_RETRY_BACKOFF_SECONDS", _non_negative_seconds, False),
     "latest_window": ("LATEST_WINDOW", _positive_int, False),
     "latest_max_attempts": ("LATEST_MAX_ATTEMPTS", _positive_int, False),
     "ml_backend": ("ML_BACKEND", _backend, False),

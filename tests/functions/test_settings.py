@@ -62,3 +62,49 @@ def test_invalid_integers_are_named(value):
     """A non-positive or non-numeric window is rejected with its key and value."""
     with pytest.raises(SettingsError, match=f"LATEST_WINDOW='{value}'"):
         load_settings({**BASE, "BarsStorage": "x", "LATEST_WINDOW": value})
+
+
+def test_storage_bounds_have_defaults_and_parse():
+    """Storage timeouts and retries default to a few seconds in all, and each can be set."""
+    s = load_settings({**BASE, "BarsStorage": "x"})
+    assert (s.storage_connect_timeout_s, s.storage_timeout_s, s.storage_retries, s.storage_retry_backoff_s) == (
+        3.0,
+        10.0,
+        2,
+        0.5,
+    )
+    s = load_settings(
+        {
+            **BASE,
+            "BarsStorage": "x",
+            "STORAGE_CONNECT_TIMEOUT_SECONDS": "0.5",
+            "STORAGE_TIMEOUT_SECONDS": "2.5",
+            "STORAGE_RETRIES": "0",
+            "STORAGE_RETRY_BACKOFF_SECONDS": "0",
+        }
+    )
+    assert (s.storage_connect_timeout_s, s.storage_timeout_s, s.storage_retries, s.storage_retry_backoff_s) == (
+        0.5,
+        2.5,
+        0,
+        0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("STORAGE_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("STORAGE_CONNECT_TIMEOUT_SECONDS", "inf"),
+        ("STORAGE_TIMEOUT_SECONDS", "-1"),
+        ("STORAGE_TIMEOUT_SECONDS", "nan"),
+        ("STORAGE_RETRIES", "-1"),
+        ("STORAGE_RETRIES", "1.5"),
+        ("STORAGE_RETRY_BACKOFF_SECONDS", "-0.1"),
+        ("STORAGE_RETRY_BACKOFF_SECONDS", "soon"),
+    ],
+)
+def test_invalid_storage_bounds_are_named(key, value):
+    """A timeout that is not a positive finite number, or a negative retry count or backoff, is rejected."""
+    with pytest.raises(SettingsError, match=f"{key}='{value}'"):
+        load_settings({**BASE, "BarsStorage": "x", key: value})

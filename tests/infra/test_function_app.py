@@ -23,6 +23,10 @@ NOT_SET_IN_AZURE = {
     "SCORING_RETRIES": "tuning knob; the code default applies",
     "PREDICT_HISTORY_BARS": "tuning knob; the code default applies",
     "PREDICT_CACHE_SECONDS": "tuning knob; the code default applies",
+    "STORAGE_CONNECT_TIMEOUT_SECONDS": "tuning knob; the code default applies",
+    "STORAGE_TIMEOUT_SECONDS": "tuning knob; the code default applies",
+    "STORAGE_RETRIES": "tuning knob; the code default applies",
+    "STORAGE_RETRY_BACKOFF_SECONDS": "tuning knob; the code default applies",
     "PREDICT_MAX_BARS": "tuning knob; the code default applies",
     "AML_ENVIRONMENT_IMAGE": "the code default is the base image training_job/job.yml uses too",
 }
