@@ -211,31 +211,57 @@ class Forecaster:
         return out
 
 
+# Bounds of a bar the model accepts (the predict API holds POSTed bars to the same prices and volumes).
+# Times stop at 2100, not at "now": evaluation reads stored history and the devhost market clock may run
+# ahead of the wall clock; 2100 keeps every derived time (targets, next opens, datetime64[ns]) in range.
+MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z
+MAX_TS = 4_102_444_800  # 2100-01-01T00:00:00Z
+MAX_PRICE = 1e9
+MAX_VOLUME = 1e15
+
+
 def _ts_seconds(value: Any) -> int:
+    """Unix seconds of a bar's ``ts`` (unix seconds, ISO 8601 or a datetime), within [2000, 2100)."""
     if isinstance(value, bool):
         raise TypeError("ts must be a time")
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"ts {value} is not a time")
     if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str):
+        seconds = int(value)
+    elif isinstance(value, str):
         parsed = dt.datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
-        return int(parsed.timestamp())
-    if isinstance(value, dt.datetime):
-        return int(value.timestamp())
-    raise TypeError(f"ts of type {type(value).__name__}")
+        seconds = int(parsed.timestamp())
+    elif isinstance(value, dt.datetime):
+        seconds = int(value.timestamp())
+    else:
+        raise TypeError(f"ts of type {type(value).__name__}")
+    if not MIN_TS <= seconds < MAX_TS:  # also keeps huge numbers (milliseconds, 10**30) out of int64
+        raise ForecastInputError("malformed", f"ts {value!r:.40} is not a time between 2000-01-01 and 2100-01-01")
+    return seconds
 
 
 def _validated(symbol: str, ts: np.ndarray, ohlcv: tuple[np.ndarray, ...]) -> SeriesArrays:
+    """One symbol's bars sorted by time, a repeated time kept once (the later row), minutes floored; checked."""
+    if len(ts) and (ts.min() < MIN_TS or ts.max() >= MAX_TS):
+        raise ForecastInputError("malformed", f"{symbol}: bar times must lie between 2000-01-01 and 2100-01-01")
     order = np.argsort(ts, kind="stable")
     ts, ohlcv = ts[order], tuple(x[order] for x in ohlcv)
     last = np.concatenate([ts[1:] != ts[:-1], [True]])  # a repeated minute: the later row wins
     ts, ohlcv = ts[last], tuple(x[last] for x in ohlcv)
     o, h, lo, c, v = ohlcv
-    ok = np.isfinite(np.stack([o, h, lo, c, v])).all() and (lo > 0).all() and (v >= 0).all()
+    ok = (
+        np.isfinite(np.stack([o, h, lo, c, v])).all()
+        and (lo > 0).all()
+        and (h <= MAX_PRICE).all()
+        and ((v >= 0) & (v <= MAX_VOLUME)).all()
+    )
     if not ok or (lo > np.minimum(o, c)).any() or (np.maximum(o, c) > h).any():
         raise ForecastInputError(
-            "malformed", f"{symbol}: bars must have finite prices > 0, low <= open/close <= high, volume >= 0"
+            "malformed",
+            f"{symbol}: bars must have finite prices in (0, {MAX_PRICE:g}], low <= open/close <= high, "
+            f"volume in [0, {MAX_VOLUME:g}]",
         )
     return ts - ts % 60, ohlcv
 
@@ -248,10 +274,14 @@ def series_from_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Serie
         values = np.array(
             [(r["open"], r["high"], r["low"], r["close"], r["volume"]) for r in records], dtype=np.float64
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except ForecastInputError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:  # OverflowError: ints past float64
         raise ForecastInputError(
             "malformed", f"each bar needs symbol, ts, open, high, low, close, volume: {exc}"
         ) from None
+    if values.shape != (len(records), 5):  # a value that is itself a list would add a dimension
+        raise ForecastInputError("malformed", "open, high, low, close and volume must be numbers")
     out = {}
     for symbol in sorted(set(symbols.tolist())):
         mask = symbols == symbol

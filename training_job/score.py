@@ -2,8 +2,9 @@
 
 ``init()`` loads the MLflow pyfunc from ``AZUREML_MODEL_DIR``; ``run()`` takes ``{"bars": [...]}``
 and answers ``{"forecasts": [...], "model": {"name", "version", "kind"}, "skill": {...}}``; a GET
-answers what is served and how many bars a forecast needs. Bad input gets a JSON error with a
-4xx status, never a 200 carrying an error string.
+answers what is served and how many bars a forecast needs. Bad input (times outside 2000-2100,
+absurd prices or volumes included) gets a JSON error with a 4xx status, never a 200 carrying an
+error string; a bug gets a JSON 500 ``internal_error``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,15 @@ def _shape(row: dict[str, Any], level: float) -> dict[str, Any]:
 
 @rawhttp
 def run(request: AMLRequest) -> AMLResponse:
-    """Answer one HTTP request to the scoring route."""
+    """Answer one HTTP request to the scoring route; a bug is a JSON 500, not the server's HTML page."""
+    try:
+        return _answer(request)
+    except Exception:
+        log.exception("scoring failed unexpectedly")
+        return _error("internal_error", "scoring failed unexpectedly", 500)
+
+
+def _answer(request: AMLRequest) -> AMLResponse:
     if request.method == "GET":
         meta = _state["forecaster"].meta
         return _json({"model": _state["model"], "bars_needed": meta.bars_needed, "skill": _state["skill"]}, 200)

@@ -16,11 +16,10 @@ from typing import Any
 import httpx
 import orjson
 
-from functions.predict.requests import ApiError
+from functions.predict.requests import UNAVAILABLE, ApiError
 from functions.settings import Settings
 
 log = logging.getLogger(__name__)
-UNAVAILABLE = (("Retry-After", "5"),)
 SERVED_TTL_S = 60.0  # how long what the endpoint said it serves is trusted before asking again
 SERVED_RETRY_S = 5.0  # after a failed info call, how long the fallback bar count is used
 
@@ -199,11 +198,14 @@ class ScoringClient:
                 503, "endpoint_error", f"endpoint answered {response.status_code} without JSON", UNAVAILABLE
             ) from None
         if response.status_code == 200:
+            if not isinstance(doc, dict):  # off contract: the endpoint is failing, not this function
+                raise ApiError(503, "endpoint_error", "endpoint answered 200 without a JSON object", UNAVAILABLE)
             return doc
-        error = doc.get("error", {}) if isinstance(doc, dict) else {}
+        error = doc.get("error") if isinstance(doc, dict) else None
+        error = error if isinstance(error, dict) else {}
         code, message = (
-            error.get("code", "endpoint_error"),
-            error.get("message", f"endpoint answered {response.status_code}"),
+            str(error.get("code", "endpoint_error")),
+            str(error.get("message", f"endpoint answered {response.status_code}")),
         )
         if response.status_code == 422:
             raise ApiError(422, code, message)

@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import orjson
+from azure.core.exceptions import HttpResponseError, IncompleteReadError, ServiceRequestError, ServiceResponseError
 
 from functions.ingest.bars import SYMBOL_PATTERN, normalise_symbol
 
 BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
+PRICE_FIELDS = ("open", "high", "low", "close")
+# Bounds of a plausible 1-minute bar. Ingest should hold stored bars to the same ones (they belong in
+# functions/ingest/bars.py, shared by both); until then they are defined here, for POSTed bars.
+MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z: no minute bar is older; smaller numbers are not seconds we store
+MAX_TS_AHEAD_S = 86_400  # a bar may be stamped up to a day ahead of now (clock skew), never years ahead
+MAX_PRICE = 1e9
+MAX_VOLUME = 1e15
+UNAVAILABLE = (("Retry-After", "5"),)  # a dependency failed: the same request may succeed shortly
+RETRYABLE_STATUSES = frozenset({408, 429})  # with every 5xx: the service is busy or down, not refusing us
+# transports and timeouts (azure-core's timeouts subclass its request and response errors)
+TRANSIENT_ERRORS = (
+    ServiceRequestError,
+    ServiceResponseError,
+    IncompleteReadError,
+    TimeoutError,
+    ConnectionError,
+    httpx.TransportError,
+)
 MODEL_KINDS = ("persistence", "lstm_attention")  # what the endpoint may serve; anything else is "unknown"
 INTERVAL_FIELDS = ("level", "low", "high")
 SKILL_FIELDS = ("ratio_to_persistence", "p_value", "n", "evaluated_at")
@@ -46,19 +67,41 @@ def _number(bar: dict, name: str, index: int) -> float:
     return float(value)
 
 
-def _is_time(ts: Any) -> bool:
-    """Whether ``ts`` is unix seconds or an ISO 8601 time the endpoint can read."""
+def _bar_seconds(ts: Any, index: int, now: float) -> int:
+    """Unix seconds of ``bars[index].ts``: a time within [2000-01-01, now + 1 day], else 400 invalid_bar."""
     if isinstance(ts, bool) or not isinstance(ts, (int, str)):
-        return False
+        raise ApiError(400, "invalid_bar", f"bars[{index}].ts must be an ISO 8601 time or unix seconds")
     try:
-        ts_seconds(ts)
+        seconds = ts_seconds(ts)
     except (ValueError, OverflowError, OSError):
-        return False
-    return True
+        raise ApiError(400, "invalid_bar", f"bars[{index}].ts must be an ISO 8601 time or unix seconds") from None
+    if not MIN_TS <= seconds <= now + MAX_TS_AHEAD_S:
+        # milliseconds are the usual mistake: every millisecond time since 1970-01-12 lies past the bound
+        hint = "; ts is unix seconds, not milliseconds" if isinstance(ts, int) and seconds > 1e11 else ""
+        raise ApiError(400, "invalid_bar", f"bars[{index}].ts must lie between 2000-01-01 and a day from now{hint}")
+    return seconds
 
 
-def parse_post(body: bytes, max_bars: int, max_bytes: int) -> tuple[str, list[dict[str, Any]]]:
-    """Validate ``{"symbol", "bars": [...]}``; returns the symbol and normalised bars."""
+def _bar(bar: Any, index: int, symbol: str) -> dict[str, Any]:
+    """The normalised scoring record of ``bars[index]`` (its ts already checked), or 400 invalid_bar."""
+    o, h, lo, c = (_number(bar, k, index) for k in PRICE_FIELDS)
+    v = _number(bar, "volume", index)
+    if min(o, h, lo, c) <= 0 or max(o, h, lo, c) > MAX_PRICE:
+        raise ApiError(400, "invalid_bar", f"bars[{index}]: prices must lie in (0, {MAX_PRICE:g}]")
+    if not 0 <= v <= MAX_VOLUME:
+        raise ApiError(400, "invalid_bar", f"bars[{index}]: volume must lie in [0, {MAX_VOLUME:g}]")
+    if lo > min(o, c) or max(o, c) > h:
+        raise ApiError(400, "invalid_bar", f"bars[{index}]: need low <= open/close <= high")
+    return {"symbol": symbol, "ts": bar["ts"], "open": o, "high": h, "low": lo, "close": c, "volume": v}
+
+
+def parse_post(
+    body: bytes, max_bars: int, max_bytes: int, now: float | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Validate ``{"symbol", "bars": [...]}``; returns the symbol and normalised bars, oldest first.
+
+    ``now`` (unix seconds, default the clock) bounds how far ahead a bar's time may lie.
+    """
     if len(body) > max_bytes:
         raise ApiError(413, "too_large", f"request body over {max_bytes} bytes")
     try:
@@ -73,19 +116,15 @@ def parse_post(body: bytes, max_bars: int, max_bytes: int) -> tuple[str, list[di
         raise ApiError(400, "malformed", "bars must be a non-empty list")
     if len(bars) > max_bars:
         raise ApiError(413, "too_large", f"at most {max_bars} bars per request, got {len(bars)}")
-    out = []
+    now = time.time() if now is None else now
+    timed = []
     for i, bar in enumerate(bars):
         if not isinstance(bar, dict):
             raise ApiError(400, "invalid_bar", f"bars[{i}] must be an object")
-        ts = bar.get("ts")
-        if not _is_time(ts):
-            raise ApiError(400, "invalid_bar", f"bars[{i}].ts must be an ISO 8601 time or unix seconds")
-        o, h, lo, c = (_number(bar, k, i) for k in ("open", "high", "low", "close"))
-        v = _number(bar, "volume", i)
-        if min(o, h, lo, c) <= 0 or v < 0 or lo > min(o, c) or max(o, c) > h:
-            raise ApiError(400, "invalid_bar", f"bars[{i}]: need prices > 0, low <= open/close <= high, volume >= 0")
-        out.append({"symbol": symbol, "ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v})
-    return symbol, out
+        timed.append((_bar_seconds(bar.get("ts"), i, now), _bar(bar, i, symbol)))
+    # sent in time order; a stable sort keeps bars of the same time in the order sent (the later one wins)
+    timed.sort(key=lambda pair: pair[0])
+    return symbol, [bar for _, bar in timed]
 
 
 def ts_seconds(value: str | int) -> int:
@@ -134,9 +173,12 @@ def _interval(row: dict[str, Any]) -> dict[str, float] | None:
 
 def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> bytes:
     """The 200 answer from the scoring endpoint's response."""
-    rows = [r for r in scored.get("forecasts", []) if r.get("symbol") == symbol]
-    if not rows:
-        raise ApiError(503, "endpoint_error", "the scoring endpoint returned no forecast", (("Retry-After", "5"),))
+    forecasts = scored.get("forecasts")
+    forecasts = forecasts if isinstance(forecasts, list) else []
+    rows = [r for r in forecasts if isinstance(r, dict) and r.get("symbol") == symbol]
+    # an endpoint answering off contract is a failing dependency (503), not a bug of this function
+    if not rows or any(key not in rows[0] for key in ("as_of", "predicted_close")):
+        raise ApiError(503, "endpoint_error", "the scoring endpoint returned no forecast", UNAVAILABLE)
     row = rows[0]
     return orjson.dumps(
         {
@@ -152,3 +194,19 @@ def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> byt
             "skill": _skill(scored),
         }
     )
+
+
+def dependency_error(exc: BaseException) -> ApiError | None:
+    """The 503 for a dependency that failed (storage, a transport, a timeout); None for anything else (a bug).
+
+    Transport errors, timeouts and 408/429/5xx answers of Azure services may pass on a retry, so they
+    say Retry-After; any other exception is a defect that a retry would only repeat.
+    """
+    transient = isinstance(exc, TRANSIENT_ERRORS)
+    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
+        transient = transient or exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUSES
+    if not transient:
+        return None
+    # the type only: the messages of SDK errors carry URLs and account names
+    message = f"a dependency failed ({type(exc).__name__}); retry later"
+    return ApiError(503, "dependency_unavailable", message, UNAVAILABLE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -123,11 +124,60 @@ def test_too_few_bars_is_422(server, bars_dir):
     assert str(info["bars_needed"]) in response.json()["error"]["message"]
 
 
+def _last_minute_of_9999(i: int, n: int, bar: dict) -> dict:
+    """Bars ending at 9999-12-31T23:59Z: the forecast's target would fall in year 10000."""
+    return {"ts": f"9999-12-31T{23 - (n - 1 - i) // 60:02d}:{59 - (n - 1 - i) % 60:02d}:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_last_minute_of_9999, id="year-9999"),
+        pytest.param(lambda i, n, bar: {"ts": 10**30 + i}, id="ts-huge-int"),
+        pytest.param(lambda i, n, bar: {"ts": 1e300}, id="ts-1e300"),
+        pytest.param(lambda i, n, bar: {"ts": 1_793_629_800_000 + 60_000 * i}, id="ts-milliseconds"),
+        pytest.param(lambda i, n, bar: {"high": 1e308} if i == n - 1 else {}, id="price-1e308"),
+        pytest.param(lambda i, n, bar: {"volume": 10**19} if i == n - 1 else {}, id="volume-1e19"),
+    ],
+)
+def test_out_of_range_bars_are_a_json_400_not_a_500(server, bars_dir, change):
+    """Times near year 9999 or past int64, millisecond times, price 1e308, volume 1e19: JSON 400 malformed."""
+    url, info = server
+    n = info["bars_needed"]
+    bars = [{**bar, **change(i, n, bar)} for i, bar in enumerate(recent_bars(bars_dir, "NEWCO", n))]
+    response = httpx.post(url, content=json.dumps({"bars": bars}), headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "malformed"
+
+
+def test_a_bug_inside_run_is_a_json_500_internal_error(monkeypatch):
+    """An unexpected exception inside run() answers JSON 500 internal_error, not the server's own 500 page."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from training_job import score
+
+    def broken(payload: object) -> tuple[dict, int]:
+        raise ValueError("injected bug")
+
+    monkeypatch.setattr(score, "score", broken)
+    request = Request(EnvironBuilder(method="POST", data=b'{"bars": [{}]}').get_environ())
+    response = score.run(request)
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert orjson.loads(response.get_data()) == {
+        "error": {"code": "internal_error", "message": "scoring failed unexpectedly"}
+    }
+
+
 def test_bars_written_by_ingest_are_read_by_training_with_the_same_values(tmp_path):
     """The bar table is the contract: ingest's Parquet files read back identically, true-bar rule applied."""
     t0 = 1_793_629_980
-    early = message("AAA", 1000, [t0, t0 + 60], [(10.0, 10.5, 9.5, 10.2, 100), (10.2, 10.2, 10.2, 10.2, 0)])
-    late = message("AAA", 2000, [t0 + 60, t0 + 120], [(10.2, 10.9, 10.1, 10.8, 350), (10.8, 11.0, 10.7, 10.9, 90)])
+    early = message("AAA", t0 * 1000 + 1000, [t0, t0 + 60], [(10.0, 10.5, 9.5, 10.2, 100), (10.2, 10.2, 10.2, 10.2, 0)])
+    late = message(
+        "AAA", t0 * 1000 + 2000, [t0 + 60, t0 + 120], [(10.2, 10.9, 10.1, 10.8, 350), (10.8, 11.0, 10.7, 10.9, 90)]
+    )
     batches = [decode_batch(events_from_bodies([b])).bars for b in (early, late)]
     for i, table in enumerate(batches):
         (tmp_path / f"date=x/hour={i}").mkdir(parents=True)

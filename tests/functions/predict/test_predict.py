@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import schemathesis
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -26,6 +33,7 @@ from devhost.replay import make_batches, replay
 from functions.predict import blueprint
 from functions.predict.client import ScoringClient, scoring_client
 from functions.settings import get_settings
+from functions.train_trigger.processes import free_port
 
 pytestmark = pytest.mark.integration
 SPEC = Path(__file__).resolve().parents[3] / "functions" / "predict" / "openapi.yaml"
@@ -108,7 +116,7 @@ def test_get_sends_the_bars_the_served_model_needs(api, champion_server, monkeyp
         return score(self, bars, request_id)
 
     monkeypatch.setattr(ScoringClient, "score", recording_score)
-    monkeypatch.setattr(blueprint, "_cache", {})
+    monkeypatch.setattr(blueprint, "_flights", {})
     scoring_client(get_settings()).forget_served()
     response = httpx.get(f"{api}/predict/AAA", timeout=30)
     assert response.status_code == 200, response.text
@@ -125,7 +133,7 @@ def _endpoint_ms(response: httpx.Response) -> float:
 def test_get_scores_each_read_of_latest_once(api, monkeypatch):
     """GETs between two reads of latest/ share one forecast: the second makes no endpoint call."""
     monkeypatch.setenv("PREDICT_CACHE_SECONDS", "30")
-    monkeypatch.setattr(blueprint, "_cache", {})
+    monkeypatch.setattr(blueprint, "_flights", {})
     get_settings.cache_clear()
     try:
         first = httpx.get(f"{api}/predict/AAA", timeout=30)
@@ -201,7 +209,7 @@ def test_error_statuses_are_json(api, method, path, body, status, code):
 def test_endpoint_down_gives_503_with_retry_after(api, monkeypatch):
     """With the scoring endpoint unreachable, predict answers 503 and Retry-After."""
     monkeypatch.setenv("SCORING_URL", "http://127.0.0.1:9/score")  # discard port: nothing listens
-    monkeypatch.setattr(blueprint, "_cache", {})  # no forecast made before the outage
+    monkeypatch.setattr(blueprint, "_flights", {})  # no forecast made before the outage
     get_settings.cache_clear()
     try:
         response = httpx.get(f"{api}/predict/AAA", timeout=30)
@@ -211,6 +219,191 @@ def test_endpoint_down_gives_503_with_retry_after(api, monkeypatch):
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "endpoint_unavailable"
+
+
+@pytest.fixture
+def fresh(monkeypatch) -> Iterator[Callable[..., None]]:
+    """Set app settings for one test (``fresh(SCORING_URL=...)``), with no forecast made before it."""
+    monkeypatch.setattr(blueprint, "_flights", {})
+
+    def apply(**env: str) -> None:
+        """Export ``env`` and make the next request read it."""
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    yield apply
+    monkeypatch.undo()  # the settings' environment first, then what was cached from it
+    get_settings.cache_clear()
+    scoring_client.cache_clear()  # a client made for a test's settings must not serve the next test
+
+
+def _recording(monkeypatch, owner: Any, name: str, delay_s: float = 0.0) -> list[tuple]:
+    """Record each call of ``owner.name`` (its positional arguments) and still make the real call, after a delay.
+
+    The delay keeps a call in flight long enough for concurrent requests to arrive while it runs.
+    """
+    calls: list[tuple] = []
+    real = getattr(owner, name)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        time.sleep(delay_s)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
+def _concurrent_gets(api: str, symbol: str, n: int) -> tuple[list[httpx.Response], float]:
+    """``n`` GETs of one symbol released together, and the seconds until the last answered.
+
+    Each client opens its kept-alive connection first (a 400 that touches nothing), so the GETs do not
+    arrive as a burst of connects that the server's small listen backlog would stagger by seconds.
+    """
+    clients = [httpx.Client(timeout=60) for _ in range(n)]
+    try:
+        for client in clients:
+            assert client.get(f"{api}/predict/bad%20symbol").status_code == 400
+        barrier = threading.Barrier(n)
+
+        def one(client: httpx.Client) -> httpx.Response:
+            barrier.wait(timeout=30)
+            return client.get(f"{api}/predict/{symbol}")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            responses = list(pool.map(one, clients))
+        return responses, time.perf_counter() - started
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_concurrent_gets_after_the_cache_expires_share_one_read_and_one_scoring_call(api, fresh, monkeypatch):
+    """16 concurrent GETs once a symbol's cache period ended: one read of latest/, one endpoint call, one body."""
+    fresh(PREDICT_CACHE_SECONDS="1")
+    assert httpx.get(f"{api}/predict/AAA", timeout=30).status_code == 200
+    time.sleep(1.2)  # the period of that forecast ends
+    reads = _recording(monkeypatch, blueprint, "_read_latest")
+    scores = _recording(monkeypatch, ScoringClient, "score", delay_s=0.3)
+    responses, _ = _concurrent_gets(api, "AAA", 16)
+    assert [r.status_code for r in responses] == [200] * 16
+    assert len(reads) == 1 and len(scores) == 1
+    assert len({r.content for r in responses}) == 1
+    assert sorted(_endpoint_ms(r) > 0 for r in responses) == [False] * 15 + [True]  # one request made the call
+
+
+def test_endpoint_down_concurrent_gets_share_one_sequence_of_attempts(api, fresh, monkeypatch):
+    """8 concurrent GETs with nothing at SCORING_URL: all the same 503 at once, from one POST attempt sequence."""
+    url = f"http://127.0.0.1:{free_port()}/score"  # bound once, now closed: connections are refused
+    fresh(SCORING_URL=url, PREDICT_CACHE_SECONDS="30")
+    scores = _recording(monkeypatch, ScoringClient, "score", delay_s=0.3)
+    attempts = _recording(monkeypatch, httpx.Client, "request")
+    responses, elapsed = _concurrent_gets(api, "AAA", 8)
+    posts = [args for args in attempts if args[1:3] == ("POST", url)]
+    assert [r.status_code for r in responses] == [503] * 8
+    assert {r.headers["retry-after"] for r in responses} == {"5"}
+    assert {r.content for r in responses} == {responses[0].content}
+    assert responses[0].json()["error"]["code"] == "endpoint_unavailable"
+    assert len(scores) == 1 and len(posts) == get_settings().scoring_retries + 1
+    assert elapsed < 5.0
+
+
+def test_a_failed_forecast_is_shared_for_a_moment_then_tried_again(api, champion_server, fresh, monkeypatch):
+    """A GET right after an endpoint failure gets the same 503 without a call; after FAILURE_TTL_S it tries again."""
+    monkeypatch.setattr(blueprint, "FAILURE_TTL_S", 2.0)  # room for a loaded machine; the default is 1 s
+    fresh(SCORING_URL=f"http://127.0.0.1:{free_port()}/score", PREDICT_CACHE_SECONDS="30")
+    failed = httpx.get(f"{api}/predict/AAA", timeout=30)
+    fresh(SCORING_URL=champion_server.url)  # the endpoint is back
+    scores = _recording(monkeypatch, ScoringClient, "score")
+    shared = httpx.get(f"{api}/predict/AAA", timeout=30)
+    assert failed.status_code == shared.status_code == 503 and shared.json() == failed.json()
+    assert scores == []
+    time.sleep(2.1)
+    retried = httpx.get(f"{api}/predict/AAA", timeout=30)
+    assert retried.status_code == 200, retried.text
+    assert len(scores) == 1
+
+
+def test_a_bug_is_a_500_internal_error_without_retry_after(api, fresh, monkeypatch):
+    """A bug (here a pure helper raising ValueError) answers JSON 500 internal_error, without Retry-After."""
+    fresh()
+
+    def broken(*args: Any, **kwargs: Any) -> float:
+        raise ValueError("injected bug")
+
+    monkeypatch.setattr(blueprint, "newest_close", broken)
+    for response in (httpx.get(f"{api}/predict/AAA", timeout=30), _post(api, "NEWCO", _bars(90))):
+        assert response.status_code == 500, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["error"]["code"] == "internal_error"
+        assert "retry-after" not in response.headers
+
+
+def _http_error(status: int) -> HttpResponseError:
+    """An azure-core error as a storage call raises it for an HTTP ``status``."""
+    error = HttpResponseError(f"storage answered {status}")
+    error.status_code = status
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ServiceRequestError("connection refused"), 503, "dependency_unavailable"),
+        (_http_error(503), 503, "dependency_unavailable"),
+        (_http_error(403), 500, "internal_error"),
+    ],
+    ids=["unreachable", "5xx", "403"],
+)
+def test_storage_errors_are_503_only_when_storage_is_unavailable(api, fresh, monkeypatch, error, status, code):
+    """A storage transport error or 5xx reading latest/ is 503 with Retry-After; a 403 (misconfiguration) is 500."""
+    fresh()
+
+    def failing_read(*args: Any) -> list[dict]:
+        raise error
+
+    monkeypatch.setattr(blueprint, "_read_latest", failing_read)
+    response = httpx.get(f"{api}/predict/AAA", timeout=30)
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert response.headers.get("retry-after") == ("5" if status == 503 else None)
+
+
+YEAR_9999 = dt.datetime(9999, 12, 31, 22, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda i, bar: {"ts": _iso(int(YEAR_9999.timestamp()) + 60 * i)}, id="year-9999"),
+        pytest.param(lambda i, bar: {"ts": bar["ts"] * 1000}, id="milliseconds"),
+        pytest.param(lambda i, bar: {"ts": bar["ts"] - 30 * 365 * 86_400}, id="before-2000"),
+        pytest.param(lambda i, bar: {"ts": int(time.time()) + 2 * 86_400 + 60 * i}, id="two-days-ahead"),
+        pytest.param(lambda i, bar: {"high": 1e308} if i == 5 else {}, id="price-1e308"),
+        pytest.param(lambda i, bar: {"volume": 10**19} if i == 5 else {}, id="volume-1e19"),
+    ],
+)
+def test_post_with_out_of_range_bars_is_400_invalid_bar(api, champion_server, change):
+    """POST bars with years like 9999, millisecond times, price 1e308 or volume 1e19: 400 invalid_bar, never 5xx."""
+    bars = _bars(champion_server.info["bars_needed"])
+    response = _post(api, "NEWCO", [{**bar, **change(i, bar)} for i, bar in enumerate(bars)])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_bar"
+
+
+def test_post_sends_the_bars_sorted_by_time(api, champion_server, monkeypatch):
+    """POST bars in shuffled order (ISO and unix mixed): the endpoint is sent them oldest first."""
+    bars = _bars(champion_server.info["bars_needed"] + 3)
+    for bar in bars[::3]:
+        bar["ts"] = _iso(bar["ts"])
+    shuffled = random.Random(7).sample(bars, len(bars))
+    sent = _recording(monkeypatch, ScoringClient, "score")
+    response = _post(api, "NEWCO", shuffled)
+    assert response.status_code == 200, response.text
+    [(_, records, _)] = sent
+    assert [record["ts"] for record in records] == [bar["ts"] for bar in bars]
+    assert response.json()["as_of"] == _iso(OPEN + 60 * (len(bars) - 1))
 
 
 SCHEMA = schemathesis.openapi.from_path(str(SPEC))

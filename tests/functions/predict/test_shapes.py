@@ -5,11 +5,30 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import httpx
 import orjson
 import pytest
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+)
 
+from functions.predict.blueprint import _Flight
 from functions.predict.client import SERVED_RETRY_S, ScoringClient, Served, contradicts, is_current, served_from_info
-from functions.predict.requests import ApiError, forecast_body, newest_close, parse_post, ts_seconds
+from functions.predict.requests import (
+    MAX_PRICE,
+    MAX_TS_AHEAD_S,
+    MAX_VOLUME,
+    MIN_TS,
+    ApiError,
+    dependency_error,
+    forecast_body,
+    newest_close,
+    parse_post,
+    ts_seconds,
+)
 from functions.settings import Settings
 
 MODEL = {"name": "stockcast-lstm-attention", "version": "2", "kind": "lstm_attention"}
@@ -226,6 +245,124 @@ def test_parse_post_rejects_a_time_the_endpoint_cannot_read(ts):
     assert (caught.value.status, caught.value.code) == (400, "invalid_bar")
 
 
+NOW = 1_796_000_000.0  # 2026-11-30T01:33:20Z
+
+
+def _parse(bars: list[dict]) -> list[dict]:
+    return parse_post(orjson.dumps({"symbol": "AAA", "bars": bars}), 100, 100_000, now=NOW)[1]
+
+
+@pytest.mark.parametrize(
+    ("bar", "message"),
+    [
+        pytest.param(_bar("9999-12-31T23:59:00Z", 1.0), "between 2000-01-01 and a day from now", id="year-9999"),
+        pytest.param(_bar(1_793_629_800_000, 1.0), "not milliseconds", id="milliseconds"),
+        pytest.param(_bar(10**19, 1.0), "not milliseconds", id="u64"),
+        pytest.param(_bar(MIN_TS - 60, 1.0), "between 2000-01-01", id="1999"),
+        pytest.param(_bar(int(NOW) + MAX_TS_AHEAD_S + 1, 1.0), "a day from now", id="past-tomorrow"),
+        pytest.param({**_bar(MIN_TS, 1.0), "high": 1e308}, "prices must lie in (0, 1e+09]", id="price-1e308"),
+        pytest.param(_bar(MIN_TS, MAX_PRICE * 1.0001), "prices must lie in (0, 1e+09]", id="price-over-1e9"),
+        pytest.param(_bar(MIN_TS, 0.0), "prices must lie in (0, 1e+09]", id="price-0"),
+        pytest.param({**_bar(MIN_TS, 1.0), "volume": 10**19}, "volume must lie in [0, 1e+15]", id="volume-1e19"),
+        pytest.param({**_bar(MIN_TS, 1.0), "volume": -1}, "volume must lie in [0, 1e+15]", id="volume-negative"),
+        pytest.param({**_bar(MIN_TS, 2.0), "low": 3.0}, "low <= open/close <= high", id="low-above-close"),
+    ],
+)
+def test_parse_post_rejects_bars_outside_the_bounds(bar, message):
+    """Times outside [2000-01-01, now + 1 day], prices outside (0, 1e9], volumes outside [0, 1e15]: 400 invalid_bar."""
+    with pytest.raises(ApiError) as caught:
+        _parse([_bar(MIN_TS + 60, 1.0), bar])
+    assert (caught.value.status, caught.value.code) == (400, "invalid_bar")
+    assert caught.value.message.startswith("bars[1]") and message in caught.value.message
+
+
+def test_parse_post_accepts_the_bounds_themselves():
+    """The first second of 2000, a day from now, price 1e9 and volume 1e15 are valid bars."""
+    bars = [
+        {**_bar(MIN_TS, MAX_PRICE), "volume": MAX_VOLUME},
+        _bar(int(NOW) + MAX_TS_AHEAD_S, 1.0),
+        _bar("2000-01-01T00:01:00Z", 1.0),
+    ]
+    assert [bar["ts"] for bar in _parse(bars)] == [MIN_TS, "2000-01-01T00:01:00Z", int(NOW) + MAX_TS_AHEAD_S]
+
+
+def test_parse_post_orders_bars_by_time_keeping_the_sent_order_of_equal_times():
+    """Bars come back oldest first, ISO and unix compared as times; of equal times the order sent is kept."""
+    bars = [
+        _bar(1_793_629_920, 3.0),
+        _bar("2026-11-02T14:30:00Z", 1.0),
+        _bar(1_793_629_860, 2.0),
+        _bar("2026-11-02T09:31:00-05:00", 4.0),
+    ]
+    assert [bar["close"] for bar in _parse(bars)] == [1.0, 2.0, 4.0, 3.0]
+
+
+def _http_error(status: int | None) -> HttpResponseError:
+    error = HttpResponseError(f"answered {status}")
+    error.status_code = status
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "unavailable"),
+    [
+        pytest.param(ServiceRequestTimeoutError("connect timed out"), True, id="storage-connect-timeout"),
+        pytest.param(ServiceResponseError("connection reset"), True, id="storage-reset"),
+        pytest.param(_http_error(500), True, id="storage-500"),
+        pytest.param(_http_error(503), True, id="storage-503"),
+        pytest.param(_http_error(429), True, id="storage-throttled"),
+        pytest.param(TimeoutError(), True, id="timeout"),
+        pytest.param(httpx.ConnectError("refused"), True, id="httpx-connect"),
+        pytest.param(ConnectionResetError(), True, id="connection-reset"),
+        pytest.param(_http_error(403), False, id="storage-403"),
+        pytest.param(_http_error(None), False, id="no-status"),
+        pytest.param(ResourceNotFoundError("gone"), False, id="not-found"),
+        pytest.param(ValueError("bug"), False, id="value-error"),
+        pytest.param(KeyError("bug"), False, id="key-error"),
+    ],
+)
+def test_dependency_error_is_503_only_for_failed_dependencies(exc, unavailable):
+    """Transports, timeouts and 408/429/5xx are 503 with Retry-After; anything else is a bug (None: a 500)."""
+    err = dependency_error(exc)
+    if unavailable:
+        assert (err.status, err.code, err.headers) == (503, "dependency_unavailable", (("Retry-After", "5"),))
+    else:
+        assert err is None
+
+
+@pytest.mark.parametrize(
+    "scored",
+    [
+        {"forecasts": "nope"},
+        {"forecasts": ["not-a-row", None]},
+        {"forecasts": [{"symbol": "AAA", "predicted_close": 1.0}]},
+        {"forecasts": [{"symbol": "AAA", "as_of": "2026-11-04T15:00:00Z"}]},
+    ],
+    ids=["forecasts-not-a-list", "rows-not-objects", "no-as_of", "no-predicted_close"],
+)
+def test_forecast_body_off_contract_is_503(scored):
+    """An endpoint answer without a usable row for the symbol is a 503 endpoint_error, not a crash (500)."""
+    with pytest.raises(ApiError) as caught:
+        forecast_body("AAA", scored, 100.0)
+    assert (caught.value.status, caught.value.code) == (503, "endpoint_error")
+
+
+@pytest.mark.parametrize(
+    ("status", "content", "expected"),
+    [
+        (200, b"[1, 2]", (503, "endpoint_error")),
+        (400, b'{"error": "flat string"}', (400, "endpoint_error")),
+        (422, b'{"error": {"code": "not_enough_bars", "message": "need 60"}}', (422, "not_enough_bars")),
+        (404, b'{"error": {"code": "x"}}', (503, "endpoint_error")),
+    ],
+)
+def test_endpoint_answers_map_to_api_errors(status, content, expected):
+    """A 200 that is not an object is 503; an error document of any shape keeps 400/422, else 503."""
+    with pytest.raises(ApiError) as caught:
+        ScoringClient._result(httpx.Response(status, content=content))
+    assert (caught.value.status, caught.value.code) == expected
+
+
 @pytest.mark.parametrize(
     ("info", "expected"),
     [
@@ -292,3 +429,12 @@ def test_bars_needed_falls_back_to_history_bars_when_the_endpoint_is_down():
         assert served.expires <= time.monotonic() + SERVED_RETRY_S
     finally:
         client.http.close()
+
+
+def test_a_flight_is_shared_while_running_or_fresh_and_given_up_when_stuck():
+    """A flight is joined while it runs (until it looks stuck) and, once done, until its period ends."""
+    flight = _Flight(100.0, 2.0, "first")
+    assert flight.joinable(101.0, stuck_s=50.0) and flight.joinable(149.9, stuck_s=50.0)
+    assert not flight.joinable(150.0, stuck_s=50.0)
+    flight.outcome.set_result(b"{}")
+    assert flight.joinable(101.9, stuck_s=50.0) and not flight.joinable(102.0, stuck_s=50.0)
