@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -68,6 +69,8 @@ def oracle(bodies: Iterable[bytes]) -> dict[tuple[str, int], tuple]:
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             continue
         if isinstance(emitted, bool) or not isinstance(emitted, int):
+            continue
+        if not 946_684_800_000 <= emitted <= (time.time() + 86_400) * 1000:  # a plausible epoch in ms
             continue
         for result in results:
             raw = result["meta"]["symbol"]

@@ -36,6 +36,18 @@ def normalise_symbol(value: object) -> str | None:
         return None
     upper = value.upper()
     return upper if valid_symbol(upper) else None
+
+
+# Bounds of a valid bar, beyond what the contract's prose states: they keep a corrupt value from
+# being stored as plausible (a millisecond timestamp, a year-2100 bar, a wrapped int64 volume).
+MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z in seconds: no earlier minute bar is served
+MAX_TS_AHEAD_S = 86_400  # a bar may be stamped at most a day after its event was emitted
+MIN_EMITTED_AT_MS = MIN_TS * 1000
+MAX_EMITTED_AHEAD_MS = 86_400_000  # an event may be emitted at most a day after the batch's clock
+MAX_PRICE = 1e9  # above any listed price; 1e308 is a corrupt value, not a quote
+MAX_VOLUME = 1e15  # far above any minute's volume, and exact in float64 (< 2**53) and int64
+
+
 PRICE_COLUMNS = ("open", "high", "low", "close")
 # Columns that break exact emitted_at ties, most significant first.
 TIE_BREAK = ("volume", "close", "high", "low", "open")

@@ -5,7 +5,21 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from functions.ingest.bars import BAR_SCHEMA, from_parquet, last_bars, to_parquet, true_bars
+from functions.ingest.bars import (
+    BAR_SCHEMA,
+    MAX_EMITTED_AHEAD_MS,
+    MAX_PRICE,
+    MAX_TS_AHEAD_S,
+    MAX_VOLUME,
+    MIN_EMITTED_AT_MS,
+    MIN_TS,
+    from_parquet,
+    last_bars,
+    normalise_symbol,
+    to_parquet,
+    true_bars,
+    valid_symbol,
+)
 
 T0 = 1_793_629_980
 
@@ -61,3 +75,39 @@ def test_parquet_roundtrip_keeps_schema_and_values():
     back = from_parquet(data)
     assert back.schema == BAR_SCHEMA
     assert key_values(back) == [("A", T0, 10.5, 7)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("AAPL", "AAPL"),
+        ("aapl", "AAPL"),
+        ("brk-b", "BRK-B"),
+        ("^gspc", "^GSPC"),
+        ("eurusd=x", "EURUSD=X"),
+        ("GOOG\n", None),  # `$` would match before a trailing newline; fullmatch does not
+        ("straße", None),  # Unicode upper-casing would make it STRASSE
+        ("ǅ", None),  # a title-case digraph: non-ASCII whatever its case
+        ("AAPL ", None),
+        (" AAPL", None),
+        ("", None),
+        ("A" * 16, "A" * 16),
+        ("A" * 17, None),
+        ("-AAPL", None),
+        ("../x", None),
+        (42, None),
+        (None, None),
+        (b"AAPL", None),
+    ],
+)
+def test_normalise_symbol(raw, normalised):
+    """Symbols are upper-cased when valid in any ASCII case; anything else is None."""
+    assert normalise_symbol(raw) == normalised
+    assert valid_symbol(raw) is (normalised is not None and raw == normalised)
+
+
+def test_bounds_are_exact_in_every_representation():
+    """The volume bound and every timestamp bound survive float64 and int64 exactly."""
+    assert MAX_VOLUME < 2**53 and int(MAX_VOLUME) == 10**15
+    assert (MIN_TS, MIN_EMITTED_AT_MS) == (946_684_800, 946_684_800_000)  # 2000-01-01T00:00:00Z
+    assert (MAX_PRICE, MAX_TS_AHEAD_S, MAX_EMITTED_AHEAD_MS) == (1e9, 86_400, 86_400_000)
