@@ -22,7 +22,7 @@ import orjson
 import pandas as pd
 
 from training_job import sessions
-from training_job.data import epoch_seconds
+from training_job.data import MAX_PRICE, MAX_VOLUME, MIN_TS, epoch_seconds
 from training_job.features import FEATURES, Windows, bars_needed, concat, symbol_windows
 
 META_FILE = "forecaster.json"
@@ -214,10 +214,7 @@ class Forecaster:
 # Bounds of a bar the model accepts (the predict API holds POSTed bars to the same prices and volumes).
 # Times stop at 2100, not at "now": evaluation reads stored history and the devhost market clock may run
 # ahead of the wall clock; 2100 keeps every derived time (targets, next opens, datetime64[ns]) in range.
-MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z
-MAX_TS = 4_102_444_800  # 2100-01-01T00:00:00Z
-MAX_PRICE = 1e9
-MAX_VOLUME = 1e15
+MAX_TS = 4_102_444_800  # 2100-01-01T00:00:00Z: stored history may run ahead of a devhost clock, not years
 
 
 def _ts_seconds(value: Any) -> int:

@@ -12,16 +12,12 @@ import httpx
 import orjson
 from azure.core.exceptions import HttpResponseError, IncompleteReadError, ServiceRequestError, ServiceResponseError
 
-from functions.ingest.bars import SYMBOL_PATTERN, normalise_symbol
+from functions.ingest.bars import MAX_PRICE, MAX_TS_AHEAD_S, MAX_VOLUME, MIN_TS, SYMBOL_PATTERN, normalise_symbol
 
 BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = ("open", "high", "low", "close")
 # Bounds of a plausible 1-minute bar. Ingest should hold stored bars to the same ones (they belong in
 # functions/ingest/bars.py, shared by both); until then they are defined here, for POSTed bars.
-MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z: no minute bar is older; smaller numbers are not seconds we store
-MAX_TS_AHEAD_S = 86_400  # a bar may be stamped up to a day ahead of now (clock skew), never years ahead
-MAX_PRICE = 1e9
-MAX_VOLUME = 1e15
 UNAVAILABLE = (("Retry-After", "5"),)  # a dependency failed: the same request may succeed shortly
 RETRYABLE_STATUSES = frozenset({408, 429})  # with every 5xx: the service is busy or down, not refusing us
 # transports and timeouts (azure-core's timeouts subclass its request and response errors)
