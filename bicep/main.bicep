@@ -1,7 +1,9 @@
 // Stockcast on Azure: `azd up` provisions this template (subscription scope), then deploys the
 // Function App tagged azd-service-name=api. Every resource lives in one resource group; the modules
 // are plain resource blocks so the offline scan (pycep-parser + checkov, tests/infra) sees them all.
-// What Bicep cannot do (the training environment, Airbyte) is in bicep/hooks/postprovision.*.
+// What Bicep cannot do is in bicep/hooks/: the preprovision hook says which resources exist already,
+// postprovision adds the Kubernetes instance type and prints the Airbyte settings, and postdeploy
+// stores the Function App's key in API Management once the app has its code.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -39,12 +41,12 @@ param apimPublisherName string = 'Stockcast'
 param trainSchedule string = '0 */15 * * * *'
 
 @minLength(1)
-@description('VM size of the AKS system node pool that hosts the Azure ML inference router and the model deployments; it needs a local disk for the ephemeral OS disk.')
-param aksNodeVmSize string = 'Standard_D4ds_v5'
+@description('VM size of the AKS system node pool that hosts the Azure ML extension and the model deployments; it needs a local disk for the ephemeral OS disk. 8 vCPUs: two deployments of the stockcast-scoring instance type (2 vCPU, 4 GiB each) fit beside the extension during a swap.')
+param aksNodeVmSize string = 'Standard_D8ds_v5'
 
 @minValue(1)
 @maxValue(5)
-@description('Node count of the AKS system pool (1 is enough for the DevTest inference router and two deployments during a swap).')
+@description('Node count of the AKS system pool (1 node of the default size holds the DevTest inference router and two deployments during a swap).')
 param aksNodeCount int = 1
 
 @minLength(1)
@@ -55,6 +57,12 @@ param amlComputeVmSize string = 'Standard_DS3_v2'
 @maxValue(4)
 @description('Maximum node count of the Azure ML CPU compute cluster (it scales to 0 between jobs).')
 param amlComputeMaxNodes int = 1
+
+@description('Whether the Kubernetes online endpoint exists already (AML_ENDPOINT_EXISTS, set by the preprovision hook): an existing endpoint is read, never PUT again, so the rollout\'s traffic and tags survive a re-provision.')
+param amlEndpointExists bool = false
+
+@description('Whether API Management\'s function-key named value exists already (APIM_NAMED_VALUE_EXISTS, set by the preprovision hook): an existing one keeps the key the postdeploy hook stored.')
+param apimNamedValueExists bool = false
 
 @allowed([
   false
@@ -157,6 +165,7 @@ module ml 'modules/ml.bicep' = {
     aksNodeCount: aksNodeCount
     barsDatastoreName: amlBarsDatastoreName
     endpointName: amlEndpointName
+    endpointExists: amlEndpointExists
     publicNetworkAccess: publicNetworkAccess
   }
 }
@@ -220,6 +229,7 @@ module apim 'modules/apim.bicep' = {
     publisherName: apimPublisherName
     functionAppName: functionApp.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    functionKeyNamedValueExists: apimNamedValueExists
   }
 }
 

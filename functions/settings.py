@@ -100,7 +100,7 @@ class Settings:
     aml_bars_datastore: str = "bars"
     aml_environment_image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
     aml_endpoint: str | None = None
-    aml_instance_type: str = "defaultinstancetype"
+    aml_instance_type: str = "stockcast-scoring"  # bicep/hooks/instancetype.yaml
     azure_client_id: str | None = None
     # telemetry: custom metrics and events go to App Insights only when this is set
     applicationinsights_connection_string: str | None = None

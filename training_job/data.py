@@ -1,6 +1,6 @@
 """Read bars for training: every Parquet file under a folder, reduced to the true bars.
 
-The job never imports the Function App; the bar table is the contract between them (DESIGN.md),
+The job never imports the Function App; the bar table is the contract between them (docs/design.md),
 held by a test that writes with the ingest code and reads with this reader.
 """
 
@@ -22,7 +22,7 @@ _ORDER = ["symbol", "ts", "emitted_at", "volume", "close", "high", "low", "open"
 
 
 log = logging.getLogger(__name__)
-SYMBOL = r"^[A-Z0-9^][A-Z0-9.^=-]{0,15}$"  # the bar contract's symbol rule (DESIGN.md)
+SYMBOL = r"^[A-Z0-9^][A-Z0-9.^=-]{0,15}$"  # the bar contract's symbol rule (docs/design.md)
 # the bar contract's bounds, as functions/ingest/bars.py holds them (the job never imports the app)
 MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z
 MAX_PRICE = 1e9

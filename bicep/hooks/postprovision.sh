@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # azd postprovision hook: what Bicep cannot declare, done idempotently, then the Airbyte settings.
 #
-#   1. the AzureML extension on AKS, the Kubernetes compute and the online endpoint, if missing
-#      (bicep/ declares them; this is the safety net, so a re-run changes nothing that exists);
-#   2. the training environment (training_job/environment/conda.yaml on the job's base image),
-#      registered under a version derived from its content;
-#   3. the Airbyte destination settings, with the command that fetches the Send-only connection
+#   1. the AzureML extension on AKS, checked: installed if missing, with the settings
+#      `az k8s-extension create` computes (the same as bicep/modules/ml.bicep declares); if present, it
+#      must be healthy (Succeeded) and any of those settings it lacks are added;
+#   2. AKS attached as Kubernetes compute, if missing (bicep/ declares it; this is the safety net);
+#   3. the Kubernetes instance type of the model deployments (bicep/hooks/instancetype.yaml), applied
+#      with `az aks command invoke` (no kubectl or kubeconfig needed here; unchanged means no change);
+#   4. the online endpoint, if missing (bicep/ creates it only when the preprovision hook found none);
+#   5. the Airbyte destination settings, with the command that fetches the Send-only connection
 #      string. The connection string itself is never fetched, printed or logged here.
+#
+# The training job and the deployments define their environment inline (job.yml's base image +
+# training_job/environment/conda.yaml); Azure ML builds and caches it by content, so nothing is
+# registered here.
 #
 # azd passes the environment's values (bicep outputs + AZURE_ENV_NAME, AZURE_SUBSCRIPTION_ID, ...)
 # to hooks; run by hand (`bash bicep/hooks/postprovision.sh`), it reads them from `azd env get-values`.
@@ -59,35 +66,86 @@ az account show --subscription "$AZURE_SUBSCRIPTION_ID" --only-show-errors --out
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# 1a. The AzureML extension on AKS (inference only: training runs on the AML compute cluster).
-# Looked up by type, not by name, so a differently named extension from Bicep is never duplicated.
-extension_types="$(az k8s-extension list "${scope[@]}" --cluster-type managedClusters \
-  --cluster-name "$AKS_CLUSTER_NAME" --query "[].extensionType" --output tsv --only-show-errors)"
-if grep -qix 'microsoft.azureml.kubernetes' <<<"$extension_types"; then
-  log "AzureML extension on AKS $AKS_CLUSTER_NAME: present"
-else
+# 1. The AzureML extension on AKS (inference only: training runs on the AML compute cluster).
+# Looked up by type, not by name, so a differently named extension is never duplicated.
+aks_info="$(az aks show "${scope[@]}" --name "$AKS_CLUSTER_NAME" --query "[id, location]" --output tsv \
+  --only-show-errors)" || fail "cannot read AKS $AKS_CLUSTER_NAME"
+{
+  read -r aks_id
+  read -r aks_location
+} <<<"$aks_info"
+[[ -n "${aks_id:-}" && -n "${aks_location:-}" ]] || fail "cannot read the id and region of AKS $AKS_CLUSTER_NAME"
+aks_location="$(printf '%s' "$aks_location" | tr '[:upper:]' '[:lower:]')"
+# What `az k8s-extension create` would send for this cluster (its AzureMLKubernetes.Create), as
+# bicep/modules/ml.bicep declares it. allowInsecureConnections: the inference router serves HTTP until a
+# TLS certificate is configured (sslCname + sslCertPemFile/sslKeyPemFile); see docs/deploy.md, "Known
+# limits". One node: DevTest, no router HA.
+extension_settings=(
+  enableTraining=False enableInference=True inferenceRouterServiceType=LoadBalancer allowInsecureConnections=True
+  inferenceRouterHA=False clusterPurpose=DevTest installNvidiaDevicePlugin=False installDcgmExporter=False
+  installVolcano=False "cluster_name=$aks_id" "clusterId=$aks_id"
+  "prometheus.prometheusSpec.externalLabels.cluster_name=$aks_id" "cluster_name_friendly=$AKS_CLUSTER_NAME"
+  "location=$aks_location" "jobSchedulerLocation=$aks_location" "domain=$aks_location.cloudapp.azure.com"
+  servicebus.enabled=false relayserver.enabled=false nginxIngress.enabled=true
+)
+extension=(--cluster-type managedClusters --cluster-name "$AKS_CLUSTER_NAME")
+extensions="$(az k8s-extension list "${scope[@]}" "${extension[@]}" \
+  --query "[].[name, extensionType, provisioningState]" --output tsv --only-show-errors)" ||
+  fail "cannot list the extensions of AKS $AKS_CLUSTER_NAME"
+extension_name=""
+extension_state=""
+while IFS=$'\t' read -r name type state; do
+  if [[ "$(printf '%s' "$type" | tr '[:upper:]' '[:lower:]')" == microsoft.azureml.kubernetes ]]; then
+    extension_name="$name"
+    extension_state="$state"
+  fi
+done <<<"$extensions"
+if [[ -z "$extension_name" ]]; then
   log "AzureML extension on AKS $AKS_CLUSTER_NAME: installing (about 10 minutes)"
-  # allowInsecureConnections: the inference router serves HTTP until a TLS certificate is configured
-  # (sslCname + sslCertPemFile/sslKeyPemFile); see docs/deploy.md, "Known limits".
-  # The same settings as bicep/modules/ml.bicep (one node: DevTest, no router HA).
-  az k8s-extension create "${scope[@]}" --name azureml --extension-type Microsoft.AzureML.Kubernetes \
-    --cluster-type managedClusters --cluster-name "$AKS_CLUSTER_NAME" --scope cluster --release-namespace azureml \
-    --config enableTraining=False enableInference=True inferenceRouterServiceType=LoadBalancer \
-    allowInsecureConnections=True inferenceRouterHA=False clusterPurpose=DevTest \
+  az k8s-extension create "${scope[@]}" "${extension[@]}" --name azureml --extension-type Microsoft.AzureML.Kubernetes \
+    --scope cluster --release-namespace azureml --config "${extension_settings[@]}" \
     --auto-upgrade-minor-version true --only-show-errors --output none
+elif [[ "$extension_state" != Succeeded ]]; then
+  fail "AzureML extension $extension_name on AKS $AKS_CLUSTER_NAME is ${extension_state:-in an unknown state}, not Succeeded: see 'az k8s-extension show --resource-group $AZURE_RESOURCE_GROUP --cluster-type managedClusters --cluster-name $AKS_CLUSTER_NAME --name $extension_name', delete it with 'az k8s-extension delete' (same options) and run 'azd provision' again"
+else
+  present="$(az k8s-extension show "${scope[@]}" "${extension[@]}" --name "$extension_name" \
+    --query 'keys(configurationSettings || `{}`)' --output tsv --only-show-errors)" ||
+    fail "cannot read the settings of the AzureML extension $extension_name"
+  missing=()
+  for setting in "${extension_settings[@]}"; do
+    grep -qxF "${setting%%=*}" <<<"$present" || missing+=("$setting")
+  done
+  if ((${#missing[@]})); then
+    log "AzureML extension $extension_name on AKS $AKS_CLUSTER_NAME: adding the settings it lacks: ${missing[*]%%=*}"
+    az k8s-extension update "${scope[@]}" "${extension[@]}" --name "$extension_name" --config "${missing[@]}" \
+      --yes --only-show-errors --output none
+  else
+    log "AzureML extension $extension_name on AKS $AKS_CLUSTER_NAME: present, Succeeded, every setting in place"
+  fi
 fi
 
-# 1b. AKS attached to the workspace as Kubernetes compute.
+# 2. AKS attached to the workspace as Kubernetes compute.
 if az ml compute show "${ml[@]}" --name "$AML_KUBERNETES_COMPUTE" --only-show-errors --output none 2>/dev/null; then
   log "Kubernetes compute $AML_KUBERNETES_COMPUTE: present"
 else
   log "Kubernetes compute $AML_KUBERNETES_COMPUTE: attaching AKS $AKS_CLUSTER_NAME"
-  aks_id="$(az aks show "${scope[@]}" --name "$AKS_CLUSTER_NAME" --query id --output tsv --only-show-errors)"
   az ml compute attach "${ml[@]}" --type Kubernetes --name "$AML_KUBERNETES_COMPUTE" \
     --resource-id "$aks_id" --identity-type SystemAssigned --namespace azureml --only-show-errors --output none
 fi
 
-# 1c. The Kubernetes online endpoint; the train_trigger timer creates and swaps its deployments.
+# 3. The instance type of the deployments (the InstanceType CRD comes with the extension). command invoke
+# runs kubectl in a pod of the cluster with the caller's Azure RBAC; it reports kubectl's exit code.
+instance_type="$(sed -n 's/^  name: *//p' "$root/bicep/hooks/instancetype.yaml" | head -n 1)"
+applied="$(cd "$root/bicep/hooks" && az aks command invoke "${scope[@]}" --name "$AKS_CLUSTER_NAME" \
+  --command "kubectl apply -f instancetype.yaml" --file instancetype.yaml \
+  --query "[to_string(exitCode), logs]" --output tsv --only-show-errors)" ||
+  fail "instance type $instance_type on AKS $AKS_CLUSTER_NAME: az aks command invoke failed"
+if [[ "${applied%%$'\n'*}" != 0 ]]; then
+  fail "instance type $instance_type on AKS $AKS_CLUSTER_NAME: kubectl apply failed: ${applied#*$'\n'}"
+fi
+log "instance type $instance_type on AKS $AKS_CLUSTER_NAME: ${applied#*$'\n'}"
+
+# 4. The Kubernetes online endpoint; the train_trigger timer creates and swaps its deployments.
 if az ml online-endpoint show "${ml[@]}" --name "$AML_ENDPOINT" --only-show-errors --output none 2>/dev/null; then
   log "online endpoint $AML_ENDPOINT: present"
 else
@@ -104,26 +162,7 @@ YAML
   az ml online-endpoint create "${ml[@]}" --file "$tmp/endpoint.yml" --only-show-errors --output none
 fi
 
-# 2. The training environment: the job's base image (training_job/job.yml) + conda.yaml. The version is a
-# hash of both, so an unchanged environment is never registered twice and a changed one gets a new version.
-conda_file="$root/training_job/environment/conda.yaml"
-image="$(sed -n 's/^[[:space:]]*image:[[:space:]]*//p' "$root/training_job/job.yml" | head -n 1)"
-[[ -n "$image" && -f "$conda_file" ]] || fail "cannot read the base image from training_job/job.yml or $conda_file"
-if command -v sha256sum >/dev/null 2>&1; then hasher=(sha256sum); else hasher=(shasum -a 256); fi
-env_version="$({
-  printf '%s\n' "$image"
-  cat "$conda_file"
-} | "${hasher[@]}" | cut -c1-12)"
-if az ml environment show "${ml[@]}" --name stockcast --version "$env_version" --only-show-errors --output none 2>/dev/null; then
-  log "environment stockcast:$env_version: present"
-else
-  log "environment stockcast:$env_version: registering ($image + training_job/environment/conda.yaml)"
-  az ml environment create "${ml[@]}" --name stockcast --version "$env_version" --image "$image" \
-    --conda-file "$conda_file" --description "Stockcast training job and scoring script" \
-    --only-show-errors --output none
-fi
-
-# 3. Airbyte: the destination-kafka settings for Event Hubs. Only the *command* for the secret is shown.
+# 5. Airbyte: the destination-kafka settings for Event Hubs. Only the *command* for the secret is shown.
 cat <<EOF
 
 Airbyte destination (Kafka) for Event Hubs

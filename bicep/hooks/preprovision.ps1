@@ -1,6 +1,8 @@
 #!/usr/bin/env pwsh
 # azd preprovision hook (Windows): the same checks as preprovision.sh. The hooks use the Azure CLI,
-# which needs its own `az login`, and the ml and k8s-extension CLI extensions.
+# which needs its own `az login`, the ml and k8s-extension CLI extensions and az's Bicep CLI; then
+# AML_ENDPOINT_EXISTS and APIM_NAMED_VALUE_EXISTS tell Bicep which of the online endpoint and API
+# Management's function-key named value exist already (each is created only when missing).
 $ErrorActionPreference = 'Stop'
 Set-StrictMode -Version Latest
 
@@ -34,4 +36,38 @@ foreach ($extension in @('ml', 'k8s-extension')) {
     }
 }
 
-Write-Host 'preprovision: az is signed in; extensions ml and k8s-extension are available'
+# The postdeploy hook deploys bicep/hooks/apim-function-key.bicep, which needs the Bicep CLI of az.
+az bicep version --only-show-errors 2>$null | Out-Null
+if ($LASTEXITCODE -ne 0) {
+    Write-Host 'preprovision: installing the Bicep CLI for az'
+    az bicep install --only-show-errors
+    if ($LASTEXITCODE -ne 0) { Fail 'could not install the Bicep CLI for az' }
+}
+
+# 'true' when Resource Manager has the resource, 'false' when it answers NotFound (also after
+# `azd down`: ResourceGroupNotFound); any other failure stops the hook, since 'false' would reset it.
+function Test-Exists([string]$Id, [string]$ApiVersion) {
+    $errors = & az resource show --ids $Id --api-version $ApiVersion --only-show-errors --output none 2>&1
+    if ($LASTEXITCODE -eq 0) { return 'true' }
+    if ("$errors" -match 'NotFound') { return 'false' }
+    Fail "cannot tell whether $Id exists: $errors"
+}
+
+$endpointExists = 'false'
+$namedValueExists = 'false'
+if ($env:AZURE_SUBSCRIPTION_ID -and $env:AZURE_RESOURCE_GROUP) {
+    $group = "/subscriptions/$($env:AZURE_SUBSCRIPTION_ID)/resourceGroups/$($env:AZURE_RESOURCE_GROUP)/providers"
+    if ($env:AML_WORKSPACE -and $env:AML_ENDPOINT) {
+        $endpointExists = Test-Exists "$group/Microsoft.MachineLearningServices/workspaces/$($env:AML_WORKSPACE)/onlineEndpoints/$($env:AML_ENDPOINT)" '2025-06-01'
+    }
+    if ($env:APIM_NAME) {
+        $namedValueExists = Test-Exists "$group/Microsoft.ApiManagement/service/$($env:APIM_NAME)/namedValues/stockcast-function-key" '2024-05-01'
+    }
+}
+azd env set AML_ENDPOINT_EXISTS $endpointExists
+if ($LASTEXITCODE -ne 0) { Fail 'azd env set AML_ENDPOINT_EXISTS failed' }
+azd env set APIM_NAMED_VALUE_EXISTS $namedValueExists
+if ($LASTEXITCODE -ne 0) { Fail 'azd env set APIM_NAMED_VALUE_EXISTS failed' }
+
+Write-Host 'preprovision: az is signed in; extensions ml and k8s-extension and the Bicep CLI are available'
+Write-Host "preprovision: online endpoint exists: $endpointExists; API Management function-key named value exists: $namedValueExists"

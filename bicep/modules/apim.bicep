@@ -2,6 +2,10 @@
 // functions/predict/openapi.yaml, every call needs a subscription key, the policy rate-limits,
 // validates POST bodies and adds the function key from a secret named value. Telemetry goes to
 // Application Insights through a logger that signs in with APIM's managed identity.
+// The function key itself is not read here: at provision time the Flex Consumption app has no code
+// yet and its host may have no keys (azure-functions-host #5722, #11379), so listKeys would fail the
+// first `azd up`. The named value is created with a placeholder; the postdeploy hook fills it from
+// bicep/hooks/apim-function-key.bicep once the code is deployed.
 
 @description('Region of API Management.')
 param location string
@@ -26,6 +30,9 @@ param applicationInsightsName string
 
 @description('URL path of the API on the gateway.')
 param apiPath string = 'stockcast'
+
+@description('Whether the function-key named value exists already (set by the preprovision hook): then it keeps the key the postdeploy hook stored.')
+param functionKeyNamedValueExists bool = false
 
 // Names the policy file refers to ({{stockcast-function-key}}, backend-id="stockcast-functions").
 var functionKeyNamedValue = 'stockcast-function-key'
@@ -71,15 +78,17 @@ resource apimTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// The host's default function key, read at deployment time; stored as a secret named value and
-// never output. Rotating the key in the Function App needs a re-provision (azd provision).
-resource functionKey 'Microsoft.ApiManagement/service/namedValues@2024-05-01' = {
+// Secret named value the policy sends as x-functions-key. Created with a placeholder only when missing
+// (the policy below cannot refer to a named value that does not exist); the postdeploy hook replaces
+// the value with the host's default key, read by ARM (listKeys) after the code is deployed, and a
+// re-provision leaves it alone. The key is never an output, a parameter or a value a hook sees.
+resource functionKey 'Microsoft.ApiManagement/service/namedValues@2024-05-01' = if (!functionKeyNamedValueExists) {
   parent: apim
   name: functionKeyNamedValue
   properties: {
     displayName: functionKeyNamedValue
     secret: true
-    value: listKeys(resourceId('Microsoft.Web/sites/host', functionApp.name, 'default'), '2023-12-01').functionKeys.default
+    value: 'set-by-the-postdeploy-hook'
   }
 }
 

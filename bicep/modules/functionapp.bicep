@@ -246,9 +246,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'AML_ENDPOINT'
           value: endpointName
         }
+        // the Kubernetes instance type the postprovision hook applies (bicep/hooks/instancetype.yaml)
         {
           name: 'AML_INSTANCE_TYPE'
-          value: 'defaultinstancetype'
+          value: 'stockcast-scoring'
         }
         {
           name: 'SCORING_URL'

@@ -51,7 +51,7 @@ param computeMaxNodes int = 1
 param kubernetesComputeName string = 'aks-inference'
 
 @description('VM size of the AKS system node pool (with a local disk: the OS disk is ephemeral).')
-param aksNodeVmSize string = 'Standard_D4ds_v5'
+param aksNodeVmSize string = 'Standard_D8ds_v5'
 
 @minValue(1)
 @description('Node count of the AKS system node pool.')
@@ -63,6 +63,9 @@ param barsDatastoreName string = 'bars'
 @maxLength(32)
 @description('Name of the Kubernetes online endpoint (AML_ENDPOINT); unique in the region.')
 param endpointName string
+
+@description('Whether the online endpoint exists already (set by the preprovision hook): then it is read, not PUT again.')
+param endpointExists bool = false
 
 @allowed([
   'Enabled'
@@ -100,7 +103,7 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 }
 
 resource containerRegistry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_139:No VNet yet (enablePrivateNetworking): Azure ML image builds, the compute cluster and AKS reach the registry publicly, each with its identity (admin user and anonymous pull are off).
+  // checkov:skip=CKV_AZURE_139:No VNet yet (enablePrivateNetworking): Azure ML image builds, the compute cluster and AKS reach the registry publicly, each with its identity (admin user off; Basic has no anonymous pull).
   // checkov:skip=CKV_AZURE_166:Image quarantine is a Premium feature; the Basic registry only holds images Azure ML builds from this repository's environment.
   // checkov:skip=CKV_AZURE_163:Vulnerability scanning is Microsoft Defender for Containers, enabled per subscription, not by this template.
   name: containerRegistryName
@@ -109,9 +112,10 @@ resource containerRegistry 'Microsoft.ContainerRegistry/registries@2023-07-01' =
   sku: {
     name: 'Basic'
   }
+  // anonymousPullEnabled does not exist in this API version (tests/infra/test_schemas.py); the Basic
+  // tier has no anonymous pull at all, so nothing needs turning off.
   properties: {
     adminUserEnabled: false
-    anonymousPullEnabled: false
     publicNetworkAccess: publicNetworkAccess
   }
 }
@@ -251,7 +255,7 @@ resource aks 'Microsoft.ContainerService/managedClusters@2024-09-01' = {
         type: 'VirtualMachineScaleSets'
         maxPods: 110
         enableAutoScaling: false
-        // OS disk on the VM's local SSD (64 GB fits the cache of a D4ds_v5): faster starts, no managed disk
+        // OS disk on the VM's local SSD (64 GB fits the local disk of a D8ds_v5): faster starts, no managed disk
         osDiskType: 'Ephemeral'
         osDiskSizeGB: 64
       }
@@ -338,12 +342,16 @@ resource containerInsightsAssociation 'Microsoft.Insights/dataCollectionRuleAsso
 
 // Inference only (training runs on the CPU cluster); one node, so no router HA. The router serves
 // HTTP on a public load balancer until a TLS certificate is configured (sslCname, sslCertPemFile).
+// `az k8s-extension create` computes settings of its own before it PUTs the extension
+// (azure-cli-extensions, k8s-extension, partner_extensions/AzureMLKubernetes.py: Create); through ARM
+// nothing fills them in, so they are all declared here, with the CLI's values for an AKS cluster:
+// the cluster's resource id (cluster_name, then copied to clusterId and the Prometheus label), its
+// name, its region (lower case) as location, jobSchedulerLocation and '<region>.cloudapp.azure.com',
+// Service Bus and Relay off, nginx ingress on. The CLI sends no identity for managedClusters.
+// bicep/hooks/postprovision.* passes the same settings (tests/infra/test_azd.py compares them).
 resource amlExtension 'Microsoft.KubernetesConfiguration/extensions@2023-05-01' = {
   name: 'azureml'
   scope: aks
-  identity: {
-    type: 'SystemAssigned'
-  }
   properties: {
     extensionType: 'Microsoft.AzureML.Kubernetes'
     autoUpgradeMinorVersion: true
@@ -363,6 +371,16 @@ resource amlExtension 'Microsoft.KubernetesConfiguration/extensions@2023-05-01' 
       installNvidiaDevicePlugin: 'False'
       installDcgmExporter: 'False'
       installVolcano: 'False'
+      cluster_name: aks.id
+      clusterId: aks.id
+      'prometheus.prometheusSpec.externalLabels.cluster_name': aks.id
+      cluster_name_friendly: aks.name
+      location: toLower(location)
+      jobSchedulerLocation: toLower(location)
+      domain: '${toLower(location)}.cloudapp.azure.com'
+      'servicebus.enabled': 'false'
+      'relayserver.enabled': 'false'
+      'nginxIngress.enabled': 'true'
     }
   }
 }
@@ -392,7 +410,10 @@ resource kubernetesCompute 'Microsoft.MachineLearningServices/workspaces/compute
 
 // Key auth: the predict function fetches the key with its identity (online_endpoints.get_keys),
 // caches it for an hour and re-reads it on 401 (functions/predict/client.py).
-resource endpoint 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2025-06-01' = {
+// Created only when missing: the train_trigger rollout owns its traffic and tags (smoke_failed), which a
+// PUT on every `azd provision` would reset. The preprovision hook sets AML_ENDPOINT_EXISTS (main.bicep's
+// amlEndpointExists) from `az resource show`; the scoring URI is read from whichever exists.
+resource endpoint 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2025-06-01' = if (!endpointExists) {
   parent: workspace
   name: endpointName
   location: location
@@ -405,6 +426,11 @@ resource endpoint 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints@
     compute: kubernetesCompute.id
     description: 'Stockcast champion model; the train_trigger timer rolls its deployments out blue/green'
   }
+}
+
+resource existingEndpoint 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2025-06-01' existing = if (endpointExists) {
+  parent: workspace
+  name: endpointName
 }
 
 @description('Name of the workspace.')
@@ -426,10 +452,10 @@ output kubeletPrincipalId string = aks.properties.identityProfile.kubeletidentit
 output kubernetesComputeName string = kubernetesCompute.name
 
 @description('Name of the online endpoint.')
-output endpointName string = endpoint.name
+output endpointName string = endpointName
 
 @description('Scoring URI of the online endpoint (SCORING_URL); a URL, no credential.')
-output scoringUri string = endpoint.properties.scoringUri
+output scoringUri string = endpointExists ? existingEndpoint.properties.scoringUri : endpoint.properties.scoringUri
 
 @description('Name of the container registry.')
 output containerRegistryName string = containerRegistry.name

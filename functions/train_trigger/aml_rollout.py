@@ -3,7 +3,8 @@
 Every tick reads the state from the endpoint itself (its deployments and traffic) and the
 champion from the registry, plans the next step with the pure :func:`plan`, and carries it out.
 A crash between steps is finished by the next tick; a deployment whose smoke request fails never
-gets traffic.
+gets traffic. At most :data:`MAX_DEPLOYMENTS` deployments exist at once (the one serving and the
+new one): the AKS node pool is sized for that many pods of the instance type.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from functions.train_trigger.backends import ModelSnapshot, ModelVersion
 
 log = logging.getLogger(__name__)
 SMOKE_FAILED_TAG = "smoke_failed"
+# The serving deployment and the new one during a swap; tests/infra/test_serving.py checks that this
+# many pods of the instance type (bicep/hooks/instancetype.yaml) fit on the default AKS node pool.
+MAX_DEPLOYMENTS = 2
+BUSY_STATES = ("Creating", "Updating", "Deleting")
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,8 @@ class Step:
 
 
 def deployment_name(version: str) -> str:
-    """Deployment name for a model version (names are per endpoint)."""
-    return f"v{version}"
+    """Deployment name for a model version (names are per endpoint; Azure ML wants 3-32 characters)."""
+    return f"model-v{version}"
 
 
 def plan(state: EndpointState, champion: str | None) -> Step:
@@ -68,6 +73,14 @@ def plan(state: EndpointState, champion: str | None) -> Step:
     if current is None:
         if champion in state.smoke_failed:
             return Step("blocked", target, champion, reason=f"v{champion} failed its smoke request")
+        # Room first: deployments without traffic (an older challenger, one whose smoke request failed)
+        # go before a new one is created, so a swap never runs more than MAX_DEPLOYMENTS pods.
+        idle = {n: d for n, d in state.deployments.items() if n != target and state.traffic.get(n, 0) == 0}
+        busy = sorted(n for n, d in idle.items() if d.state in BUSY_STATES)
+        if busy:
+            return Step("wait", target, champion, tuple(busy), reason=f"{', '.join(busy)} busy; room first")
+        if idle:
+            return Step("delete", target, champion, tuple(sorted(idle)), reason="idle deployments make room")
         return Step("create", target, champion, reason="champion has no deployment")
     if current.state in ("Creating", "Updating"):
         return Step("wait", target, champion, reason=f"deployment {current.state.lower()}")
@@ -90,8 +103,6 @@ def build_deployment(settings: Settings, version: str) -> Any:
         KubernetesOnlineDeployment,
         OnlineRequestSettings,
         ProbeSettings,
-        ResourceRequirementsSettings,
-        ResourceSettings,
     )
 
     return KubernetesOnlineDeployment(
@@ -106,9 +117,9 @@ def build_deployment(settings: Settings, version: str) -> Any:
         request_settings=OnlineRequestSettings(request_timeout_ms=5000, max_concurrent_requests_per_instance=4),
         liveness_probe=ProbeSettings(initial_delay=30, period=10, timeout=2, failure_threshold=5),
         readiness_probe=ProbeSettings(initial_delay=10, period=5, timeout=2, failure_threshold=3),
-        resources=ResourceRequirementsSettings(
-            requests=ResourceSettings(cpu="500m", memory="1Gi"), limits=ResourceSettings(cpu="1", memory="2Gi")
-        ),
+        # No resources section: the instance type's requests and limits apply as they are (a deployment's
+        # own limits would have to stay below the instance type's, and Azure ML wants 2 CPU / 4 GiB
+        # requested for an MLflow model), so bicep/hooks/instancetype.yaml is the one place that sizes it.
         tags={"app": "stockcast", "model_version": version},
     )
 

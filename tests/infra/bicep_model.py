@@ -80,6 +80,7 @@ class Resource:
     config: dict[str, Any]
     condition: str | None
     existing: bool
+    api_version: str = ""
 
 
 def resources(template: dict[str, Any]) -> dict[str, Resource]:
@@ -90,7 +91,9 @@ def resources(template: dict[str, Any]) -> dict[str, Resource]:
         condition = None
         if set(config) == {"condition", "config"}:
             condition, config = render(config["condition"]), config["config"]
-        found[name] = Resource(name, block["type"], config, condition, bool(block.get("existing")))
+        found[name] = Resource(
+            name, block["type"], config, condition, bool(block.get("existing")), str(block.get("api_version") or "")
+        )
     return found
 
 

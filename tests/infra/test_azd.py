@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from functions.settings import Settings
-from tests.infra.bicep_model import AZD_OUTPUTS
+from tests.infra.bicep_model import AZD_OUTPUTS, render
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "bicep" / "hooks"
@@ -29,13 +29,28 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 AZURE_YAML = yaml.safe_load((ROOT / "azure.yaml").read_text())
 # What azd itself puts in every environment.
 AZD_PROVIDED = frozenset({"AZURE_ENV_NAME", "AZURE_SUBSCRIPTION_ID", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID"})
-# UPPER_SNAKE words in the hooks that are not environment values.
-HOOK_WORDS = frozenset({"SASL_SSL", "BASH_SOURCE"})
+# UPPER_SNAKE words in the hooks that are not environment values (STOCKCAST_HOOK_RETRY_SECONDS: the
+# postdeploy hook's wait between attempts, 30 s unless a test shortens it).
+HOOK_WORDS = frozenset({"SASL_SSL", "BASH_SOURCE", "STOCKCAST_HOOK_RETRY_SECONDS"})
 # Variables docs/deploy.md uses that are neither azd values nor set in the doc: read by our own tools.
 DOC_TOOL_VARIABLES = frozenset(
     {"KAFKA_SASL_PASSWORD", "AIRBYTE_CLIENT_ID", "AIRBYTE_CLIENT_SECRET", "AIRBYTE_TOKEN", "AIRBYTE_API_URL"}
 )
 UPPER_SNAKE = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+# The settings `az k8s-extension create` adds to an AzureML extension on AKS by itself (azure-cli-extensions,
+# src/k8s-extension/azext_k8s_extension/partner_extensions/AzureMLKubernetes.py, Create and _dereference).
+CLI_DERIVED = (
+    "cluster_name",
+    "clusterId",
+    "prometheus.prometheusSpec.externalLabels.cluster_name",
+    "cluster_name_friendly",
+    "location",
+    "jobSchedulerLocation",
+    "domain",
+    "servicebus.enabled",
+    "relayserver.enabled",
+    "nginxIngress.enabled",
+)
 FAKE_SECRET = "Endpoint=sb://evhns-test.servicebus.windows.net/;SharedAccessKeyName=airbyte-send;SharedAccessKey=FAKEkey0123456789abcdef=;EntityPath=stock_bars"
 ENV_VALUES = {
     "AZURE_ENV_NAME": "dev",
@@ -57,9 +72,14 @@ def bicep_outputs() -> set[str]:
     return set(re.findall(r"^output\s+(\w+)", MAIN_BICEP.read_text(), re.MULTILINE))
 
 
+def hook_set_values() -> set[str]:
+    """Names a hook writes into the azd environment (``azd env set NAME``) for main.parameters.json."""
+    return {name for path in HOOK_FILES for name in re.findall(r"azd env set ([A-Z][A-Z0-9_]*)", path.read_text())}
+
+
 def known_values() -> set[str]:
     """Everything a hook or the doc may read from an azd environment."""
-    return bicep_outputs() | AZD_PROVIDED
+    return bicep_outputs() | AZD_PROVIDED | hook_set_values()
 
 
 def load_airbyte() -> ModuleType:
@@ -106,13 +126,38 @@ def test_azure_yaml_declares_the_function_app_and_bicep(path, expected):
     assert value == expected
 
 
-def test_azure_yaml_has_one_service_and_the_provision_hooks():
-    """One service (api) and the pre/post provision hooks, each for posix and windows."""
+def test_azure_yaml_has_one_service_and_the_hooks():
+    """One service (api); the pre/post provision hooks and postdeploy, each for posix and windows."""
     assert list(AZURE_YAML["services"]) == ["api"]
     assert {hook: sorted(entry) for hook, entry in AZURE_YAML["hooks"].items()} == {
         "preprovision": ["posix", "windows"],
         "postprovision": ["posix", "windows"],
+        "postdeploy": ["posix", "windows"],
     }
+
+
+def test_hook_set_values_are_bicep_parameters():
+    """What preprovision writes with `azd env set` is read by main.parameters.json, defaulting to false."""
+    assert hook_set_values() == {"AML_ENDPOINT_EXISTS", "APIM_NAMED_VALUE_EXISTS"}
+    defaults = parameter_defaults()
+    assert {name: defaults.get(name) for name in hook_set_values()} == dict.fromkeys(hook_set_values(), "false")
+
+
+@pytest.mark.parametrize("stem", ["preprovision", "postprovision", "postdeploy"])
+def test_windows_hooks_run_the_same_az_commands(stem):
+    """Each .ps1 hook calls the same az command groups and verbs as its .sh twin (pwsh does not run here)."""
+
+    def commands(text: str) -> set[str]:
+        # az ... in both; Invoke-Az / Test-Az ... (the ps1 helpers) in PowerShell
+        call = r"(?:^|[\s(&|])(?:az|Invoke-Az|Test-Az) ((?:[a-z0-9-]+ ){1,3}?)(?:--|@|\$|\\|`|'|\"|$)"
+        found = re.findall(call, text, re.MULTILINE)
+        return {c.strip() for c in found if c.strip()}
+
+    sh, ps1 = (HOOKS / f"{stem}.sh").read_text(), (HOOKS / f"{stem}.ps1").read_text()
+    assert commands(sh) and commands(sh) == commands(ps1)
+    if stem == "postprovision":
+        settings = re.findall(r"\b([\w.]+)=", sh.split("extension_settings=(", 1)[1].split(")", 1)[0])
+        assert len(settings) == 19 and all(f"'{key}=" in ps1 or f'"{key}=' in ps1 for key in settings)
 
 
 @pytest.mark.parametrize(("hook", "platform", "entry"), hook_entries(), ids=lambda v: v if isinstance(v, str) else "")
@@ -159,10 +204,16 @@ def doc_variables(text: str) -> tuple[set[str], set[str]]:
 
 
 def test_training_environment_uses_the_job_and_timer_base_image():
-    """The base image postprovision registers (from job.yml) is the one the timer's jobs use."""
+    """job.yml's environment is the one the timer's jobs and the deployments define inline."""
     job = yaml.safe_load((ROOT / "training_job" / "job.yml").read_text())
     assert job["environment"]["image"] == Settings.__dataclass_fields__["aml_environment_image"].default
     assert job["environment"]["conda_file"] == "environment/conda.yaml"
+
+
+def test_no_hook_registers_an_unused_environment():
+    """No hook registers an environment: the job and the deployments define theirs inline (Azure ML caches it)."""
+    for path in HOOK_FILES:
+        assert "ml environment" not in path.read_text(), path.name
 
 
 # --- the hooks never handle the secret ----------------------------------------------------------------------------
@@ -180,86 +231,168 @@ def test_hooks_never_capture_or_trace_the_connection_string(script):
 FAKE_AZ = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >>"$FAKE_AZ_LOG"
 args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do
-  [[ "${args[i]}" == --file ]] && cat "${args[i + 1]}" >>"$FAKE_AZ_LOG.files"
-done
+if [[ "$1 $2 $3" == "ml online-endpoint create" ]]; then
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    [[ "${args[i]}" == --file ]] && cat "${args[i + 1]}" >>"$FAKE_AZ_LOG.files"
+  done
+fi
 case "$*" in
   "account show"*) exit 0 ;;
   *"authorization-rule keys list"*) printf '%s\n' "$FAKE_SECRET"; exit 0 ;;
-  "k8s-extension list"*) [[ "$FAKE_AZ_MODE" == present ]] && printf 'Microsoft.AzureML.Kubernetes\n'; exit 0 ;;
   "aks show"*)
-    printf '/subscriptions/s/resourceGroups/rg-dev/providers/Microsoft.ContainerService/managedClusters/aks\n'
+    printf '%s\n' /subscriptions/s/resourceGroups/rg-dev/providers/Microsoft.ContainerService/managedClusters/aks-test
+    printf 'EastUS2\n'
     exit 0 ;;
-  *" show "*) [[ "$FAKE_AZ_MODE" == present ]] && exit 0; echo "(ResourceNotFound)" >&2; exit 3 ;;
+  "k8s-extension list"*)
+    case "$FAKE_AZ_MODE" in
+      present | stale) printf 'azureml\tMicrosoft.AzureML.Kubernetes\tSucceeded\n' ;;
+      failed) printf 'flux\tmicrosoft.flux\tSucceeded\nazureml\tmicrosoft.azureml.kubernetes\tFailed\n' ;;
+    esac
+    exit 0 ;;
+  "k8s-extension show"*)
+    keys="$FAKE_EXTENSION_KEYS"
+    [[ "$FAKE_AZ_MODE" == stale ]] && keys="$FAKE_STALE_KEYS"
+    printf '%s\n' "$keys"
+    exit 0 ;;
+  "aks command invoke"*)
+    [[ "$PWD" == */bicep/hooks && -f instancetype.yaml ]] || { echo "instancetype.yaml not here" >&2; exit 2; }
+    if [[ "$FAKE_AZ_MODE" == apply-fails ]]; then
+      printf '1\nerror: the server could not find the requested resource\n'
+    else
+      printf '0\ninstancetype.amlarc.azureml.com/stockcast-scoring configured\n'
+    fi
+    exit 0 ;;
+  "resource show"*)
+    case "$FAKE_AZ_MODE" in
+      present) exit 0 ;;
+      denied) echo "(AuthorizationFailed) The client does not have authorization" >&2; exit 1 ;;
+      *) echo "(ResourceGroupNotFound) Resource group 'rg-dev' could not be found." >&2; exit 3 ;;
+    esac ;;
+  "deployment group create"*)
+    count=$(($(cat "$FAKE_AZ_LOG.deploys" 2>/dev/null || echo 0) + 1))
+    echo "$count" >"$FAKE_AZ_LOG.deploys"
+    ((count > ${FAKE_DEPLOY_FAILURES:-0})) && exit 0
+    echo "(BadRequest) Encountered an error (ServiceUnavailable) from host runtime." >&2; exit 1 ;;
+  *" show "*)
+    [[ "$FAKE_AZ_MODE" == present || "$FAKE_AZ_MODE" == stale ]] && exit 0
+    echo "(ResourceNotFound)" >&2; exit 3 ;;
   *) exit 0 ;;
 esac
 """
+FAKE_AZD = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$FAKE_AZD_LOG"
+exit 0
+"""
+AKS_ID = "/subscriptions/s/resourceGroups/rg-dev/providers/Microsoft.ContainerService/managedClusters/aks-test"
+
+
+@pytest.fixture(scope="module")
+def ml_template(templates: dict[str, Any]) -> dict[str, Any]:
+    """bicep/modules/ml.bicep, parsed."""
+    return templates["bicep/modules/ml.bicep"]
 
 
 @pytest.fixture
-def run_postprovision(tmp_path: Path) -> Iterator[Any]:
-    """Run postprovision.sh against a fake az on PATH; return (result, az calls, files passed to az)."""
+def run_hook(tmp_path: Path, ml_template: dict[str, Any]) -> Iterator[Any]:
+    """Run a .sh hook against a fake az (and azd) on PATH; return (result, az calls, azd calls, files passed to az)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake = bin_dir / "az"
-    fake.write_text(FAKE_AZ)
-    fake.chmod(0o755)
-    log = tmp_path / "az.log"
+    for name, text in (("az", FAKE_AZ), ("azd", FAKE_AZD)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log, azd_log = tmp_path / "az.log", tmp_path / "azd.log"
     system_path = ":".join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
+    keys = [
+        key.strip("'")
+        for key in ml_template["resources"]["amlExtension"]["config"]["properties"]["configurationSettings"]
+    ]
 
-    def run(mode: str, values: dict[str, str] = ENV_VALUES) -> tuple[subprocess.CompletedProcess[str], list[str], str]:
+    def run(
+        script: str, mode: str, values: dict[str, str] = ENV_VALUES, **extra: str
+    ) -> tuple[subprocess.CompletedProcess[str], list[str], list[str], str]:
+        for path in (log, azd_log, Path(f"{log}.files"), Path(f"{log}.deploys")):
+            path.unlink(missing_ok=True)
         log.write_text("")
+        azd_log.write_text("")
         env = {
             **values,
             "PATH": f"{bin_dir}:{system_path}",
             "HOME": str(tmp_path),
             "FAKE_AZ_LOG": str(log),
+            "FAKE_AZD_LOG": str(azd_log),
             "FAKE_AZ_MODE": mode,
             "FAKE_SECRET": FAKE_SECRET,
+            "FAKE_EXTENSION_KEYS": "\n".join(keys),
+            "FAKE_STALE_KEYS": "\n".join(keys[:9]),  # what the old Bicep and hook set
+            **extra,
         }
         result = subprocess.run(
-            ["bash", str(HOOKS / "postprovision.sh")], capture_output=True, text=True, env=env, check=False, timeout=60
+            ["bash", str(HOOKS / script)], capture_output=True, text=True, env=env, check=False, timeout=60
         )
         files = Path(f"{log}.files")
-        return result, log.read_text().splitlines(), files.read_text() if files.exists() else ""
+        return (
+            result,
+            log.read_text().splitlines(),
+            azd_log.read_text().splitlines(),
+            files.read_text() if files.exists() else "",
+        )
 
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
     yield run
 
 
+@pytest.fixture
+def run_postprovision(run_hook: Any) -> Any:
+    """postprovision.sh against the fake az: (result, az calls, files passed to az)."""
+
+    def run(mode: str, values: dict[str, str] = ENV_VALUES, **extra: str) -> Any:
+        result, calls, _, files = run_hook("postprovision.sh", mode, values, **extra)
+        return result, calls, files
+
+    return run
+
+
+def _verbs(calls: list[str]) -> set[str]:
+    return {" ".join(call.split()[:3]) for call in calls}
+
+
+def _config(call: str) -> dict[str, str]:
+    """The key=value pairs after --config in an az k8s-extension call."""
+    pairs = call.split("--config ", 1)[1].split(" --", 1)[0].split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def test_postprovision_changes_nothing_when_everything_exists(run_postprovision):
-    """A re-run only looks: no create, attach or register call, and the secret is never requested."""
+    """A re-run only looks (and re-applies the unchanged instance type): no create, attach or update."""
     result, calls, _ = run_postprovision("present")
     assert result.returncode == 0, result.stderr
-    verbs = {" ".join(call.split()[:3]) for call in calls}
-    assert verbs == {
+    assert _verbs(calls) == {
         "account show --subscription",
+        "aks show --subscription",
         "k8s-extension list --subscription",
+        "k8s-extension show --subscription",
         "ml compute show",
+        "aks command invoke",
         "ml online-endpoint show",
-        "ml environment show",
     }
+    assert not [call for call in calls if re.search(r" (create|attach|update) ", call)]
+    assert "every setting in place" in result.stdout
+    assert "instancetype.amlarc.azureml.com/stockcast-scoring configured" in result.stdout
     assert not [call for call in calls if "keys list" in call]
     assert "FAKEkey" not in result.stdout + result.stderr
 
 
 def test_postprovision_creates_what_is_missing(run_postprovision):
-    """On a bare workspace it installs the extension, attaches AKS, creates the endpoint and the environment."""
+    """On a bare cluster it installs the extension, attaches AKS, applies the instance type, creates the endpoint."""
     result, calls, files = run_postprovision("missing")
     assert result.returncode == 0, result.stderr
     verb = {call: " ".join(call.split()[1:3] if call.startswith("ml ") else call.split()[:2]) for call in calls}
     created = {verb[call]: call for call in calls if re.search(r" (create|attach) ", call)}
-    assert sorted(created) == ["compute attach", "environment create", "k8s-extension create", "online-endpoint create"]
+    assert sorted(created) == ["compute attach", "k8s-extension create", "online-endpoint create"]
     assert "--extension-type Microsoft.AzureML.Kubernetes" in created["k8s-extension create"]
-    assert "enableInference=True" in created["k8s-extension create"]
     assert "--cluster-name aks-test" in created["k8s-extension create"]
-    assert "--type Kubernetes --name k8s-compute --resource-id /subscriptions/" in created["compute attach"]
-    image = Settings.__dataclass_fields__["aml_environment_image"].default
-    assert re.search(
-        rf"--name stockcast --version [0-9a-f]{{12}} --image {re.escape(image)} ", created["environment create"]
-    )
-    assert created["environment create"].count("training_job/environment/conda.yaml") == 1
+    assert f"--type Kubernetes --name k8s-compute --resource-id {AKS_ID} " in created["compute attach"]
     assert yaml.safe_load(files) == {
         "$schema": "https://azuremlschemas.azureedge.net/latest/kubernetesOnlineEndpoint.schema.json",
         "name": "stockcast-test",
@@ -268,31 +401,81 @@ def test_postprovision_creates_what_is_missing(run_postprovision):
         "description": "Stockcast champion model; the train_trigger timer rolls deployments out blue/green.",
         "tags": {"app": "stockcast"},
     }
+    invoke = next(call for call in calls if call.startswith("aks command invoke"))
+    assert "--name aks-test --command kubectl apply -f instancetype.yaml --file instancetype.yaml" in invoke
     assert all("--workspace-name mlw-test" in call for call in calls if call.startswith("ml "))
-    assert not [call for call in calls if "keys list" in call]
+    assert not [call for call in calls if "keys list" in call or "ml environment" in call]
 
 
-def bicep_block(text: str, key: str) -> dict[str, str]:
-    """The ``key: 'value'`` pairs of the first ``<key>: { ... }`` block of a Bicep file."""
-    block = re.search(rf"{key}: \{{(.*?)\}}", text, re.DOTALL)
-    assert block, key
-    return dict(re.findall(r"(\w+): '([^']*)'", block.group(1)))
+def test_postprovision_installs_the_extension_with_what_the_cli_computes(run_postprovision):
+    """The settings `az k8s-extension create` derives from the cluster are passed, with this cluster's values."""
+    _, calls, _ = run_postprovision("missing")
+    config = _config(next(call for call in calls if call.startswith("k8s-extension create")))
+    assert {key: config[key] for key in CLI_DERIVED} == {
+        "cluster_name": AKS_ID,
+        "clusterId": AKS_ID,
+        "prometheus.prometheusSpec.externalLabels.cluster_name": AKS_ID,
+        "cluster_name_friendly": "aks-test",
+        "location": "eastus2",
+        "jobSchedulerLocation": "eastus2",
+        "domain": "eastus2.cloudapp.azure.com",
+        "servicebus.enabled": "false",
+        "relayserver.enabled": "false",
+        "nginxIngress.enabled": "true",
+    }
 
 
-def test_postprovision_fallbacks_match_what_bicep_declares(run_postprovision):
-    """The extension settings, compute namespace and endpoint auth the hook would create are Bicep's."""
-    ml_bicep = ROOT / "bicep" / "modules" / "ml.bicep"
-    if not ml_bicep.exists():
-        pytest.skip("bicep/modules/ml.bicep is not written yet")
-    text = ml_bicep.read_text()
-    _, calls, files = run_postprovision("missing")
-    extension = next(call for call in calls if call.startswith("k8s-extension create"))
-    settings = dict(pair.split("=", 1) for pair in extension.split("--config ")[1].split(" --")[0].split())
-    assert settings.items() <= bicep_block(text, "configurationSettings").items()
+def test_postprovision_settings_are_the_ones_bicep_declares(run_postprovision, ml_template):
+    """Same keys; the same literals; and where Bicep reads the cluster, the hook passes what az aks show said."""
+    _, calls, _ = run_postprovision("missing")
+    hook = _config(next(call for call in calls if call.startswith("k8s-extension create")))
+    bicep = {
+        key.strip("'"): render(value)
+        for key, value in ml_template["resources"]["amlExtension"]["config"]["properties"][
+            "configurationSettings"
+        ].items()
+    }
+    assert set(hook) == set(bicep)
+    derived = {
+        "aks.id": AKS_ID,
+        "aks.name": "aks-test",
+        "to_lower(location)": "eastus2",
+        "${toLower(location)}.cloudapp.azure.com": "eastus2.cloudapp.azure.com",
+    }
+    assert {key: derived.get(value, value) for key, value in bicep.items()} == hook
+    text = (ROOT / "bicep" / "modules" / "ml.bicep").read_text()
     attach = next(call for call in calls if call.startswith("ml compute attach"))
     assert re.search(r"namespace: '([^']+)'", text).group(1) == attach.split("--namespace ")[1].split()[0]
-    assert re.search(r"authMode: '(\w+)'", text).group(1).lower() == yaml.safe_load(files)["auth_mode"]
-    assert "releaseNamespace: 'azureml'" in text and "--release-namespace azureml" in extension
+    assert "releaseNamespace: 'azureml'" in text and "--release-namespace azureml" in " ".join(calls)
+    endpoint = ml_template["resources"]["endpoint"]["config"]["config"]
+    assert endpoint["properties"]["authMode"] == "Key"
+
+
+def test_postprovision_completes_an_extension_that_lacks_settings(run_postprovision):
+    """An extension made without the CLI's settings (the old template) gets exactly the missing ones added."""
+    result, calls, _ = run_postprovision("stale")
+    assert result.returncode == 0, result.stderr
+    assert not [call for call in calls if call.startswith("k8s-extension create")]
+    update = next(call for call in calls if call.startswith("k8s-extension update"))
+    assert "--name azureml" in update and "--yes" in update
+    assert set(_config(update)) == set(CLI_DERIVED)
+    assert "adding the settings it lacks: cluster_name clusterId" in result.stdout
+
+
+def test_postprovision_stops_on_an_unhealthy_extension(run_postprovision):
+    """A Failed extension is reported with what to do, not skipped as present; nothing is created after it."""
+    result, calls, _ = run_postprovision("failed")
+    assert result.returncode == 1
+    assert "AzureML extension azureml on AKS aks-test is Failed, not Succeeded" in result.stderr
+    assert "az k8s-extension delete" in result.stderr
+    assert not [call for call in calls if re.search(r" (create|attach|update|invoke) ", call)]
+
+
+def test_postprovision_fails_when_the_instance_type_is_not_applied(run_postprovision):
+    """A failed kubectl apply (its exit code comes back from command invoke) stops the hook with kubectl's words."""
+    result, _, _ = run_postprovision("apply-fails")
+    assert result.returncode == 1
+    assert "kubectl apply failed: error: the server could not find the requested resource" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -329,6 +512,100 @@ def test_postprovision_fails_naming_every_missing_value(run_postprovision):
     result, calls, _ = run_postprovision("present", partial)
     assert result.returncode == 1
     assert "missing azd environment values: AML_ENDPOINT AKS_CLUSTER_NAME" in result.stderr
+    assert calls == []
+
+
+# --- preprovision: which resources exist already ------------------------------------------------------------------
+
+EXISTING_ENV = {
+    **ENV_VALUES,
+    "AML_WORKSPACE": "mlw-test",
+    "APIM_NAME": "apim-test",
+}
+ENDPOINT_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-dev/providers/"
+    "Microsoft.MachineLearningServices/workspaces/mlw-test/onlineEndpoints/stockcast-test"
+)
+NAMED_VALUE_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-dev/providers/"
+    "Microsoft.ApiManagement/service/apim-test/namedValues/stockcast-function-key"
+)
+
+
+def test_preprovision_on_a_new_environment_says_nothing_exists(run_hook):
+    """Before the first provision there is no resource group to look in: both flags are false, nothing is asked."""
+    fresh = {"AZURE_ENV_NAME": "dev", "AZURE_SUBSCRIPTION_ID": ENV_VALUES["AZURE_SUBSCRIPTION_ID"]}
+    result, calls, azd_calls, _ = run_hook("preprovision.sh", "present", fresh)
+    assert result.returncode == 0, result.stderr
+    assert azd_calls == ["env set AML_ENDPOINT_EXISTS false", "env set APIM_NAMED_VALUE_EXISTS false"]
+    assert not [call for call in calls if call.startswith("resource show")]
+    assert "bicep version --only-show-errors" in calls
+
+
+@pytest.mark.parametrize(("mode", "flag"), [("present", "true"), ("missing", "false")])
+def test_preprovision_tells_bicep_what_exists(run_hook, mode, flag):
+    """Resource Manager is asked about the endpoint and the named value; NotFound (even of the group) is false."""
+    result, calls, azd_calls, _ = run_hook("preprovision.sh", mode, EXISTING_ENV)
+    assert result.returncode == 0, result.stderr
+    assert azd_calls == [f"env set AML_ENDPOINT_EXISTS {flag}", f"env set APIM_NAMED_VALUE_EXISTS {flag}"]
+    shows = [call for call in calls if call.startswith("resource show")]
+    assert shows == [
+        f"resource show --ids {ENDPOINT_ID} --api-version 2025-06-01 --only-show-errors --output none",
+        f"resource show --ids {NAMED_VALUE_ID} --api-version 2024-05-01 --only-show-errors --output none",
+    ]
+
+
+def test_preprovision_stops_when_it_cannot_tell(run_hook):
+    """Any error other than NotFound stops the hook: guessing false would reset the endpoint and the key."""
+    result, _, azd_calls, _ = run_hook("preprovision.sh", "denied", EXISTING_ENV)
+    assert result.returncode == 1
+    assert "AuthorizationFailed" in result.stderr and "could not check the online endpoint" in result.stderr
+    assert azd_calls == []
+
+
+# --- postdeploy: the function key into API Management ------------------------------------------------------------
+
+DEPLOYED_ENV = {**ENV_VALUES, "APIM_NAME": "apim-test", "AZURE_FUNCTION_APP_NAME": "func-test"}
+
+
+def test_postdeploy_has_resource_manager_copy_the_key(run_hook):
+    """One deployment of apim-function-key.bicep with names only; the key is never fetched or printed."""
+    result, calls, _, _ = run_hook("postdeploy.sh", "present", DEPLOYED_ENV)
+    assert result.returncode == 0, result.stderr
+    deploys = [call for call in calls if call.startswith("deployment group create")]
+    assert deploys == [
+        "deployment group create --subscription 00000000-0000-0000-0000-000000000001 --resource-group rg-dev "
+        f"--name stockcast-apim-function-key --template-file {HOOKS / 'apim-function-key.bicep'} "
+        "--parameters apimName=apim-test functionAppName=func-test --only-show-errors --output none"
+    ]
+    assert not [call for call in calls if re.search(r"keys? list|functionapp|listKeys", call)]
+    assert "named value stockcast-function-key holds the Function App's key" in result.stdout
+
+
+def test_postdeploy_waits_for_a_starting_host(run_hook):
+    """A host that cannot hand out keys yet is retried; the third attempt succeeds."""
+    result, calls, _, _ = run_hook(
+        "postdeploy.sh", "present", DEPLOYED_ENV, FAKE_DEPLOY_FAILURES="2", STOCKCAST_HOOK_RETRY_SECONDS="0"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len([call for call in calls if call.startswith("deployment group create")]) == 3
+
+
+def test_postdeploy_gives_up_with_the_command_to_retry(run_hook):
+    """After six failed attempts it fails and says how to run it again."""
+    result, calls, _, _ = run_hook(
+        "postdeploy.sh", "present", DEPLOYED_ENV, FAKE_DEPLOY_FAILURES="99", STOCKCAST_HOOK_RETRY_SECONDS="0"
+    )
+    assert result.returncode == 1
+    assert len([call for call in calls if call.startswith("deployment group create")]) == 6
+    assert "azd hooks run postdeploy" in result.stderr
+
+
+def test_postdeploy_fails_naming_every_missing_value(run_hook):
+    """Without APIM_NAME and the app's name it stops before calling az."""
+    result, calls, _, _ = run_hook("postdeploy.sh", "present", ENV_VALUES)
+    assert result.returncode == 1
+    assert "missing azd environment values: APIM_NAME AZURE_FUNCTION_APP_NAME" in result.stderr
     assert calls == []
 
 
@@ -438,7 +715,7 @@ def test_deploy_doc_uses_only_commands_that_exist():
     assert paths - runtime and sorted(p for p in paths - runtime if not (ROOT / p).exists()) == []
     az_groups = set(re.findall(r"(?:^|[\s($])az ([a-z][a-z0-9-]*)", code, re.MULTILINE))
     standard = {"account", "login", "version", "extension", "provider", "vm", "ml", "aks", "k8s-extension"}
-    standard |= {"eventhubs", "storage", "role", "rest", "apim", "monitor", "functionapp", "group"}
+    standard |= {"eventhubs", "storage", "role", "rest", "apim", "monitor", "functionapp", "group", "bicep"}
     assert az_groups and sorted(az_groups - standard) == []
     azd_verbs = set(re.findall(r"(?:^|[\s($])azd ([a-z]+)", code, re.MULTILINE))
     known = {"up", "down", "provision", "deploy", "env", "auth", "hooks", "show", "version"}

@@ -11,7 +11,7 @@ import pytest
 
 from devhost.host import registered_functions
 from functions import telemetry
-from tests.infra.bicep_model import BICEP, ROOT, keys, of_type, one, render, run_infra_tool
+from tests.infra.bicep_model import BICEP, ROOT, keys, of_type, one, render, resources, run_infra_tool
 
 OPENAPI = ROOT / "functions" / "predict" / "openapi.yaml"
 POLICY = BICEP / "modules" / "apim-api-policy.xml"
@@ -95,19 +95,66 @@ def test_bars_datastore_is_identity_based(module):
     assert datastore.config["name"] == "barsDatastoreName"
 
 
+# The settings `az k8s-extension create` computes for an AzureML extension on AKS before it PUTs it
+# (azure-cli-extensions k8s-extension, partner_extensions/AzureMLKubernetes.py: Create, _dereference),
+# as Bicep must write them since ARM computes nothing: key -> the Bicep expression of the CLI's value.
+CLI_COMPUTED = {
+    "cluster_name": "aks.id",  # the cluster's resource id
+    "clusterId": "aks.id",  # _dereference copies cluster_name here ...
+    "prometheus.prometheusSpec.externalLabels.cluster_name": "aks.id",  # ... and here
+    "cluster_name_friendly": "aks.name",
+    "location": "to_lower(location)",  # resource.location.lower()
+    "jobSchedulerLocation": "to_lower(location)",
+    "domain": "${toLower(location)}.cloudapp.azure.com",
+    "servicebus.enabled": "false",
+    "relayserver.enabled": "false",  # for managedClusters
+    "nginxIngress.enabled": "true",  # for managedClusters
+}
+# What the CLI's inference validation wants set (__validate_scoring_fe_settings, __set_up_inference_ssl)
+# and what a one-node cluster gets (clusterPurpose DevTest, inferenceRouterHA false below 3 nodes).
+INFERENCE = {
+    "enableInference": "True",
+    "enableTraining": "False",
+    "inferenceRouterServiceType": "LoadBalancer",
+    "allowInsecureConnections": "True",
+    "inferenceRouterHA": "False",
+    "clusterPurpose": "DevTest",
+}
+
+
+def _extension_settings(module) -> dict[str, str]:
+    extension = one(module("ml"), "Microsoft.KubernetesConfiguration/extensions")
+    return {
+        key.strip("'"): render(value) for key, value in extension.config["properties"]["configurationSettings"].items()
+    }
+
+
 def test_aks_extension_serves_inference_only(module):
-    """The Azure ML extension on AKS: inference on, training off, DevTest router."""
+    """The Azure ML extension on AKS: inference on, training off, DevTest router, cluster scope azureml."""
     extension = one(module("ml"), "Microsoft.KubernetesConfiguration/extensions")
     assert extension.config["scope"] == "aks"
     properties = extension.config["properties"]
     assert properties["extensionType"] == "Microsoft.AzureML.Kubernetes"
-    settings = properties["configurationSettings"]
-    assert (settings["enableInference"], settings["enableTraining"], settings["inferenceRouterHA"]) == (
-        "True",
-        "False",
-        "False",
-    )
+    assert (properties["releaseTrain"], properties["autoUpgradeMinorVersion"]) == ("stable", True)
+    assert {key: _extension_settings(module)[key] for key in INFERENCE} == INFERENCE
     assert properties["scope"]["cluster"]["releaseNamespace"] == "azureml"
+
+
+def test_aks_extension_has_what_the_cli_would_have_computed(module):
+    """Through ARM nobody adds cluster_name, clusterId, location, domain, ...: Bicep declares each, as the CLI would."""
+    settings = _extension_settings(module)
+    assert {key: settings.get(key) for key in CLI_COMPUTED} == CLI_COMPUTED
+    assert set(settings) == set(CLI_COMPUTED) | set(INFERENCE) | {
+        "installNvidiaDevicePlugin",
+        "installDcgmExporter",
+        "installVolcano",
+    }
+
+
+def test_aks_extension_sends_no_identity_like_the_cli(module):
+    """`az k8s-extension create` sends no identity for managedClusters (__create_identity returns None)."""
+    extension = one(module("ml"), "Microsoft.KubernetesConfiguration/extensions")
+    assert "identity" not in extension.config
 
 
 def test_aks_uses_managed_identity_and_rbac(module):
@@ -136,6 +183,21 @@ def test_kubernetes_compute_and_endpoint(module):
     endpoint = one(template, "Microsoft.MachineLearningServices/workspaces/onlineEndpoints")
     assert render(endpoint.config["properties"]["compute"]) == "kubernetesCompute.id"
     assert endpoint.config["properties"]["authMode"] == "Key"
+
+
+def test_endpoint_is_created_only_when_missing(main, module):
+    """A re-provision never PUTs the endpoint again (its traffic and smoke_failed tag belong to the rollout)."""
+    template = module("ml")
+    found = resources(template)
+    assert (found["endpoint"].condition, found["endpoint"].existing) == ("not(endpointExists)", False)
+    assert (found["existingEndpoint"].condition, found["existingEndpoint"].existing) == ("endpointExists", True)
+    assert found["existingEndpoint"].config["name"] == found["endpoint"].config["name"] == "endpointName"
+    assert render(template["outputs"]["scoringUri"]["value"]) == (
+        "conditional(endpointExists, existingEndpoint.properties.scoringUri, endpoint.properties.scoringUri)"
+    )
+    assert render(template["outputs"]["endpointName"]["value"]) == "endpointName"
+    assert template["parameters"]["endpointExists"]["default"] is False
+    assert render(main["modules"]["ml"]["config"]["params"]["endpointExists"]) == "amlEndpointExists"
 
 
 def test_endpoint_auth_matches_the_predict_client(module):
@@ -233,14 +295,42 @@ def test_policy_routes_to_the_function_with_its_key(module, inbound):
     assert header.findtext("value") == "{{" + variables["functionKeyNamedValue"]["value"] + "}}"
 
 
-def test_function_key_comes_from_the_host_keys(module):
-    """The named value is secret and reads the host's default function key with listKeys."""
+def test_provisioning_never_reads_the_function_key(module):
+    """No listKeys at provision time (the Flex app has no code yet): a placeholder, created only when missing."""
     named_value = one(module("apim"), "Microsoft.ApiManagement/service/namedValues")
-    assert named_value.config["properties"]["secret"] is True
-    assert render(named_value.config["properties"]["value"]) == (
+    properties = named_value.config["properties"]
+    assert properties["secret"] is True
+    assert properties["value"] == "set-by-the-postdeploy-hook"
+    assert named_value.condition == "not(functionKeyNamedValueExists)"
+    code = [line.split("//")[0] for line in (BICEP / "modules" / "apim.bicep").read_text().splitlines()]
+    assert not [line for line in code if "listKeys" in line or "list(" in line]
+
+
+def test_postdeploy_template_stores_the_host_key(templates):
+    """bicep/hooks/apim-function-key.bicep: the same named value, the host's default key read by ARM, no output."""
+    template = templates["bicep/hooks/apim-function-key.bicep"]
+    named_value = one(template, "Microsoft.ApiManagement/service/namedValues")
+    properties = named_value.config["properties"]
+    assert properties["secret"] is True
+    assert render(properties["value"]) == (
         "list_func(listKeys, resource_id(Microsoft.Web/sites/host, functionApp.name, default), 2023-12-01)"
         ".functionKeys.default"
     )
+    assert named_value.config["parent"] == "apim" and named_value.config["name"] == "namedValueName"
+    assert template["parameters"]["namedValueName"]["default"] == module_variable(templates, "functionKeyNamedValue")
+    assert not template.get("outputs")
+
+
+def module_variable(templates, name: str) -> str:
+    """A variable of bicep/modules/apim.bicep."""
+    return templates["bicep/modules/apim.bicep"]["variables"][name]["value"]
+
+
+def test_main_passes_whether_the_named_value_exists(main):
+    """apim.bicep learns from main.bicep (APIM_NAMED_VALUE_EXISTS) whether to create the named value."""
+    params = main["modules"]["apim"]["config"]["params"]
+    assert render(params["functionKeyNamedValueExists"]) == "apimNamedValueExists"
+    assert main["parameters"]["apimNamedValueExists"]["default"] is False
 
 
 def test_apim_logs_to_app_insights_with_its_identity(module):

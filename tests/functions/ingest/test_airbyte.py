@@ -25,7 +25,9 @@ E0 = T0 * 1000 + 2_000  # a sync emitted 2 s into the minute, in ms
 NOW = T0 + 3_600.0  # the batch's clock: an hour later
 DAY = 86_400
 GOOD = (10.0, 10.5, 9.5, 10.2, 100)
-EXAMPLE = Path(__file__).resolve().parents[2] / "data" / "airbyte-price-event.json"  # copy of shared/examples
+EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "data" / "airbyte-price-event.json"
+)  # the example event of docs/design.md
 
 
 def decode(*bodies: bytes):

@@ -13,10 +13,12 @@ import yaml
 from functions.settings import load_settings
 from functions.train_trigger.aml_jobs import TRAIN_COMMAND, AmlSubmitter, build_training_job
 from functions.train_trigger.aml_rollout import (
+    MAX_DEPLOYMENTS,
     AmlRollout,
     Deployment,
     EndpointState,
     build_deployment,
+    deployment_name,
     plan,
     smoke_passed,
     smoke_request,
@@ -92,7 +94,7 @@ def test_two_ticks_submit_one_job():
 def test_deployment_spec():
     """The Kubernetes deployment as sent: model version, scoring code, environment, probes, tags."""
     spec = build_deployment(SETTINGS, "7")._to_dict()
-    assert (spec["type"], spec["name"], spec["endpoint_name"]) == ("kubernetes", "v7", "stockcast-ep")
+    assert (spec["type"], spec["name"], spec["endpoint_name"]) == ("kubernetes", "model-v7", "stockcast-ep")
     assert spec["model"] == "azureml:stockcast-lstm-attention:7"
     assert Path(spec["code_configuration"]["code"]) == ROOT / "training_job"
     assert spec["code_configuration"]["scoring_script"] == "score.py"
@@ -103,14 +105,50 @@ def test_deployment_spec():
     }
     assert (spec["instance_count"], spec["instance_type"], spec["tags"]) == (
         1,
-        "defaultinstancetype",
+        "stockcast-scoring",
         {"app": "stockcast", "model_version": "7"},
     )
     assert spec["readiness_probe"]["initial_delay"] == 10 and spec["request_settings"]["request_timeout_ms"] == 5000
 
 
+def test_deployment_request_takes_its_resources_from_the_instance_type():
+    """The REST body azure-ai-ml sends (after its own validation): the instance type, no resources of its own.
+
+    Azure ML rejects a deployment whose limits are not below its instance type's, and the instance type
+    (bicep/hooks/instancetype.yaml) already asks for what an MLflow model needs; so the deployment names
+    it and sets no containerResourceRequirements.
+    """
+    body = build_deployment(SETTINGS, "7")._to_rest_object(location="eastus2").as_dict()
+    properties = body["properties"]
+    assert (properties["endpointComputeType"], properties["instanceType"]) == ("Kubernetes", "stockcast-scoring")
+    assert "containerResourceRequirements" not in properties
+    assert body["sku"] == {"name": "Default", "capacity": 1}
+    assert properties["model"] == "azureml:stockcast-lstm-attention:7"
+    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 4, "requestTimeout": "PT5S"}
+
+
+def test_instance_type_setting_names_the_applied_instance_type():
+    """AML_INSTANCE_TYPE's default is the InstanceType the postprovision hook applies."""
+    manifest = yaml.safe_load((ROOT / "bicep" / "hooks" / "instancetype.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("amlarc.azureml.com/v1alpha1", "InstanceType")
+    assert SETTINGS.aml_instance_type == manifest["metadata"]["name"] == "stockcast-scoring"
+
+
+@pytest.mark.parametrize("version", ["1", "7", "123456"])
+def test_deployment_names_are_valid_for_azure_ml(version):
+    """3-32 characters, a letter first: azure-ai-ml refuses "v1" before sending anything."""
+    name = deployment_name(version)
+    build_deployment(SETTINGS, version)._to_rest_object(location="eastus2")  # raises on an invalid name
+    assert 3 <= len(name) <= 32 and name[0].isalpha()
+
+
 def _state(deployments: dict[str, str], traffic: dict[str, int], failed=()) -> EndpointState:
-    return EndpointState({n: Deployment(n, n[1:], s) for n, s in deployments.items()}, traffic, frozenset(failed))
+    """Deployments and traffic written with short names (v1) as the endpoint names them (model-v1)."""
+    return EndpointState(
+        {deployment_name(n[1:]): Deployment(deployment_name(n[1:]), n[1:], s) for n, s in deployments.items()},
+        {deployment_name(n[1:]): share for n, share in traffic.items()},
+        frozenset(failed),
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,11 +166,48 @@ def _state(deployments: dict[str, str], traffic: dict[str, int], failed=()) -> E
         ({"v1": "Succeeded", "v2": "Failed"}, {"v1": 100}, "2", (), "blocked"),
         ({"v1": "Succeeded", "v2": "Succeeded"}, {"v2": 100, "v1": 0}, "2", (), "delete"),
         ({"v1": "Deleting", "v2": "Succeeded"}, {"v2": 100}, "2", (), "done"),
+        # a third version never joins two: idle deployments go (or finish what they do) first
+        ({"v1": "Succeeded", "v2": "Succeeded"}, {"v1": 100}, "3", ("2",), "delete"),
+        ({"v1": "Succeeded", "v2": "Creating"}, {"v1": 100}, "3", (), "wait"),
+        ({"v1": "Succeeded", "v2": "Deleting"}, {"v1": 100}, "3", (), "wait"),
+        ({"v1": "Succeeded", "v2": "Failed"}, {"v1": 100}, "3", (), "delete"),
+        ({"v1": "Failed"}, {}, "2", (), "delete"),
     ],
 )
 def test_rollout_plan(deployments, traffic, champion, failed, action):
     """Each endpoint state leads to the one right next step."""
     assert plan(_state(deployments, traffic, failed), champion).action == action
+
+
+def test_room_is_made_before_a_create():
+    """The idle deployment is deleted, the serving one is kept; then the new one is created."""
+    state = _state({"v1": "Succeeded", "v2": "Succeeded"}, {"v1": 100}, ("2",))
+    step = plan(state, "3")
+    assert (step.action, step.others) == ("delete", ("model-v2",))
+    assert plan(_state({"v1": "Succeeded"}, {"v1": 100}), "3").action == "create"
+
+
+@pytest.mark.parametrize("ticks_per_champion", [1, 2, 3, 5])
+def test_a_swap_never_runs_more_than_two_deployments(ticks_per_champion):
+    """Champions that change faster than a swap completes: never more than MAX_DEPLOYMENTS at once."""
+    ops = FakeOps("1")
+    ops.deployments["model-v1"] = SimpleNamespace(
+        name="model-v1", tags={"model_version": "1"}, provisioning_state="Succeeded"
+    )
+    ops.endpoint.traffic = {"model-v1": 100}
+    rollout = AmlRollout(ops, SETTINGS)
+    peak, tick = 1, 0
+    for champion in ["2", "3", "4", "4", "4", "4", "4", "4"]:
+        ops.champion = champion
+        for _ in range(ticks_per_champion):
+            rollout.reconcile(f"t{tick}")
+            peak = max(peak, len(ops.deployments))
+            if tick % 2:  # the service finishes what it was asked every other tick
+                ops.finish_provisioning()
+                ops.finish_deleting()
+            tick += 1
+    assert rollout.reconcile("last") == "done: serving v4"
+    assert peak == MAX_DEPLOYMENTS == 2
 
 
 class FakeOps:
@@ -143,7 +218,10 @@ class FakeOps:
         self.deployments: dict[str, SimpleNamespace] = {}
         self.endpoint = SimpleNamespace(name="stockcast-ep", traffic={}, tags={})
         self.smoke_ok = smoke_ok
-        self.models = SimpleNamespace(list=lambda name: [SimpleNamespace(version=champion, tags={"role": "champion"})])
+        self.champion = champion
+        self.models = SimpleNamespace(
+            list=lambda name: [SimpleNamespace(version=self.champion, tags={"role": "champion"})]
+        )
         self.online_endpoints = SimpleNamespace(
             get=self._get, begin_create_or_update=self._update_endpoint, invoke=self._invoke
         )
@@ -180,33 +258,45 @@ class FakeOps:
             if d.provisioning_state == "Creating":
                 d.provisioning_state = "Succeeded"
 
+    def finish_deleting(self):
+        for name in [n for n, d in self.deployments.items() if d.provisioning_state == "Deleting"]:
+            del self.deployments[name]
+
 
 def test_blue_green_across_ticks():
     """Create → (provisioning) wait → smoke, shift 100% → delete old → done, state read each tick."""
     ops = FakeOps("2")
-    ops.deployments["v1"] = SimpleNamespace(name="v1", tags={"model_version": "1"}, provisioning_state="Succeeded")
-    ops.endpoint.traffic = {"v1": 100}
+    ops.deployments["model-v1"] = SimpleNamespace(
+        name="model-v1", tags={"model_version": "1"}, provisioning_state="Succeeded"
+    )
+    ops.endpoint.traffic = {"model-v1": 100}
     rollout = AmlRollout(ops, SETTINGS)
     rollout.reconcile("t1")
-    assert ops.calls == [("create", "v2")]
+    assert ops.calls == [("create", "model-v2")]
     assert rollout.reconcile("t2").startswith("wait")
     ops.finish_provisioning()
     rollout.reconcile("t3")
-    assert ops.calls[1:] == [("smoke", "v2"), ("traffic", {"v2": 100, "v1": 0}), ("delete", "v1")]
-    del ops.deployments["v1"]
+    assert ops.calls[1:] == [
+        ("smoke", "model-v2"),
+        ("traffic", {"model-v2": 100, "model-v1": 0}),
+        ("delete", "model-v1"),
+    ]
+    del ops.deployments["model-v1"]
     assert rollout.reconcile("t4") == "done: serving v2"
 
 
 def test_failed_smoke_never_gets_traffic():
     """A deployment whose smoke request fails keeps 0% and is not retried every tick."""
     ops = FakeOps("1", smoke_ok=False)
-    ops.deployments["v1"] = SimpleNamespace(name="v1", tags={"model_version": "1"}, provisioning_state="Succeeded")
+    ops.deployments["model-v1"] = SimpleNamespace(
+        name="model-v1", tags={"model_version": "1"}, provisioning_state="Succeeded"
+    )
     rollout = AmlRollout(ops, SETTINGS)
     rollout.reconcile("t1")
-    assert ("smoke", "v1") in ops.calls and ops.endpoint.traffic == {}
+    assert ("smoke", "model-v1") in ops.calls and ops.endpoint.traffic == {}
     assert ops.endpoint.tags == {"smoke_failed": "1"}
     assert rollout.reconcile("t2").startswith("blocked")
-    assert [c for c in ops.calls if c[0] == "smoke"] == [("smoke", "v1")]
+    assert [c for c in ops.calls if c[0] == "smoke"] == [("smoke", "model-v1")]
 
 
 def test_smoke_request_and_check():
