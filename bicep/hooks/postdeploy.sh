@@ -9,37 +9,15 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-log() { printf 'postdeploy: %s\n' "$*"; }
-fail() {
-  printf 'postdeploy: %s\n' "$*" >&2
-  exit 1
-}
-
-# Fill unset variables from `azd env get-values` (KEY="value" lines); values azd already passed win.
-load_azd_env() {
-  local key value
-  command -v azd >/dev/null 2>&1 || return 0
-  while IFS='=' read -r key value; do
-    [[ "$key" =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
-    value="${value#\"}"
-    value="${value%\"}"
-    if [[ -z "${!key:-}" ]]; then
-      export "$key=$value"
-    fi
-  done < <(azd env get-values 2>/dev/null || true)
-}
+HOOK=postdeploy
+# shellcheck source=bicep/hooks/lib.sh
+source "$root/bicep/hooks/lib.sh"
 
 if [[ -z "${AZURE_RESOURCE_GROUP:-}" || -z "${APIM_NAME:-}" ]]; then
   load_azd_env
 fi
 
-missing=()
-for name in AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP APIM_NAME AZURE_FUNCTION_APP_NAME; do
-  [[ -n "${!name:-}" ]] || missing+=("$name")
-done
-if ((${#missing[@]})); then
-  fail "missing azd environment values: ${missing[*]} (run 'azd provision' first, or select the environment with 'azd env select')"
-fi
+require_values AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP APIM_NAME AZURE_FUNCTION_APP_NAME
 
 command -v az >/dev/null 2>&1 || fail "the Azure CLI (az) is not installed"
 az account show --subscription "$AZURE_SUBSCRIPTION_ID" --only-show-errors --output none ||

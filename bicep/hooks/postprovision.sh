@@ -21,38 +21,16 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-log() { printf 'postprovision: %s\n' "$*"; }
-fail() {
-  printf 'postprovision: %s\n' "$*" >&2
-  exit 1
-}
-
-# Fill unset variables from `azd env get-values` (KEY="value" lines); values azd already passed win.
-load_azd_env() {
-  local key value
-  command -v azd >/dev/null 2>&1 || return 0
-  while IFS='=' read -r key value; do
-    [[ "$key" =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
-    value="${value#\"}"
-    value="${value%\"}"
-    if [[ -z "${!key:-}" ]]; then
-      export "$key=$value"
-    fi
-  done < <(azd env get-values 2>/dev/null || true)
-}
+HOOK=postprovision
+# shellcheck source=bicep/hooks/lib.sh
+source "$root/bicep/hooks/lib.sh"
 
 if [[ -z "${AZURE_RESOURCE_GROUP:-}" || -z "${AML_WORKSPACE:-}" ]]; then
   load_azd_env
 fi
 
-missing=()
-for name in AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AML_WORKSPACE AML_ENDPOINT AKS_CLUSTER_NAME \
-  AML_KUBERNETES_COMPUTE EVENTHUBS_NAMESPACE EVENTHUB_SEND_RULE_NAME; do
-  [[ -n "${!name:-}" ]] || missing+=("$name")
-done
-if ((${#missing[@]})); then
-  fail "missing azd environment values: ${missing[*]} (run 'azd provision' first, or select the environment with 'azd env select')"
-fi
+require_values AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AML_WORKSPACE AML_ENDPOINT AKS_CLUSTER_NAME \
+  AML_KUBERNETES_COMPUTE EVENTHUBS_NAMESPACE EVENTHUB_SEND_RULE_NAME
 
 eventhub="${EVENTHUB_NAME:-stock_bars}"
 bootstrap="${EVENTHUBS_BOOTSTRAP_SERVER:-${EVENTHUBS_NAMESPACE}.servicebus.windows.net:9093}"

@@ -101,7 +101,8 @@ def hook_entries() -> list[tuple[str, str, dict[str, Any]]]:
     return [(hook, platform, entry[platform]) for hook, entry in AZURE_YAML["hooks"].items() for platform in entry]
 
 
-HOOK_FILES = sorted(p for p in HOOKS.iterdir() if p.suffix in {".sh", ".ps1"})
+HOOK_LIBRARY = HOOKS / "lib.sh"  # sourced by the shell hooks, not run by azd
+HOOK_FILES = sorted(p for p in HOOKS.iterdir() if p.suffix in {".sh", ".ps1"} and p != HOOK_LIBRARY)
 
 
 # --- azure.yaml ----------------------------------------------------------------------------------------------
@@ -208,6 +209,16 @@ def test_training_environment_uses_the_job_and_timer_base_image():
     job = yaml.safe_load((ROOT / "training_job" / "job.yml").read_text())
     assert job["environment"]["image"] == Settings.__dataclass_fields__["aml_environment_image"].default
     assert job["environment"]["conda_file"] == "environment/conda.yaml"
+
+
+def test_shell_hooks_share_one_library_for_the_azd_environment():
+    """The sh hooks source lib.sh for logging, azd values and required values, instead of copies."""
+    for path in HOOK_FILES:
+        if path.suffix == ".sh" and path.name != "preprovision.sh":
+            text = path.read_text()
+            assert 'source "$root/bicep/hooks/lib.sh"' in text and "require_values " in text, path.name
+            assert "load_azd_env() {" not in text, path.name
+    assert "require_values() {" in HOOK_LIBRARY.read_text()
 
 
 def test_no_hook_registers_an_unused_environment():
