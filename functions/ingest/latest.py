@@ -10,6 +10,7 @@ ETag-conditional write (:mod:`functions.ingest.rebuild`), so it never blocks a b
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +22,7 @@ from functions.ingest.bars import last_bars, to_parquet
 from functions.ingest.rebuild import CorruptBlobError, decode_bars, quarantine, rebuild_from_raw
 
 log = logging.getLogger(__name__)
+MERGE_WORKERS = 8  # symbols of one batch merged at once
 
 # what a conditional write or delete raises when another writer got there first (a 404 when a
 # concurrent repairer deleted the blob we meant to replace): re-read and merge again
@@ -126,10 +128,19 @@ def update_latest(
     """
     held: dict[str, int] = {}
     failed: dict[str, Exception] = {}
-    for symbol in pc.unique(bars.column("symbol")).to_pylist():
+    symbols = pc.unique(bars.column("symbol")).to_pylist()
+
+    def one(symbol: str) -> int:
         rows = bars.filter(pc.equal(bars.column("symbol"), symbol))
+        return update_symbol(container, symbol, rows, window, max_attempts, batch_id)
+
+    # each symbol is a download, a merge and a conditional upload: storage round trips, so the
+    # symbols of a batch are merged concurrently (the SDK's clients are thread-safe)
+    with ThreadPoolExecutor(max_workers=min(MERGE_WORKERS, len(symbols)) or 1) as pool:
+        futures = {symbol: pool.submit(one, symbol) for symbol in symbols}
+    for symbol, future in futures.items():
         try:
-            held[symbol] = update_symbol(container, symbol, rows, window, max_attempts, batch_id)
+            held[symbol] = future.result()
         except Exception as exc:  # re-raised below, once every symbol had its turn
             log.warning("batch=%s latest/%s not updated: %s: %s", batch_id, symbol, type(exc).__name__, exc)
             failed[symbol] = exc
