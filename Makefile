@@ -59,6 +59,7 @@ bench: setup
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/score.py
 	$(PY) benchmarks/predict.py
+	$(PY) benchmarks/kafka.py
 
 stop: setup
 	$(PY) -m devhost stop

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from devhost import feed, publish, views
 from devhost.home import stockcast_home
+from devhost.kafka import CLIENT_LOG as KAFKA_CLIENT_LOG
 
 # a log file or CI gets lines wide enough for the tables instead of rich's 80-column default
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -80,9 +81,14 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from devhost.services import status
+    from devhost.services import kafka_status, status, status_json
 
     home = stockcast_home()
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(status_json(home), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
     table = Table(title=f"devhost status for {home}")
     for column in ("service", "state", "pid", "where"):
         table.add_column(column)
@@ -90,6 +96,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
         state = "[green]running[/]" if service.running else "[dim]stopped[/]"
         table.add_row(service.name, state, str(service.pid or ""), service.detail)
     console.print(table)
+    state = kafka_status(home)
+    if state["running"]:
+        console.print(
+            f"kafka: {state['bootstrap']} topic {state['topic']}, consumer group {state['consumer_group']} "
+            + (f"lag {state['lag']}" if state["lag"] is not None else f"lag unknown ({state.get('error')})")
+            + ("" if state["consumer_running"] else " (no consumer running: start `devhost up`)"),
+            highlight=False,
+        )
     return 0
 
 
@@ -136,6 +150,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signum, _raise_interrupt)
     options = UpOptions(
         port=args.port,
+        feed=not args.no_feed,
         feed_every=args.feed_every,
         mlflow_ui=not args.no_mlflow_ui,
         mlflow_port=args.mlflow_port,
@@ -143,7 +158,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     try:
-        serve(runtime, options, stop, lambda line: console.print(line, highlight=False))
+        serve(runtime, options, stop, lambda line: console.print(line, highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
         stop.set()
     return 0
@@ -217,18 +232,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("symbol")
     p.set_defaults(run=_cmd_predict)
 
-    p = sub.add_parser("up", help="the local stack until Ctrl-C: HTTP, timers, live feed, endpoint, MLflow UI")
+    p = sub.add_parser(
+        "up", help="the local stack until Ctrl-C: Kafka broker + trigger, HTTP, timers, live feed, endpoint, MLflow UI"
+    )
     p.add_argument("--port", type=int, default=7071)
     p.add_argument("--schedule", help="override TRAIN_SCHEDULE (NCRONTAB, e.g. '0 */2 * * * *')")
     p.add_argument(
         "--feed-every", type=float, default=60.0, help="seconds per simulated market minute (0: no live feed)"
+    )
+    p.add_argument(
+        "--no-feed", action="store_true", help="no simulated feed: ingest only what you publish to the broker"
     )
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (any free one if taken)")
     p.add_argument("--no-mlflow-ui", action="store_true")
     p.add_argument("--seed", type=int, default=7, help="seed of the backfill and the live market")
     p.set_defaults(run=_cmd_up)
 
-    p = sub.add_parser("status", help="what devhost runs for $STOCKCAST_HOME")
+    p = sub.add_parser("status", help="what devhost runs for $STOCKCAST_HOME, and the Kafka consumer lag")
+    p.add_argument("--json", action="store_true", help="print JSON: kafka {bootstrap, topic, lag, ...} and services")
     p.set_defaults(run=_cmd_status)
 
     p = sub.add_parser("stop", help="stop everything devhost started for $STOCKCAST_HOME")
@@ -242,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("azure", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:  # librdkafka logs every refused reconnect; devhost says what matters itself
+        logging.getLogger(KAFKA_CLIENT_LOG).setLevel(logging.CRITICAL)
     # the SDK warns about HTTP auth levels on every app without an HTTP function; not our concern
     logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Auth level is not applied"))
     return args.run(args)

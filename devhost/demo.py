@@ -1,11 +1,14 @@
 """``make demo``: the whole offline story once, stage by stage, with real figures.
 
-1. generate trading days of Airbyte bars and replay them through the ingest function (Azurite);
+1. generate trading days of Airbyte bars, publish them to the local Kafka broker and let the Event
+   Hubs trigger emulation feed them to the ingest function (Azurite) until its consumer group has
+   caught up;
 2. fire the timer: the local job registers persistence ("no change") as version 1 and champion,
    trains version 2 and promotes it only if a Diebold–Mariano test says it beats persistence;
    the rollout serves the champion;
 3. ``GET /api/predict/{symbol}`` over HTTP for every symbol, with its interval;
-4. replay one more day and fire the timer again: version 3 against the champion and persistence;
+4. replay one more day directly through the function and fire the timer again: version 3 against
+   the champion and persistence;
 5. predict again, then summarise storage, versions and aliases, plots, the MLflow UI, timings.
 """
 
@@ -123,7 +126,7 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
             f"{len(first)} Airbyte messages (every sync re-sends the day so far; "
             f"{options.bad_events} malformed on purpose) -> {folder / 'feed-days-1.jsonl'}"
         )
-        views.replay_bodies(first, options.batch_size, 4, options.seed, console)
+        views.ingest_through_kafka(first, console)
         views.show_bars(console)
     with stage("2 train", "2. timer: persistence as version 1, train version 2, serve the champion"):
         result.decisions.append(views.train(console) or {})
@@ -133,7 +136,7 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
             result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
             result.mid_session = views.mid_session_forecast(http.base_url, options.symbols[0], 30, console)
         with stage("4 train again", "4. one more day, then train version 3 against the champion"):
-            console.print(f"{len(extra)} more messages -> {folder / 'feed-next-day.jsonl'}")
+            console.print(f"{len(extra)} more messages -> {folder / 'feed-next-day.jsonl'} (replayed directly)")
             views.replay_bodies(extra, options.batch_size, 4, options.seed + 1, console)
             result.decisions.append(views.train(console) or {})
         with stage("5 predict", "5. predict again, with whichever version is champion now"):
@@ -165,4 +168,6 @@ def _summary(result: DemoResult, tracking_uri: str, console: Console) -> None:
     console.print(f"MLflow UI: {views.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
     console.print("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     console.print(f"total: {sum(result.timings.values()):.1f}s")
-    console.print("Azurite and the scoring server keep running: `make up` picks them up, `make stop` stops them")
+    console.print(
+        "Azurite, the Kafka broker and the scoring server keep running: `make up` picks them up, `make stop` stops them"
+    )

@@ -79,6 +79,14 @@ def resolve_path(expression: str, settings: Mapping[str, str], now: dt.datetime)
     return re.sub(r"\{([^}]+)\}", system, re.sub(r"%([^%]+)%", app_setting, expression))
 
 
+def timespan_seconds(value: str | None) -> float:
+    """A .NET TimeSpan as host.json and retry policies write it (``hh:mm:ss[.fff]``), in seconds."""
+    if not value:
+        return 0.0
+    h, m, s = value.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """The function's retry policy; devhost caps the count and the waits to stay interactive."""
@@ -91,10 +99,7 @@ class RetryPolicy:
 
     @staticmethod
     def _seconds(value: str | None) -> float:
-        if not value:
-            return 0.0
-        h, m, s = value.split(":")
-        return int(h) * 3600 + int(m) * 60 + float(s)
+        return timespan_seconds(value)
 
     @classmethod
     def of(cls, fn: Function) -> RetryPolicy:

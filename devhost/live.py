@@ -1,4 +1,7 @@
-"""The live feed of ``devhost up``: every tick, one Airbyte sync per symbol through the ingest function.
+"""The live feed of ``devhost up``: every tick, one Airbyte sync per symbol, published to the local broker.
+
+The messages take Airbyte's path: the Kafka protocol to the topic, then the Event Hubs trigger
+emulation (:mod:`devhost.kafka_trigger`) hands them to the ingest function.
 
 The market is simulated (see :class:`devhost.feed.Market`) on its own clock: one tick is one
 market minute, so a whole trading day can be watched in minutes with ``--feed-every``. The feed
@@ -11,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -19,8 +22,6 @@ import pyarrow.compute as pc
 from azure.storage.blob import ContainerClient
 
 from devhost.feed import SESSION_MINUTES, FeedConfig, Market, generate, trading_days
-from devhost.host import Host
-from devhost.replay import make_batches, replay
 from functions.ingest.bars import from_parquet
 
 log = logging.getLogger("devhost.live")
@@ -52,16 +53,20 @@ def resume_point(container: ContainerClient) -> Resume | None:
     return Resume(newest.date(), prices)
 
 
-def backfill(host: Host, cfg: FeedConfig) -> int:
-    """Replay ``cfg``'s generated history through ingest; return the number of events."""
-    return replay(host, make_batches(list(generate(cfg)), 4, 64, cfg.seed)).events
+# sends Airbyte bodies (to the broker) and returns once each was acknowledged: partition -> end offset
+Send = Callable[[list[bytes]], dict[int, int]]
+
+
+def backfill(send: Send, cfg: FeedConfig) -> dict[int, int]:
+    """Send ``cfg``'s generated history; return the end offset per partition to wait for."""
+    return send(list(generate(cfg)))
 
 
 class LiveFeed:
     """Sends one sync per symbol per tick; a day ends with the settled sync, then the next day opens."""
 
-    def __init__(self, host: Host, resume: Resume, seed: int) -> None:
-        self.host = host
+    def __init__(self, send: Send, resume: Resume, seed: int) -> None:
+        self.send = send
         self.symbols = tuple(sorted(resume.prices))
         self.market = Market(self.symbols, seed, prices=resume.prices)
         self.date = trading_days(resume.last_date + dt.timedelta(days=1), 1)[0]
@@ -75,10 +80,9 @@ class LiveFeed:
         return dt.datetime.fromtimestamp(self.day.session_open + self.minute * 60, dt.UTC)
 
     def step(self) -> int:
-        """Send the next sync through ingest; return the number of messages sent."""
+        """Send the next sync; return the number of messages sent."""
         bodies = [orjson.dumps(m) for m in self.market.sync(self.day, self.minute)]
-        sequence = time.time_ns() // 1_000_000
-        replay(self.host, make_batches(bodies, 1, len(bodies), self.ticks, start_sequence=sequence))
+        self.send(bodies)
         self.ticks += 1
         if self.minute >= SESSION_MINUTES:  # the settled sync closed the day
             self.date = trading_days(self.date + dt.timedelta(days=1), 1)[0]
@@ -95,6 +99,6 @@ class LiveFeed:
             try:
                 sent = self.step()
                 log.info("feed tick=%d market=%s sent=%d", self.ticks, f"{at:%Y-%m-%d %H:%M}", sent)
-            except Exception:  # Azurite restarting, say: the next tick re-sends the whole day so far
+            except Exception:  # the broker restarting, say: the next tick re-sends the whole day so far
                 log.exception("feed tick at market %s failed", f"{at:%Y-%m-%d %H:%M}")
             stop.wait(every)

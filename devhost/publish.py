@@ -4,7 +4,8 @@ destination-kafka writes each record as the JSON of its Airbyte message (the val
 random uuid (the key), to one topic. Event Hubs' Kafka endpoint (``<ns>.servicebus.windows.net:9093``)
 takes SASL PLAIN over TLS with the user ``$ConnectionString`` and a connection string of a Send rule
 as the password; that password is read from ``KAFKA_SASL_PASSWORD`` only, never from a flag, and is
-never printed. ``--security-protocol PLAINTEXT`` talks to a local broker without auth.
+never printed. ``--plaintext`` (``--security-protocol PLAINTEXT``) talks to a local broker without
+auth, such as the one ``devhost up`` runs (``devhost status`` prints its address).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class PublishResult:
     delivered: int = 0
     failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> offset after its last delivered message
 
     @property
     def ok(self) -> bool:
@@ -131,6 +133,8 @@ def publish(
     def delivered(err: Any, msg: Any) -> None:
         if err is None:
             result.delivered += 1
+            if msg is not None and msg.offset() is not None and msg.offset() >= 0:
+                result.ends[msg.partition()] = max(result.ends.get(msg.partition(), 0), msg.offset() + 1)
         else:
             result.failed += 1
             result.errors[err.str() if hasattr(err, "str") else str(err)] += 1  # KafkaError.str(): the text alone
@@ -153,6 +157,16 @@ def publish(
     if remaining:  # never acknowledged nor failed within the timeout: count them as failed
         result.failed += remaining
         result.errors[f"no delivery report within {flush_timeout_s:.0f}s"] += remaining
+    return result
+
+
+def publish_local(bootstrap: str, topic: str, bodies: Iterable[bytes], timeout_s: float = 10.0) -> PublishResult:
+    """Send ``bodies`` to a local PLAINTEXT broker and wait for every ack; raise :class:`PublishError` otherwise."""
+    config = producer_config(bootstrap, "PLAINTEXT", timeout_s=timeout_s)
+    result = publish(bodies, topic, config, kafka_producer, flush_timeout_s=timeout_s + 5)
+    if not result.ok:
+        errors = "; ".join(f"{count} x {error}" for error, count in result.errors.most_common(3))
+        raise PublishError(f"{result.failed} of {result.sent} messages to {topic} at {bootstrap} failed: {errors}")
     return result
 
 
@@ -187,11 +201,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL: one Airbyte message per line")
     p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="e.g. <ns>.servicebus.windows.net:9093")
     p.add_argument("--topic", default=DEFAULT_TOPIC, help=f"default {DEFAULT_TOPIC} (the event hub)")
-    p.add_argument(
+    protocol = p.add_mutually_exclusive_group()
+    protocol.add_argument(
         "--security-protocol",
         choices=SECURITY_PROTOCOLS,
         default="SASL_SSL",
         help=f"SASL_SSL: PLAIN as {EVENT_HUBS_USER}, password from ${PASSWORD_ENV}; PLAINTEXT: a local broker",
+    )
+    protocol.add_argument(
+        "--plaintext",
+        dest="security_protocol",
+        action="store_const",
+        const="PLAINTEXT",
+        help="no TLS, no authentication: the local broker of `devhost up` (see `devhost status`)",
     )
     p.add_argument("--rate", type=float, metavar="N", help="at most N messages per second (default: as fast as acked)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="delivery timeout per message")

@@ -12,11 +12,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
-from devhost import azurite
+from devhost import azurite, kafka
 from functions.train_trigger.local_jobs import running_job
 from functions.train_trigger.local_rollout import serving_state
 from functions.train_trigger.processes import live_record, stop_group
@@ -103,10 +104,11 @@ class Service:
 
 
 def status(home: Path) -> list[Service]:
-    """What devhost runs for ``home``: Azurite, devhost up, the scoring server, a training job, MLflow UI."""
+    """What devhost runs for ``home``: Azurite, Kafka broker, devhost up, scoring server, training job, MLflow UI."""
     from devhost.up import running_up
 
     blob = azurite.running(home)
+    broker = kafka.running(home)
     up = running_up(home)
     serving = serving_state(home)
     job = running_job(home)
@@ -114,9 +116,19 @@ def status(home: Path) -> list[Service]:
     return [
         Service("azurite", blob.pid if blob else None, f"blob http://127.0.0.1:{blob.port}" if blob else ""),
         Service(
+            "kafka broker",
+            broker.pid if broker else None,
+            f"{broker.bootstrap} (PLAINTEXT), topic {broker.topic}, {broker.partitions} partitions" if broker else "",
+        ),
+        Service(
             "devhost up",
             up["pid"] if up else None,
-            f"http://127.0.0.1:{up['port']}/api, timer {up['schedule']}, feed every {up['feed_every']}s" if up else "",
+            (
+                f"http://127.0.0.1:{up['port']}/api, timer {up['schedule']}, "
+                + (f"feed every {up['feed_every']}s" if up.get("feed_every") else "feed off")
+            )
+            if up
+            else "",
         ),
         Service(
             "scoring server",
@@ -126,3 +138,41 @@ def status(home: Path) -> list[Service]:
         Service("training job", job["pid"] if job else None, job["name"] if job else ""),
         Service("mlflow ui", ui["pid"] if ui else None, ui["url"] if ui else ""),
     ]
+
+
+def kafka_status(home: Path) -> dict[str, Any]:
+    """The broker's address and topic, and how many messages its consumer group has not ingested yet."""
+    broker = kafka.running(home)
+    state: dict[str, Any] = {
+        "running": broker is not None,
+        "pid": broker.pid if broker else None,
+        "bootstrap": broker.bootstrap if broker else None,
+        "security_protocol": "PLAINTEXT",
+        "topic": broker.topic if broker else None,
+        "partitions": broker.partitions if broker else None,
+        "consumer_group": broker.group if broker else None,
+        "consumer_running": kafka.owned(home),  # a trigger holds the partitions (devhost up, the demo)
+        "lag": None,
+        "lag_by_partition": None,
+    }
+    if broker is None:
+        return state
+    try:
+        lag = kafka.lag(broker.bootstrap, broker.topic, broker.group)
+    except Exception as exc:  # a broker that restarted without its topic, say: report it, do not fail status
+        state["error"] = str(exc)
+        return state
+    state["lag"] = lag.total
+    state["lag_by_partition"] = {
+        str(p.partition): {"high": p.high, "committed": p.committed, "lag": p.lag} for p in lag.partitions
+    }
+    return state
+
+
+def status_json(home: Path) -> dict[str, Any]:
+    """``devhost status --json``: the Kafka path and every service's state."""
+    return {
+        "home": str(home),
+        "kafka": kafka_status(home),
+        "services": {s.name: {"running": s.running, "pid": s.pid, "detail": s.detail} for s in status(home)},
+    }

@@ -1,8 +1,9 @@
 """``devhost up``: the whole local stack until Ctrl-C.
 
-Azurite, the HTTP functions, the timers on their NCRONTAB schedule, a live feed through ingest,
-the scoring server the rollout starts, and the MLflow UI on the local store. On exit every
-process it started for the home is stopped, so nothing is left running.
+Azurite, the local Kafka broker with the Event Hubs trigger emulation feeding ingest, the HTTP
+functions, the timers on their NCRONTAB schedule, a live feed published to the broker, the scoring
+server the rollout starts, and the MLflow UI on the local store. On exit every process it started
+for the home is stopped, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import orjson
 
-from devhost import azurite, live
+from devhost import azurite, kafka, live
 from devhost.feed import FeedConfig
 from devhost.host import Host
 from devhost.http import HttpHost
+from devhost.kafka_trigger import KafkaTrigger
 from devhost.orchestrate import fire_timer, next_fire
+from devhost.publish import publish_local
 from devhost.runtime import Runtime, keep_connected
 from devhost.services import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
 from functions.settings import get_settings
@@ -37,6 +40,7 @@ class UpOptions:
     """How ``devhost up`` runs."""
 
     port: int = 7071
+    feed: bool = True  # the simulated live feed (the broker and its consumer run either way)
     feed_every: float = 60.0  # seconds per simulated market minute; 0 turns the feed off
     mlflow_ui: bool = True
     mlflow_port: int = MLFLOW_UI_PORT
@@ -65,28 +69,69 @@ def stop_children(home: Path) -> list[str]:
     if job:
         stop_group(job["pid"])
         stopped.append(f"training job {job['name']}")
+    if kafka.stop(home):
+        stopped.append("kafka broker")
     if azurite.stop(home):
         stopped.append("azurite")
     return stopped
+
+
+def keep_broker(
+    home: Path,
+    broker: kafka.Broker,
+    trigger: KafkaTrigger,
+    stop: threading.Event,
+    say: Callable[[str], None],
+    every: float = 2.0,
+) -> None:
+    """Until ``stop`` is set, restart the home's broker if it died (saying what memory storage lost)."""
+    while not stop.wait(every):
+        try:
+            current = kafka.ensure(home, trigger.topic, trigger.group, say=say)
+        except Exception:  # a broker failing to start now may start on the next check
+            log.exception("the Kafka broker of %s is down and could not be restarted", home)
+            continue
+        if current.pid != broker.pid:
+            say(f"Kafka:       {current.bootstrap} (pid {current.pid}), topic {current.topic} recreated empty")
+            trigger.reconnect(current.bootstrap)
+            broker = current
 
 
 def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Callable[[str], None]) -> None:
     """Run the stack until ``stop`` is set (or Ctrl-C), then stop everything it runs."""
     home = runtime.home
     host = Host()
+    settings = get_settings()
     threads: list[threading.Thread] = []
     http = None
     try:
         # restarts this home's Azurite if it dies, and follows it if another command moved it
         threads.append(threading.Thread(target=keep_connected, args=(runtime, stop, say), name="azurite-watch"))
-        if options.feed_every > 0:
+        broker = kafka.ensure(home, settings.bars_eventhub_name, settings.bars_consumer_group, say=say)
+        trigger = KafkaTrigger(host, broker.bootstrap, broker.topic, broker.group, owner_lock=kafka.owner_lock(home))
+        consumer = threading.Thread(target=trigger.run, args=(stop,), name="kafka-trigger")
+        threads.append(consumer)
+        consumer.start()  # first: a backfill is ingested through it
+        watch = threading.Thread(target=keep_broker, args=(home, broker, trigger, stop, say), name="kafka-watch")
+        threads.append(watch)
+        say(
+            f"Kafka:       {broker.bootstrap} (PLAINTEXT), topic {broker.topic} ({broker.partitions} partitions), "
+            f"consumer group {broker.group}"
+        )
+        if options.feed and options.feed_every > 0:
+
+            def send(bodies: list[bytes]) -> dict[int, int]:
+                return publish_local(trigger.bootstrap, trigger.topic, bodies).ends
+
             resume = live.resume_point(runtime.container)
             if resume is None:
                 say(f"no bars stored yet: backfilling {options.backfill_days} trading days so the timer can train")
-                live.backfill(host, FeedConfig(days=options.backfill_days, seed=options.seed))
+                ends = live.backfill(send, FeedConfig(days=options.backfill_days, seed=options.seed))
+                if not trigger.wait_for(ends, timeout=600, stop=stop):
+                    raise RuntimeError("the backfill was not ingested within 600s; see `devhost status --json`")
                 resume = live.resume_point(runtime.container)
             assert resume is not None
-            feed = live.LiveFeed(host, resume, options.seed)
+            feed = live.LiveFeed(send, resume, options.seed)
             threads.append(threading.Thread(target=feed.run, args=(stop, options.feed_every), name="live-feed"))
             say(
                 f"live feed: {', '.join(feed.symbols)} from market {feed.clock:%Y-%m-%d %H:%M} UTC, "
@@ -101,20 +146,32 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         schedule = os.environ["TRAIN_SCHEDULE"]
         state_file(home).write_bytes(
             orjson.dumps(
-                {"pid": os.getpid(), "port": http.port, "schedule": schedule, "feed_every": options.feed_every}
+                {
+                    "pid": os.getpid(),
+                    "port": http.port,
+                    "schedule": schedule,
+                    "feed_every": options.feed_every if options.feed else 0,
+                    "kafka": broker.bootstrap,
+                }
             )
         )
         say(f"predict:     {http.base_url}/predict/{{symbol}}  (POST {http.base_url}/predict)")
         say(f"Azurite:     http://127.0.0.1:{runtime.azurite.port}/{azurite.ACCOUNT}")
+        say(
+            f"publish:     python -m devhost publish --bootstrap {broker.bootstrap} --plaintext FILE.jsonl"
+            + ("" if options.feed and options.feed_every > 0 else "   (live feed off)")
+        )
         say(f"scoring:     http://127.0.0.1:{get_settings().scoring_port}/score")
         say(f"timer:       {schedule} (NCRONTAB); Ctrl-C stops everything")
         for thread in threads:
-            thread.start()
+            if thread.ident is None:  # the consumer already runs
+                thread.start()
         _fire_timers(host, stop, say)
     finally:
         stop.set()
         for thread in threads:
-            thread.join(timeout=30)
+            if thread.is_alive():
+                thread.join(timeout=30)
         if http:
             http.stop()
         state_file(home).unlink(missing_ok=True)

@@ -40,6 +40,82 @@ def replay_bodies(bodies: list[bytes], batch_size: int, partitions: int, seed: i
 
 
 @dataclass(frozen=True)
+class KafkaIngest:
+    """What publishing through the local broker and ingesting by the trigger did."""
+
+    bootstrap: str
+    topic: str
+    group: str
+    published: int
+    batches: int
+    attempts: int
+    lag: int
+
+
+def ingest_through_kafka(bodies: list[bytes], console: Console, timeout: float = 600.0) -> KafkaIngest:
+    """Publish Airbyte bodies to the home's broker, run the trigger until its group caught up (lag 0)."""
+    import threading
+
+    from devhost import kafka
+    from devhost.host import Host
+    from devhost.kafka_trigger import BatchDone, KafkaTrigger
+    from devhost.publish import publish_local
+    from devhost.runtime import prepare
+    from functions.settings import get_settings
+
+    runtime = prepare()
+    settings = get_settings()
+    broker = kafka.ensure(runtime.home, settings.bars_eventhub_name, settings.bars_consumer_group)
+    done: list[BatchDone] = []
+    stop = threading.Event()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        sent = progress.add_task("publish", total=len(bodies))
+        ingested = progress.add_task("ingest ", total=len(bodies))
+
+        def on_batch(result: BatchDone) -> None:
+            done.append(result)
+            progress.advance(ingested, result.batch.events)
+
+        trigger = KafkaTrigger(
+            Host(),
+            broker.bootstrap,
+            broker.topic,
+            broker.group,
+            on_batch=on_batch,
+            owner_lock=kafka.owner_lock(runtime.home),
+        )
+        thread = threading.Thread(target=trigger.run, args=(stop,), name="kafka-trigger", daemon=True)
+        thread.start()
+        try:
+            ends = publish_local(broker.bootstrap, broker.topic, bodies).ends
+            progress.update(sent, completed=len(bodies))
+            if not trigger.wait_for(ends, timeout):
+                raise RuntimeError(f"the consumer group {broker.group} did not catch up within {timeout:.0f}s")
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    runtime.persist()  # "ingested" means saved: Azurite keeps its blob index in memory between saves
+    lag = kafka.lag(broker.bootstrap, broker.topic, broker.group).total
+    result = KafkaIngest(
+        broker.bootstrap,
+        broker.topic,
+        broker.group,
+        len(bodies),
+        len(done),
+        sum(d.attempts for d in done),
+        lag,
+    )
+    console.print(
+        f"published {result.published} messages to topic {result.topic} at {result.bootstrap} "
+        f"({broker.partitions} partitions); consumer group {result.group} ingested them in {result.batches} "
+        f"batches ({result.attempts} invocations), lag {result.lag}"
+    )
+    return result
+
+
+@dataclass(frozen=True)
 class StoredSummary:
     """The true bars in storage and the dead-letter counts."""
 

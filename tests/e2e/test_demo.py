@@ -44,6 +44,16 @@ def test_demo_stores_exactly_the_true_bars(demo):
     assert result["dead_letters"] == 5  # six malformed events, one of them on another stream (ignored)
 
 
+def test_first_days_cross_the_kafka_protocol(demo):
+    """Stage 1 publishes every message of the first days to the local broker and waits for lag 0."""
+    _, _, _, stdout = demo
+    bodies = list(generate(FeedConfig(symbols=SYMBOLS, days=DAYS + 1, seed=SEED, bad_events=6)))
+    first, _ = split_last_day(bodies)
+    printed = " ".join(stdout.split())
+    assert f"published {len(first)} messages to topic stock_bars at 127.0.0.1:" in printed
+    assert "consumer group ingest ingested them in" in printed and "lag 0" in printed
+
+
 def test_persistence_then_two_trained_versions_with_aliases_as_decided(demo):
     """v1 is persistence; v2 and v3 are trained; `champion` and `challenger` sit where the decisions say."""
     home, _, result, _ = demo

@@ -23,6 +23,7 @@ def _pids(home: Path) -> dict[str, int]:
     pids = {}
     for name, path in {
         "azurite": home / "run" / "azurite.json",
+        "kafka broker": home / "run" / "kafka.json",
         "mlflow ui": home / "run" / "mlflow-ui.json",
         "scoring server": home / "serving" / "current.json",
     }.items():
@@ -42,7 +43,7 @@ def _wait_for(check, timeout: float, what: str):
 
 
 def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
-    """From an empty home: backfill, a timer-trained champion behind GET /predict, a live feed; Ctrl-C stops all."""
+    """From an empty home: backfill over Kafka, a timer-trained champion, a live feed; Ctrl-C stops all."""
     home, port, mlflow_port = tmp_path / "home", free_port(), free_port()
     env = private_env(home)
     command = [sys.executable, "-m", "devhost", "up", "--port", str(port), "--mlflow-port", str(mlflow_port)]
@@ -70,10 +71,10 @@ def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
         status = subprocess.run(
             [sys.executable, "-m", "devhost", "status"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
         ).stdout
-        for service in ("azurite", "devhost up", "scoring server", "mlflow ui"):
+        for service in ("azurite", "kafka broker", "devhost up", "scoring server", "mlflow ui"):
             assert any(service in line and "running" in line for line in status.splitlines()), status
         children = _pids(home)
-        assert set(children) == {"azurite", "mlflow ui", "scoring server"}
+        assert set(children) == {"azurite", "kafka broker", "mlflow ui", "scoring server"}
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=120)
