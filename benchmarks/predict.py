@@ -6,7 +6,11 @@ Requests are ``GET /api/predict/{symbol}``; each answer's ``server-timing`` head
 function's time and the endpoint's, so the function's own overhead is their difference. A GET
 scores a symbol's latest bars once per read of ``latest/`` (``PREDICT_CACHE_SECONDS``), so the
 same number of ``POST /api/predict`` requests, which always call the endpoint, is measured too
-(``uncached_*``). Prints the figures, then one JSON object as the last line.
+(``post_*``, also reported as ``uncached_*``), and the GETs again against a second ``devhost up``
+with ``PREDICT_CACHE_SECONDS=0`` (``get_uncached_*``: every GET reads ``latest/`` and scores,
+only requests in flight at the same moment share a call). ``cache_hit_ratio`` is the share of
+cached-phase GETs answered without an endpoint call. Prints the figures, then one JSON object as
+the last line.
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ def _timing(header: str) -> dict[str, float]:
     return {name: float(value) for name, value in parts}
 
 
-def _result(start: float, response: httpx.Response) -> tuple[float, int, float | None]:
+def _result(start: float, response: httpx.Response) -> tuple[float, int, float | None, float | None]:
+    """(seconds, status, the function's own ms, the endpoint's ms) of one answer."""
     elapsed = time.perf_counter() - start
     timing = _timing(response.headers["server-timing"]) if "server-timing" in response.headers else None
     overhead = timing["total"] - timing["endpoint"] if timing else None
-    return elapsed, response.status_code, overhead
+    return elapsed, response.status_code, overhead, timing["endpoint"] if timing else None
 
 
-def _figures(results: list[tuple[float, int, float | None]]) -> tuple[float, float, float, int]:
+def _figures(results: list[tuple[float, int, float | None, float | None]]) -> tuple[float, float, float, int]:
     """p50 and p99 latency (ms), p50 function overhead (ms) and the error count of one phase."""
     latency = np.array([r[0] for r in results]) * 1000
     overhead = np.array([r[2] for r in results if r[2] is not None])
@@ -94,38 +99,46 @@ def main() -> None:
     model_dir = save_pyfunc(train_small(home / "bars", cfg), cfg, home)
     scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log")
     env = {**os.environ, "SCORING_PORT": str(scoring_port), "PYTHONPATH": str(ROOT)}
-    # the request path only: no timer tick, no live feed, no MLflow UI
-    command = ["up", "--port", str(http_port), "--schedule", "0 0 0 1 1 *", "--feed-every", "0", "--no-mlflow-ui"]
-    up = subprocess.Popen(
-        [sys.executable, "-m", "devhost", *command],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_healthy(scoring_port, scorer)
-        base = f"http://127.0.0.1:{http_port}/api/predict"
+
+    def start_up(port: int, extra: dict[str, str]) -> subprocess.Popen:
+        """``devhost up`` serving the request path only: no timer tick, no live feed, no MLflow UI."""
+        command = ["up", "--port", str(port), "--schedule", "0 0 0 1 1 *", "--feed-every", "0", "--no-mlflow-ui"]
+        return subprocess.Popen(
+            [sys.executable, "-m", "devhost", *command],
+            env={**env, **extra},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_answers(base: str) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{base}/AAPL", timeout=10).status_code == 200:
-                    break
+                    return
             except httpx.TransportError:
                 time.sleep(0.2)
+
+    up = start_up(http_port, {})
+    uncached_up = None
+    try:
+        wait_healthy(scoring_port, scorer)
+        base = f"http://127.0.0.1:{http_port}/api/predict"
+        wait_answers(base)
         with httpx.Client(limits=httpx.Limits(max_connections=CONCURRENCY), timeout=30) as client:
             for s in SYMBOLS * 10:  # warm-up
                 client.get(f"{base}/{s}")
 
             bodies = _post_bodies(home / "bars")
 
-            def one(i: int) -> tuple[float, int, float | None]:
+            def one(i: int) -> tuple[float, int, float | None, float | None]:
                 start = time.perf_counter()
                 response = client.get(f"{base}/{SYMBOLS[i % len(SYMBOLS)]}")
                 return _result(start, response)
 
-            def one_post(i: int) -> tuple[float, int, float | None]:
+            def one_post(i: int) -> tuple[float, int, float | None, float | None]:
                 start = time.perf_counter()
                 response = client.post(base, content=bodies[i % len(bodies)])
                 return _result(start, response)
@@ -136,21 +149,45 @@ def main() -> None:
             wall = time.perf_counter() - started
             with ThreadPoolExecutor(CONCURRENCY) as pool:
                 posts = list(pool.map(one_post, range(REQUESTS)))
+        stop_group(up.pid)
+        uncached_port = free_port()
+        uncached_up = start_up(uncached_port, {"PREDICT_CACHE_SECONDS": "0"})
+        uncached_base = f"http://127.0.0.1:{uncached_port}/api/predict"
+        wait_answers(uncached_base)
+        with httpx.Client(limits=httpx.Limits(max_connections=CONCURRENCY), timeout=30) as client:
+            for s in SYMBOLS * 10:  # warm-up
+                client.get(f"{uncached_base}/{s}")
+
+            def one_uncached(i: int) -> tuple[float, int, float | None, float | None]:
+                start = time.perf_counter()
+                response = client.get(f"{uncached_base}/{SYMBOLS[i % len(SYMBOLS)]}")
+                return _result(start, response)
+
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                uncached_gets = list(pool.map(one_uncached, range(REQUESTS)))
     finally:
-        for proc in (up, scorer):
-            stop_group(proc.pid)
+        for proc in (up, uncached_up, scorer):
+            if proc is not None:
+                stop_group(proc.pid)
         azurite.stop(runtime.home)
     p50, p99, o50, errors = _figures(results)
     u50, u99, uo50, post_errors = _figures(posts)
+    g50, g99, go50, get_errors = _figures(uncached_gets)
+    hits = sum(1 for r in results if r[2] is not None and r[3] == 0.0) / len(results)
     print(
         f"{REQUESTS} requests, {CONCURRENCY} at a time, GET /api/predict/{{symbol}} over loopback: "
         f"{REQUESTS / wall:.0f} req/s"
     )
     print(f"end to end: p50 {p50:.2f} ms, p99 {p99:.2f} ms; errors: {errors}")
     print(f"function overhead (its time minus the endpoint's): p50 {o50:.2f} ms")
+    print(f"cache hit ratio (answered without an endpoint call): {hits:.1%}")
     print(
         f"uncached (POST /api/predict, every request scored by the endpoint): p50 {u50:.2f} ms, "
         f"p99 {u99:.2f} ms, function overhead p50 {uo50:.2f} ms; errors: {post_errors}"
+    )
+    print(
+        f"uncached GET (PREDICT_CACHE_SECONDS=0: read latest/ and score): p50 {g50:.2f} ms, "
+        f"p99 {g99:.2f} ms, function overhead p50 {go50:.2f} ms; errors: {get_errors}"
     )
     print(
         json.dumps(
@@ -164,6 +201,12 @@ def main() -> None:
                 "uncached_p99_ms": round(u99, 2),
                 "uncached_overhead_p50_ms": round(uo50, 2),
                 "uncached_errors": post_errors,
+                "post_p50_ms": round(u50, 2),
+                "post_p99_ms": round(u99, 2),
+                "get_uncached_p50_ms": round(g50, 2),
+                "get_uncached_p99_ms": round(g99, 2),
+                "get_uncached_errors": get_errors,
+                "cache_hit_ratio": round(hits, 3),
             }
         )
     )
