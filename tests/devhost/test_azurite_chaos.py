@@ -24,7 +24,7 @@ from devhost.replay import make_batches
 from devhost.runtime import prepare
 from devhost.store import stored_bars
 from functions.ingest.bars import from_parquet
-from functions.ingest.latest import latest_blob_name
+from functions.ingest.latest import LatestUpdateError, latest_blob_name
 from functions.ingest.storage import bars_container
 from functions.settings import get_settings
 from tests.devhost.test_azurite import kill9, private_home
@@ -94,7 +94,7 @@ class Consumer:
                 if position % self.every == 0 or position == len(self.batches):
                     azurite.flush(self.home, since=serving)
                     self.checkpoint = position
-            except (AzureError, azurite.NotSavedError):
+            except (AzureError, LatestUpdateError, azurite.NotSavedError):  # storage down, as the host sees it
                 self.rewinds += 1
                 position = self.checkpoint
                 time.sleep(0.1)
