@@ -29,9 +29,10 @@ def replay_bodies(bodies: list[bytes], batch_size: int, partitions: int, seed: i
     ) as progress:
         task = progress.add_task("events", total=len(bodies))
         stats = replay(Host(), batches, on_batch=lambda n: progress.advance(task, n))
-    from devhost.runtime import prepare
+    from devhost import azurite
+    from devhost.home import stockcast_home
 
-    prepare().persist()  # "replayed" means saved: Azurite keeps its blob index in memory between saves
+    azurite.flush(stockcast_home())  # "replayed" means saved: Azurite keeps its blob index in memory between saves
     console.print(
         f"replayed {stats.events} events in {stats.batches} batches "
         f"({stats.attempts} invocations, {stats.blobs} blobs written)"

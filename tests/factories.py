@@ -115,6 +115,16 @@ def table_bars(table: Any) -> dict[tuple[str, int], tuple]:
     }
 
 
+# the required app settings of the local backend (settings tests start from these)
+LOCAL_APP_SETTINGS = {
+    "BARS_CONTAINER": "bars",
+    "BARS_EVENTHUB_NAME": "stock_bars",
+    "BARS_CONSUMER_GROUP": "ingest",
+    "TRAIN_SCHEDULE": "0 */15 * * * *",
+    "STOCKCAST_HOME": "/tmp/x",
+    "MLFLOW_TRACKING_URI": "sqlite:////tmp/x/mlflow.db",
+}
+
 # app settings of a Function App on the Azure ML backend (the control-plane tests build requests from them)
 AML_APP_SETTINGS = {
     "BARS_CONTAINER": "bars",

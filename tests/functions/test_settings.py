@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 
 from functions.settings import SettingsError, load_settings
+from tests.factories import LOCAL_APP_SETTINGS
 
-BASE = {
-    "BARS_CONTAINER": "bars",
-    "BARS_EVENTHUB_NAME": "stock_bars",
-    "BARS_CONSUMER_GROUP": "ingest",
-    "TRAIN_SCHEDULE": "0 */15 * * * *",
-    "STOCKCAST_HOME": "/tmp/x",
-    "MLFLOW_TRACKING_URI": "sqlite:////tmp/x/mlflow.db",
-}
+BASE = LOCAL_APP_SETTINGS
 
 
 def test_defaults_and_connection_string():

@@ -12,15 +12,9 @@ from azure.storage.blob import LinearRetry
 from functions.ingest.storage import bars_container, client_options, connection_string_client
 from functions.settings import load_settings
 from functions.train_trigger.processes import free_port
+from tests.factories import LOCAL_APP_SETTINGS
 
-BASE = {
-    "BARS_CONTAINER": "bars",
-    "BARS_EVENTHUB_NAME": "stock_bars",
-    "BARS_CONSUMER_GROUP": "ingest",
-    "TRAIN_SCHEDULE": "0 */15 * * * *",
-    "STOCKCAST_HOME": "/tmp/x",
-    "MLFLOW_TRACKING_URI": "sqlite:////tmp/x/mlflow.db",
-}
+BASE = LOCAL_APP_SETTINGS
 
 
 def _connection_string(port: int) -> str:

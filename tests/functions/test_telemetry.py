@@ -17,16 +17,9 @@ from functions import telemetry
 from functions.ingest.airbyte import decode_batch, events_from_bodies
 from functions.ingest.bars import from_parquet
 from functions.settings import load_settings
+from tests.factories import LOCAL_APP_SETTINGS
 
-BASE = {
-    "BARS_CONTAINER": "bars",
-    "BARS_EVENTHUB_NAME": "stock_bars",
-    "BARS_CONSUMER_GROUP": "ingest",
-    "TRAIN_SCHEDULE": "0 */15 * * * *",
-    "BarsStorage__blobServiceUri": "https://st.blob.core.windows.net",
-    "STOCKCAST_HOME": "/tmp/x",
-    "MLFLOW_TRACKING_URI": "sqlite:////tmp/x/mlflow.db",
-}
+BASE = {**LOCAL_APP_SETTINGS, "BarsStorage__blobServiceUri": "https://st.blob.core.windows.net"}
 CONNECTION = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://x.in.applicationinsights.azure.com/"
 
 
