@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: setup lint format test demo up train predict status bench stop clean
+.PHONY: setup lint format test test-fast demo up train predict status bench stop clean
 
 setup: $(STAMP) $(INFRA_STAMP) node_modules/.installed
 
@@ -34,8 +34,14 @@ format: setup
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# the suite on every core (pytest-xdist; each worker starts its own Azurite, MLflow store and ports)
+WORKERS ?= auto
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS)
+
+# unit tests only: no local service, no pipeline, no Bicep
+test-fast: setup
+	$(PY) -m pytest -n $(WORKERS) -m "not integration and not e2e and not slow and not infra"
 
 # ARGS passes options through, e.g. `make demo ARGS=--keep` or `make up ARGS="--schedule '0 */2 * * * *'"`
 demo: setup

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from devhost.feed import FeedConfig, generate
 from functions.ingest.airbyte import decode_batch, events_from_bodies
-from functions.ingest.bars import to_parquet
+from functions.shared.bars import to_parquet
 
 BATCH = 256  # host.json maxEventBatchSize
 

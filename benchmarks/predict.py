@@ -84,10 +84,10 @@ def main() -> None:
     from devhost import azurite
     from devhost.feed import FeedConfig, generate, write_bars
     from devhost.host import Host
+    from devhost.local_rollout import start_scoring_server, wait_healthy
+    from devhost.processes import free_port, stop_group
     from devhost.replay import make_batches, replay
     from devhost.runtime import prepare
-    from functions.train_trigger.local_rollout import start_scoring_server, wait_healthy
-    from functions.train_trigger.processes import free_port, stop_group
     from training_job.config import TrainConfig
 
     runtime = prepare()

@@ -24,9 +24,9 @@ import numpy as np
 import orjson
 from common import save_pyfunc, train_small  # benchmarks/common.py, beside this script
 
+from devhost import local_rollout as scoring
 from devhost.feed import FeedConfig, write_bars
-from functions.train_trigger import local_rollout as scoring
-from functions.train_trigger.processes import free_port
+from devhost.processes import free_port
 from training_job import data
 from training_job.config import TrainConfig
 from training_job.forecaster import ForecasterMeta

@@ -35,7 +35,7 @@ from pathlib import Path
 import orjson
 
 from devhost.home import REPO_ROOT, home_lock, port_released
-from functions.train_trigger.processes import alive, free_port, listening, live_record, stop_group
+from devhost.processes import alive, free_port, listening, live_record, stop_group
 
 log = logging.getLogger("devhost.azurite")
 

@@ -93,9 +93,9 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
     """Run the five stages; return what they did."""
     from devhost.host import Host
     from devhost.http import HttpHost
+    from devhost.local_rollout import serving_state
     from devhost.runtime import prepare
     from functions.settings import get_settings
-    from functions.train_trigger.local_rollout import serving_state
 
     reset(console, options.keep)
     get_settings.cache_clear()

@@ -250,7 +250,7 @@ def write_bars(cfg: FeedConfig, folder: str | Path) -> int:
     This is what a replay would leave in ``raw/``; training and benchmarks read it directly.
     """
     from functions.ingest.airbyte import decode_batch, events_from_bodies
-    from functions.ingest.bars import to_parquet
+    from functions.shared.bars import to_parquet
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

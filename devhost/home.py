@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from functions.train_trigger.processes import listening
+from devhost.processes import listening
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -137,8 +137,8 @@ class Invocation:
 @cache
 def _blob_service(connection_string: str) -> BlobServiceClient:
     """The output bindings' client, with the app's bounded timeouts and retries (not the SDK's 80 s)."""
-    from functions.ingest.storage import connection_string_client
     from functions.settings import get_settings
+    from functions.shared.storage import connection_string_client
 
     return connection_string_client(connection_string, get_settings())
 
@@ -147,7 +147,9 @@ def _blob_service(connection_string: str) -> BlobServiceClient:
 def registered_functions() -> list[Function]:
     """The functions registered on ``function_app.app`` (the SDK indexes an app only once)."""
     import function_app  # deferred: nothing is imported before devhost exported the app settings
+    from devhost.backend import provide_local
 
+    provide_local()  # the timer's ML_BACKEND=local backend lives here, not in the app package
     return function_app.app.get_functions()
 
 

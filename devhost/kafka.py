@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from devhost.home import home_lock, port_released
-from functions.train_trigger.processes import alive, free_port, listening, live_record, stop_group
+from devhost.processes import alive, free_port, listening, live_record, stop_group
 
 log = logging.getLogger("devhost.kafka")
 # librdkafka's own log lines (a refused connection every backoff while the broker restarts): shown with -v

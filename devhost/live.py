@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from azure.storage.blob import ContainerClient
 
 from devhost.feed import SESSION_MINUTES, FeedConfig, Market, generate, trading_days
-from functions.ingest.bars import from_parquet
+from functions.shared.bars import from_parquet
 
 log = logging.getLogger("devhost.live")
 LATEST_PREFIX = "latest/"

@@ -12,10 +12,10 @@ from azure.functions.timer import TimerRequest
 from croniter import croniter
 
 from devhost.host import Host, resolve_path
-from functions.ingest.storage import bars_container
+from devhost.local_jobs import LocalSubmitter
+from devhost.local_rollout import LocalRollout
 from functions.settings import get_settings
-from functions.train_trigger.local_jobs import LocalSubmitter
-from functions.train_trigger.local_rollout import LocalRollout
+from functions.shared.storage import bars_container
 
 
 @dataclass

@@ -21,9 +21,9 @@ from azure.storage.blob import ContainerClient
 
 from devhost import azurite
 from devhost.home import apply_app_settings, local_settings, stockcast_home
-from functions.ingest.storage import bars_container
+from devhost.processes import preferred_or_free
 from functions.settings import get_settings
-from functions.train_trigger.processes import preferred_or_free
+from functions.shared.storage import bars_container
 
 log = logging.getLogger("devhost")
 DEFAULT_SCORING_PORT = 5001

@@ -6,87 +6,15 @@ later command can find, show or stop it; a record whose process is gone counts a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
-
 from devhost import azurite, kafka
-from functions.train_trigger.local_jobs import running_job
-from functions.train_trigger.local_rollout import serving_state
-from functions.train_trigger.processes import live_record, stop_group
-
-MLFLOW_UI_PORT = 5000
-
-
-def mlflow_ui_state_file(home: Path) -> Path:
-    """Where a running MLflow UI of this home is recorded."""
-    return home / "run" / "mlflow-ui.json"
-
-
-def mlflow_ui(home: Path) -> dict | None:
-    """The MLflow UI this home started, if it still runs."""
-    return live_record(mlflow_ui_state_file(home))
-
-
-def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT, timeout: float = 60.0) -> dict:
-    """Start ``mlflow ui`` on the local store (or return the running one) and wait until it answers."""
-    current = mlflow_ui(home)
-    if current:
-        return current
-    log_path = home / "run" / "mlflow-ui.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("mlflow")),
-                "ui",
-                "--backend-store-uri",
-                tracking_uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=home,
-            # the UI alone: MLflow 3's server also starts a pool of job-runner workers nobody uses here
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    state = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}"}
-    mlflow_ui_state_file(home).write_bytes(orjson.dumps(state))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            mlflow_ui_state_file(home).unlink(missing_ok=True)
-            raise RuntimeError(f"mlflow ui exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{state['url']}/health", timeout=1).status_code == 200:
-                return state
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    stop_group(proc.pid)
-    raise TimeoutError(f"mlflow ui did not answer on port {port} within {timeout:.0f}s; see {log_path}")
-
-
-def stop_mlflow_ui(home: Path) -> bool:
-    """Stop this home's MLflow UI; return whether one was running."""
-    state = mlflow_ui(home)
-    mlflow_ui_state_file(home).unlink(missing_ok=True)
-    if state is None:
-        return False
-    stop_group(state["pid"])
-    return True
+from devhost.local_jobs import running_job
+from devhost.local_rollout import serving_state
+from devhost.mlflow_ui import mlflow_ui
+from devhost.up import running_up
 
 
 @dataclass(frozen=True)
@@ -105,8 +33,6 @@ class Service:
 
 def status(home: Path) -> list[Service]:
     """What devhost runs for ``home``: Azurite, Kafka broker, devhost up, scoring server, training job, MLflow UI."""
-    from devhost.up import running_up
-
     blob = azurite.running(home)
     broker = kafka.running(home)
     up = running_up(home)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from azure.storage.blob import ContainerClient
 
-from functions.ingest.bars import empty_bars, from_parquet, true_bars
+from functions.shared.bars import empty_bars, from_parquet, true_bars
 
 
 def _download_all(container: ContainerClient, prefix: str) -> list[bytes]:

@@ -23,14 +23,14 @@ from devhost.feed import FeedConfig
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.kafka_trigger import KafkaTrigger
+from devhost.local_jobs import running_job
+from devhost.local_rollout import LocalRollout, serving_state, stop_serving
+from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
 from devhost.orchestrate import fire_timer, next_fire
+from devhost.processes import live_record, preferred_or_free, stop_group
 from devhost.publish import publish_local
 from devhost.runtime import Runtime, keep_connected
-from devhost.services import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
 from functions.settings import get_settings
-from functions.train_trigger.local_jobs import running_job
-from functions.train_trigger.local_rollout import LocalRollout, serving_state, stop_serving
-from functions.train_trigger.processes import live_record, preferred_or_free, stop_group
 
 log = logging.getLogger("devhost")
 

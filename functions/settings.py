@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
 from typing import Any
 
@@ -58,52 +58,72 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+_REQUIRED: Any = MISSING
+
+
+@dataclass(frozen=True)
+class AppSetting:
+    """How one field is read: the app setting's name, its parser, and whether it must be set."""
+
+    field: str
+    key: str
+    parse: Callable[[str], Any]
+    required: bool
+
+
+def setting(key: str, parse: Callable[[str], Any] = str, *, default: Any = _REQUIRED) -> Any:
+    """A settings field read from app setting ``key`` with ``parse``; without a default it is required."""
+    return field(default=default, metadata={"key": key, "parse": parse})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Typed app settings. Field metadata names the app setting and how to parse it."""
+    """Typed app settings: each field names its app setting and how to parse it (:func:`setting`)."""
 
-    bars_container: str
-    bars_eventhub_name: str
-    bars_consumer_group: str
-    train_schedule: str
-    bars_storage_connection_string: str | None = None
-    bars_storage_blob_service_uri: str | None = None
-    bars_storage_client_id: str | None = None
+    bars_container: str = setting("BARS_CONTAINER")
+    bars_eventhub_name: str = setting("BARS_EVENTHUB_NAME")
+    bars_consumer_group: str = setting("BARS_CONSUMER_GROUP")
+    train_schedule: str = setting("TRAIN_SCHEDULE")
+    bars_storage_connection_string: str | None = setting("BarsStorage", default=None)
+    bars_storage_blob_service_uri: str | None = setting("BarsStorage__blobServiceUri", default=None)
+    bars_storage_client_id: str | None = setting("BarsStorage__clientId", default=None)
     # storage clients: bounded, so a dead endpoint fails in seconds, not the SDK's minutes
-    storage_connect_timeout_s: float = 3.0
-    storage_timeout_s: float = 10.0
-    storage_retries: int = 2
-    storage_retry_backoff_s: float = 0.5
-    latest_window: int = 512
-    latest_max_attempts: int = 8
-    ml_backend: str = "local"
-    model_name: str = "stockcast-lstm-attention"
-    experiment: str = "stockcast"
+    storage_connect_timeout_s: float = setting("STORAGE_CONNECT_TIMEOUT_SECONDS", _positive_seconds, default=3.0)
+    storage_timeout_s: float = setting("STORAGE_TIMEOUT_SECONDS", _positive_seconds, default=10.0)
+    storage_retries: int = setting("STORAGE_RETRIES", _non_negative_int, default=2)
+    storage_retry_backoff_s: float = setting("STORAGE_RETRY_BACKOFF_SECONDS", _non_negative_seconds, default=0.5)
+    latest_window: int = setting("LATEST_WINDOW", _positive_int, default=512)
+    latest_max_attempts: int = setting("LATEST_MAX_ATTEMPTS", _positive_int, default=8)
+    ml_backend: str = setting("ML_BACKEND", _backend, default="local")
+    model_name: str = setting("MODEL_NAME", default="stockcast-lstm-attention")
+    experiment: str = setting("EXPERIMENT_NAME", default="stockcast")
     # local backend (devhost)
-    stockcast_home: str | None = None
-    mlflow_tracking_uri: str | None = None
-    scoring_port: int = 5001
-    train_args: str = ""
+    stockcast_home: str | None = setting("STOCKCAST_HOME", default=None)
+    mlflow_tracking_uri: str | None = setting("MLFLOW_TRACKING_URI", default=None)
+    scoring_port: int = setting("SCORING_PORT", _positive_int, default=5001)
+    train_args: str = setting("TRAIN_ARGS", default="")
     # predict
-    scoring_url: str | None = None
-    scoring_auth: str = "none"
-    scoring_timeout_s: float = 5.0
-    scoring_retries: int = 2
-    predict_history_bars: int = 90
-    predict_cache_seconds: float = 2.0
-    predict_max_bars: int = 5000
+    scoring_url: str | None = setting("SCORING_URL", default=None)
+    scoring_auth: str = setting("SCORING_AUTH", _scoring_auth, default="none")
+    scoring_timeout_s: float = setting("SCORING_TIMEOUT_SECONDS", _positive_seconds, default=5.0)
+    scoring_retries: int = setting("SCORING_RETRIES", _non_negative_int, default=2)
+    predict_history_bars: int = setting("PREDICT_HISTORY_BARS", _positive_int, default=90)
+    predict_cache_seconds: float = setting("PREDICT_CACHE_SECONDS", _non_negative_seconds, default=2.0)
+    predict_max_bars: int = setting("PREDICT_MAX_BARS", _positive_int, default=5000)
     # Azure ML backend
-    azure_subscription_id: str | None = None
-    azure_resource_group: str | None = None
-    aml_workspace: str | None = None
-    aml_compute: str = "cpu-cluster"
-    aml_bars_datastore: str = "bars"
-    aml_environment_image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
-    aml_endpoint: str | None = None
-    aml_instance_type: str = "stockcast-scoring"  # bicep/hooks/instancetype.yaml
-    azure_client_id: str | None = None
+    azure_subscription_id: str | None = setting("AZURE_SUBSCRIPTION_ID", default=None)
+    azure_resource_group: str | None = setting("AZURE_RESOURCE_GROUP", default=None)
+    aml_workspace: str | None = setting("AML_WORKSPACE", default=None)
+    aml_compute: str = setting("AML_COMPUTE", default="cpu-cluster")
+    aml_bars_datastore: str = setting("AML_BARS_DATASTORE", default="bars")
+    aml_environment_image: str = setting(
+        "AML_ENVIRONMENT_IMAGE", default="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+    )
+    aml_endpoint: str | None = setting("AML_ENDPOINT", default=None)
+    aml_instance_type: str = setting("AML_INSTANCE_TYPE", default="stockcast-scoring")  # bicep/hooks/instancetype.yaml
+    azure_client_id: str | None = setting("AZURE_CLIENT_ID", default=None)
     # telemetry: custom metrics and events go to App Insights only when this is set
-    applicationinsights_connection_string: str | None = None
+    applicationinsights_connection_string: str | None = setting("APPLICATIONINSIGHTS_CONNECTION_STRING", default=None)
 
     @property
     def scoring_endpoint(self) -> str:
@@ -116,73 +136,44 @@ class Settings:
         return self.bars_storage_connection_string is None
 
 
-# field name -> (app setting, parser, required)
-_KEYS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
-    "bars_container": ("BARS_CONTAINER", str, True),
-    "bars_eventhub_name": ("BARS_EVENTHUB_NAME", str, True),
-    "bars_consumer_group": ("BARS_CONSUMER_GROUP", str, True),
-    "train_schedule": ("TRAIN_SCHEDULE", str, True),
-    "bars_storage_connection_string": ("BarsStorage", str, False),
-    "bars_storage_blob_service_uri": ("BarsStorage__blobServiceUri", str, False),
-    "bars_storage_client_id": ("BarsStorage__clientId", str, False),
-    "storage_connect_timeout_s": ("STORAGE_CONNECT_TIMEOUT_SECONDS", _positive_seconds, False),
-    "storage_timeout_s": ("STORAGE_TIMEOUT_SECONDS", _positive_seconds, False),
-    "storage_retries": ("STORAGE_RETRIES", _non_negative_int, False),
-    "storage_retry_backoff_s": ("STORAGE_RETRY_BACKOFF_SECONDS", _non_negative_seconds, False),
-    "latest_window": ("LATEST_WINDOW", _positive_int, False),
-    "latest_max_attempts": ("LATEST_MAX_ATTEMPTS", _positive_int, False),
-    "ml_backend": ("ML_BACKEND", _backend, False),
-    "model_name": ("MODEL_NAME", str, False),
-    "experiment": ("EXPERIMENT_NAME", str, False),
-    "stockcast_home": ("STOCKCAST_HOME", str, False),
-    "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI", str, False),
-    "scoring_port": ("SCORING_PORT", _positive_int, False),
-    "train_args": ("TRAIN_ARGS", str, False),
-    "scoring_url": ("SCORING_URL", str, False),
-    "scoring_auth": ("SCORING_AUTH", _scoring_auth, False),
-    "scoring_timeout_s": ("SCORING_TIMEOUT_SECONDS", float, False),
-    "scoring_retries": ("SCORING_RETRIES", int, False),
-    "predict_history_bars": ("PREDICT_HISTORY_BARS", _positive_int, False),
-    "predict_cache_seconds": ("PREDICT_CACHE_SECONDS", float, False),
-    "predict_max_bars": ("PREDICT_MAX_BARS", _positive_int, False),
-    "azure_subscription_id": ("AZURE_SUBSCRIPTION_ID", str, False),
-    "azure_resource_group": ("AZURE_RESOURCE_GROUP", str, False),
-    "aml_workspace": ("AML_WORKSPACE", str, False),
-    "aml_compute": ("AML_COMPUTE", str, False),
-    "aml_bars_datastore": ("AML_BARS_DATASTORE", str, False),
-    "aml_environment_image": ("AML_ENVIRONMENT_IMAGE", str, False),
-    "aml_endpoint": ("AML_ENDPOINT", str, False),
-    "aml_instance_type": ("AML_INSTANCE_TYPE", str, False),
-    "azure_client_id": ("AZURE_CLIENT_ID", str, False),
-    "applicationinsights_connection_string": ("APPLICATIONINSIGHTS_CONNECTION_STRING", str, False),
-}
 # what each ML backend cannot run without
-_BACKEND_KEYS = {
+BACKEND_FIELDS = {
     "aml": ("azure_subscription_id", "azure_resource_group", "aml_workspace", "aml_endpoint"),
     "local": ("stockcast_home", "mlflow_tracking_uri"),
 }
 
 
+@cache
+def setting_specs() -> dict[str, AppSetting]:
+    """Every settings field, by field name, with the app setting it is read from."""
+    return {
+        f.name: AppSetting(f.name, f.metadata["key"], f.metadata["parse"], f.default is MISSING)
+        for f in fields(Settings)
+    }
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Parse settings from a mapping of app settings; raise SettingsError listing every problem."""
-    assert set(_KEYS) == {f.name for f in fields(Settings)}
+    specs = setting_specs()
     values: dict[str, Any] = {}
     missing: list[str] = []
     invalid: list[str] = []
-    for name, (key, parse, required) in _KEYS.items():
-        raw = environ.get(key, "").strip()
+    for spec in specs.values():
+        raw = environ.get(spec.key, "").strip()
         if not raw:
-            if required:
-                missing.append(key)
+            if spec.required:
+                missing.append(spec.key)
             continue
         try:
-            values[name] = parse(raw)
+            values[spec.field] = spec.parse(raw)
         except ValueError as exc:
-            invalid.append(f"{key}={raw!r} ({exc})")
+            invalid.append(f"{spec.key}={raw!r} ({exc})")
     if not values.get("bars_storage_connection_string") and not values.get("bars_storage_blob_service_uri"):
         missing.append("BarsStorage or BarsStorage__blobServiceUri")
     backend = values.get("ml_backend", "local")
-    missing.extend(f"{_KEYS[name][0]} (ML_BACKEND={backend})" for name in _BACKEND_KEYS[backend] if name not in values)
+    missing.extend(
+        f"{specs[name].key} (ML_BACKEND={backend})" for name in BACKEND_FIELDS[backend] if name not in values
+    )
     problems = []
     if missing:
         problems.append("missing app settings: " + ", ".join(missing))
@@ -191,11 +182,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if problems:
         raise SettingsError("; ".join(problems))
     return Settings(**values)
-
-
-def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The environment for a child process of the local backend: this one plus ``overrides``."""
-    return {**os.environ, **overrides}
 
 
 @cache

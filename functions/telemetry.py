@@ -25,6 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, MeterProvider, _Gauge
 
 from functions.settings import Settings
+from functions.shared.identity import azure_credential
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,10 @@ _instruments: _Instruments | None = None
 _predict_attributes: dict[str, dict[int, dict[str, Any]]] = {}
 
 
-def entra_credential(client_id: str | None) -> Any:
-    """The exporter's credential: the user-assigned identity named by AZURE_CLIENT_ID, else the default chain."""
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-    if client_id:
-        return ManagedIdentityCredential(client_id=client_id)
-    return DefaultAzureCredential()
-
-
 def configure(
     settings: Settings,
     configure_fn: ConfigureFn | None = None,
-    credential_factory: CredentialFactory = entra_credential,
+    credential_factory: CredentialFactory = azure_credential,
 ) -> bool:
     """Export custom metrics and events to App Insights, once per process; return whether they are.
 

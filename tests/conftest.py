@@ -11,16 +11,23 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import stamina
 from azure.storage.blob import ContainerClient
 
-from devhost import azurite
+from devhost import azurite, local_rollout
 from devhost.feed import FeedConfig, write_bars
+from devhost.processes import free_port
 from devhost.runtime import Runtime, prepare
-from functions.ingest.storage import bars_container
 from functions.settings import get_settings
-from functions.train_trigger import local_rollout
-from functions.train_trigger.processes import free_port
+from functions.shared.storage import bars_container
 from training_job.config import TrainConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _retries_without_waiting() -> Iterator[None]:
+    """Stamina's test mode: retries keep their attempt caps but never sleep."""
+    with stamina.set_testing(True, attempts=10, cap=True):
+        yield
 
 
 @pytest.fixture(scope="session")

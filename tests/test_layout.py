@@ -43,3 +43,128 @@ def test_runtime_requirements_are_pinned_and_light():
     lines = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")]
     assert lines and all("==" in ln for ln in lines)
     assert not any(ln.lower().startswith(("tensorflow", "keras")) for ln in lines)
+
+
+FIRST_PARTY = ("functions", "devhost", "training_job", "function_app")
+FUNCTION_PACKAGES = ("ingest", "predict", "train_trigger")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports, at any depth of the file (lazy imports too)."""
+    paths = [p for top in FIRST_PARTY[:-1] for p in ROOT.joinpath(top).rglob("*.py")] + [ROOT / "function_app.py"]
+    modules = {_module_name(p): p for p in paths}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from pkg import mod` imports the module pkg.mod where there is one
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
+            edges.update(t for t in targets if t in modules and t != name)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    """No first-party module imports itself through others, lazily or not."""
+    assert _cycles(_module_graph()) == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b"}, "b": {"a"}, "c": set()}, [["a", "b"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, [["a", "b", "c"]]),
+    ],
+)
+def test_cycle_finder_finds_cycles(graph, expected):
+    """The cycle check itself reports a loop of imports and nothing else."""
+    assert _cycles(graph) == expected
+
+
+def test_function_packages_import_no_other_package_internals():
+    """ingest, predict and train_trigger import only their own modules, shared contracts, settings and telemetry."""
+    allowed_common = ("functions.shared", "functions.settings", "functions.telemetry")
+    offenders = []
+    for module, imports in _module_graph().items():
+        parts = module.split(".")
+        if len(parts) < 2 or parts[0] != "functions" or parts[1] not in FUNCTION_PACKAGES:
+            continue
+        own = f"functions.{parts[1]}"
+        for target in imports:
+            if not (target == own or target.startswith(own + ".") or target.startswith(allowed_common)):
+                offenders.append(f"{module} -> {target}")
+    assert offenders == []
+
+
+def test_app_package_holds_no_local_only_code():
+    """Nothing under functions/ imports devhost, and the Function App package leaves devhost out."""
+    graph = _module_graph()
+    offenders = [
+        f"{m} -> {t}"
+        for m, imports in graph.items()
+        if m.startswith("functions")
+        for t in imports
+        if t.startswith("devhost")
+    ]
+    assert offenders == []
+    ignored = (ROOT / ".funcignore").read_text().split()
+    assert {"devhost/", "tests/", "benchmarks/"} <= set(ignored)
+
+
+def test_shared_contracts_are_shared():
+    """Ingest and predict both import the shared bars and latest/ contracts."""
+    graph = _module_graph()
+    users = {
+        t: {m.split(".")[1] for m, imports in graph.items() if t in imports and m.startswith("functions.")}
+        for t in ("functions.shared.bars", "functions.shared.latest")
+    }
+    assert {"ingest", "predict"} <= users["functions.shared.bars"] | users["functions.shared.latest"]
+    assert {"ingest", "predict"} <= users["functions.shared.latest"]

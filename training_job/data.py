@@ -23,7 +23,7 @@ _ORDER = ["symbol", "ts", "emitted_at", "volume", "close", "high", "low", "open"
 
 log = logging.getLogger(__name__)
 SYMBOL = r"^[A-Z0-9^][A-Z0-9.^=-]{0,15}$"  # the bar contract's symbol rule (docs/design.md)
-# the bar contract's bounds, as functions/ingest/bars.py holds them (the job never imports the app)
+# the bar contract's bounds, as functions/shared/bars.py holds them (the job never imports the app)
 MIN_TS = 946_684_800  # 2000-01-01T00:00:00Z
 MAX_PRICE = 1e9
 MAX_VOLUME = 1e15

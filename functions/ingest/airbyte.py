@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from functions.ingest.bars import (
+from functions.shared.bars import (
     BAR_SCHEMA,
     MAX_EMITTED_AHEAD_MS,
     MAX_PRICE,

@@ -20,10 +20,10 @@ import azure.functions as func
 
 from functions import telemetry
 from functions.ingest.airbyte import RawEvent, decode_batch
-from functions.ingest.bars import to_parquet
-from functions.ingest.latest import update_latest
-from functions.ingest.storage import bars_container
 from functions.settings import get_settings
+from functions.shared.bars import to_parquet
+from functions.shared.latest import update_latest
+from functions.shared.storage import bars_container
 
 log = logging.getLogger(__name__)
 

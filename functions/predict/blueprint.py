@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import threading
 import time
 import uuid
-from concurrent.futures import Future
 
 import azure.functions as func
-import pyarrow.compute as pc
 
 from functions import telemetry
-from functions.ingest.latest import read_latest
-from functions.ingest.storage import bars_container
-from functions.predict.client import scoring_client
-from functions.predict.requests import (
-    UNAVAILABLE,
+from functions.predict.api import (
     ApiError,
-    dependency_error,
-    forecast_body,
-    newest_close,
     parse_post,
     parse_symbol,
 )
-from functions.settings import Settings, get_settings
+from functions.predict.forecasts import as_api_error, forecast_latest, score_bars
+from functions.settings import get_settings
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -33,140 +23,6 @@ MAX_BODY_BYTES = 2_000_000
 JSON = "application/json"
 SYMBOL_ROUTE = "predict/{symbol}"  # route templates: the `route` dimension of stockcast.predict.duration
 POST_ROUTE = "predict"
-FAILURE_TTL_S = 1.0  # a failed forecast is shared this long at most: the next request soon tries again
-MAX_FLIGHTS = 1024  # symbols come from requests: past this many, finished flights are dropped
-STORAGE_WAIT_S = 15.0  # the read of latest/, in the bound on how long a GET waits for another's forecast
-
-
-class _Flight:
-    """The read of ``latest/`` and the scoring call for one symbol, shared by the GETs of one cache period.
-
-    The first GET (the owner) does the work and completes ``outcome`` with the body or the ApiError;
-    the others wait on it, so a failing endpoint is tried once, not once per waiting request.
-    """
-
-    def __init__(self, started: float, period_s: float, request_id: str) -> None:
-        self.started = started  # monotonic seconds
-        self.expires = started + period_s  # changed under _flights_lock
-        self.request_id = request_id
-        # the error is a result, not set_exception: each waiter raises its own copy, never a shared object
-        self.outcome: Future[bytes | ApiError] = Future()
-
-    def joinable(self, now: float, stuck_s: float) -> bool:
-        """Whether a GET at ``now`` shares this flight: running (its bars are read now) but not stuck, or fresh.
-
-        A flight running longer than anyone waits for it is given up on, so that one hung call
-        cannot turn every later GET for the symbol into a timeout.
-        """
-        if self.outcome.done():
-            return self.expires > now
-        return now - self.started < stuck_s
-
-
-_flights: dict[str, _Flight] = {}
-_flights_lock = threading.Lock()
-
-
-def _join(symbol: str, settings: Settings, request_id: str) -> tuple[_Flight, bool]:
-    """The flight a GET for ``symbol`` shares, and whether this request starts it (and so must fly it)."""
-    now, stuck_s = time.monotonic(), _wait_s(settings)
-    with _flights_lock:
-        flight = _flights.get(symbol)
-        if flight is not None and flight.joinable(now, stuck_s):
-            return flight, False
-        if len(_flights) >= MAX_FLIGHTS:
-            for key in [key for key, old in _flights.items() if not old.joinable(now, stuck_s)]:
-                del _flights[key]
-        flight = _flights[symbol] = _Flight(now, settings.predict_cache_seconds, request_id)
-        return flight, True
-
-
-def _wait_s(settings: Settings) -> float:
-    """How long a GET waits for another's forecast: two endpoint calls at their worst, plus a storage read."""
-    attempt_s = 1.0 + settings.scoring_timeout_s + 0.5  # connect timeout, read timeout, the longest backoff
-    return 2 * (settings.scoring_retries + 1) * attempt_s + STORAGE_WAIT_S
-
-
-def _read_latest(settings: Settings, symbol: str, count: int) -> list[dict]:
-    """The newest ``count`` bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records.
-
-    A corrupt blob is quarantined and rebuilt from raw/ (the truth) rather than answered with 503.
-    """
-    table = read_latest(
-        bars_container(settings), symbol, settings.latest_window, settings.latest_max_attempts, f"predict-{symbol}"
-    )
-    if table is None:
-        raise ApiError(404, "unknown_symbol", f"no bars stored for {symbol}")
-    table = table.slice(max(0, table.num_rows - count))
-    ts = pc.cast(table.column("ts"), "int64").to_pylist()
-    cols = {k: table.column(k).to_pylist() for k in ("open", "high", "low", "close", "volume")}
-    return [
-        {"symbol": symbol, "ts": t, "open": o, "high": h, "low": lo, "close": c, "volume": v}
-        for t, o, h, lo, c, v in zip(
-            ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"], strict=True
-        )
-    ]
-
-
-def _score(symbol: str, bars: list[dict], settings: Settings, request_id: str) -> tuple[bytes, float]:
-    """The forecast body for ``bars`` and the seconds spent in the endpoint."""
-    scored, endpoint_s = scoring_client(settings).score(bars, request_id)
-    return forecast_body(symbol, scored, newest_close(bars)), endpoint_s
-
-
-def _as_api_error(exc: BaseException, request_id: str) -> ApiError:
-    """The answer to an exception: an ApiError as is, 503 for a failed dependency, else 500 (a bug, logged)."""
-    if isinstance(exc, ApiError):
-        return exc
-    unavailable = dependency_error(exc)
-    if unavailable is not None:
-        log.warning("request=%s dependency failed: %s: %s", request_id, type(exc).__name__, exc)
-        return unavailable
-    log.error("request=%s failed unexpectedly", request_id, exc_info=exc)
-    return ApiError(500, "internal_error", "the request failed unexpectedly")
-
-
-def _fly(flight: _Flight, symbol: str, settings: Settings, request_id: str) -> tuple[bytes, float]:
-    """As the flight's owner: read the newest bars, score them, and hand the outcome to the waiting GETs."""
-    try:
-        count = scoring_client(settings).bars_needed(request_id)
-        body, endpoint_s = _score(symbol, _read_latest(settings, symbol, count), settings, request_id)
-    except BaseException as exc:  # even an interrupt must release the waiters
-        err = _as_api_error(exc, request_id)
-        with _flights_lock:  # the failure is shared briefly, then the next GET tries again
-            flight.expires = min(flight.expires, time.monotonic() + FAILURE_TTL_S)
-        flight.outcome.set_result(err)
-        if err is exc or not isinstance(exc, Exception):
-            raise
-        raise err from exc
-    flight.outcome.set_result(body)
-    return body, endpoint_s
-
-
-def _await(flight: _Flight, settings: Settings, request_id: str) -> bytes:
-    """The body of a flight another GET flies, or its error; 503 if it takes longer than it can."""
-    log.debug("request=%s shares the forecast of request=%s", request_id, flight.request_id)
-    try:
-        outcome = flight.outcome.result(timeout=_wait_s(settings))
-    except TimeoutError:  # concurrent.futures.TimeoutError is the builtin since Python 3.11
-        log.warning("request=%s gave up waiting for the forecast of request=%s", request_id, flight.request_id)
-        raise ApiError(503, "timeout", "the forecast is taking too long; retry later", UNAVAILABLE) from None
-    if isinstance(outcome, ApiError):
-        raise dataclasses.replace(outcome)
-    return outcome
-
-
-def _forecast_latest(symbol: str, settings: Settings, request_id: str) -> tuple[bytes, float]:
-    """The forecast from the symbol's latest bars, made once per cache period however many GETs ask.
-
-    A forecast is a function of the bars and the model, and the bars change once a minute, so the
-    GETs of one period share one read of ``latest/`` and one endpoint call, or the one error they
-    ended in; ``PREDICT_CACHE_SECONDS`` (default 2 s) bounds how stale an answer can be.
-    """
-    flight, owner = _join(symbol, settings, request_id)
-    if owner:
-        return _fly(flight, symbol, settings, request_id)
-    return _await(flight, settings, request_id), 0.0
 
 
 def _answer(symbol: str, body: bytes, endpoint_s: float, request_id: str, started: float) -> func.HttpResponse:
@@ -208,13 +64,13 @@ def _respond(req: func.HttpRequest, post: bool, started: float) -> func.HttpResp
         telemetry.configure(settings)
         if post:
             symbol, bars = parse_post(req.get_body(), settings.predict_max_bars, MAX_BODY_BYTES)
-            body, endpoint_s = _score(symbol, bars, settings, request_id)
+            body, endpoint_s = score_bars(symbol, bars, settings, request_id)
         else:
             symbol = parse_symbol(req.route_params.get("symbol"))
-            body, endpoint_s = _forecast_latest(symbol, settings, request_id)
+            body, endpoint_s = forecast_latest(symbol, settings, request_id)
         return _answer(symbol, body, endpoint_s, request_id, started)
     except Exception as exc:  # the API answers JSON even for what it did not foresee
-        return _error(_as_api_error(exc, request_id), request_id)
+        return _error(as_api_error(exc, request_id), request_id)
 
 
 @bp.function_name("predict_symbol")

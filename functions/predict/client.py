@@ -1,4 +1,4 @@
-"""Client of the scoring endpoint: one pooled httpx client per process, timeouts, bounded retries.
+"""Client of the scoring endpoint: one pooled httpx client per process, timeouts, retries through stamina.
 
 In Azure the endpoint's key (or Azure ML token) is fetched with the app's managed identity,
 cached, and fetched again when it expires or the endpoint answers 401; it is never an app setting.
@@ -15,13 +15,25 @@ from typing import Any
 
 import httpx
 import orjson
+import stamina
 
-from functions.predict.requests import UNAVAILABLE, ApiError
+from functions.predict.api import UNAVAILABLE, ApiError
 from functions.settings import Settings
+from functions.shared.identity import ml_client
 
 log = logging.getLogger(__name__)
 SERVED_TTL_S = 60.0  # how long what the endpoint said it serves is trusted before asking again
 SERVED_RETRY_S = 5.0  # after a failed info call, how long the fallback bar count is used
+CONNECT_TIMEOUT_S = 1.0
+
+
+class _RetryableError(Exception):
+    """An attempt that failed in a way another attempt may not: a transport error, a 5xx, an expired credential."""
+
+
+def attempt_budget_s(settings: Settings) -> float:
+    """The longest one attempt can take: connect timeout, read timeout and the longest backoff."""
+    return CONNECT_TIMEOUT_S + settings.scoring_timeout_s + 0.5
 
 
 @dataclass(frozen=True)
@@ -84,8 +96,6 @@ class EndpointAuth:
             self._credential = None
 
     def _fetch(self) -> _Credential:
-        from functions.train_trigger.aml_jobs import ml_client
-
         keys = ml_client(self.settings).online_endpoints.get_keys(name=self.settings.aml_endpoint)
         if self.settings.scoring_auth == "key":
             return _Credential(keys.primary_key, time.time() + 3600)  # re-read hourly: keys can be rotated
@@ -99,7 +109,7 @@ class ScoringClient:
         self.settings = settings
         self.url = settings.scoring_endpoint
         self.auth = EndpointAuth(settings)
-        timeout = httpx.Timeout(settings.scoring_timeout_s, connect=1.0)
+        timeout = httpx.Timeout(settings.scoring_timeout_s, connect=CONNECT_TIMEOUT_S)
         self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._served: Served | None = None
         self._served_lock = threading.Lock()
@@ -157,37 +167,49 @@ class ScoringClient:
         return served
 
     def _call(self, method: str, body: bytes | None, request_id: str) -> tuple[dict[str, Any], float]:
-        """One request with retries; returns (JSON document of a 200, seconds spent in the last attempt)."""
+        """One request with retries; returns (JSON document of a 200, seconds spent in the last attempt).
+
+        A transport error, a 5xx or a first 401 (after dropping the credential) is tried again, with
+        exponential backoff and jitter, at most ``SCORING_RETRIES`` more times and never past the
+        time budget, so a GET never waits longer than ``forecasts`` allows for.
+        """
         attempts = self.settings.scoring_retries + 1
         base = {"x-ms-client-request-id": request_id}
         if body is not None:
             base["Content-Type"] = "application/json"
-        for attempt in range(1, attempts + 1):
-            headers = {**base, **self.auth.headers()}
-            started = time.perf_counter()
-            try:
-                response = self.http.request(method, self.url, content=body, headers=headers)
-            except httpx.TransportError as exc:
-                log.warning("request=%s scoring %s %d/%d failed: %s", request_id, method, attempt, attempts, exc)
-                self._backoff(attempt, attempts)
-                continue
-            elapsed = time.perf_counter() - started
-            if response.status_code == 401 and attempt < attempts:
-                self.auth.invalidate()
-                continue
-            if response.status_code >= 500:
-                log.warning(
-                    "request=%s scoring %s %d/%d: HTTP %d", request_id, method, attempt, attempts, response.status_code
-                )
-                self._backoff(attempt, attempts)
-                continue
-            return self._result(response), elapsed
+        try:
+            for attempt in stamina.retry_context(
+                on=_RetryableError,
+                attempts=attempts,
+                timeout=attempts * attempt_budget_s(self.settings),
+                wait_initial=0.05,
+                wait_max=0.5,
+                wait_jitter=0.05,
+            ):
+                with attempt:
+                    return self._attempt(method, body, base, request_id, attempt.num, attempts)
+        except _RetryableError:
+            pass
         raise ApiError(503, "endpoint_unavailable", "the scoring endpoint is unavailable; retry later", UNAVAILABLE)
 
-    @staticmethod
-    def _backoff(attempt: int, attempts: int) -> None:
-        if attempt < attempts:
-            time.sleep(min(0.05 * 2 ** (attempt - 1), 0.5))
+    def _attempt(
+        self, method: str, body: bytes | None, base: dict[str, str], request_id: str, num: int, attempts: int
+    ) -> tuple[dict[str, Any], float]:
+        headers = {**base, **self.auth.headers()}
+        started = time.perf_counter()
+        try:
+            response = self.http.request(method, self.url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            log.warning("request=%s scoring %s %d/%d failed: %s", request_id, method, num, attempts, exc)
+            raise _RetryableError(str(exc)) from exc
+        elapsed = time.perf_counter() - started
+        if response.status_code == 401 and num < attempts:
+            self.auth.invalidate()
+            raise _RetryableError("401: credential refreshed")
+        if response.status_code >= 500:
+            log.warning("request=%s scoring %s %d/%d: HTTP %d", request_id, method, num, attempts, response.status_code)
+            raise _RetryableError(f"HTTP {response.status_code}")
+        return self._result(response), elapsed
 
     @staticmethod
     def _result(response: httpx.Response) -> dict[str, Any]:

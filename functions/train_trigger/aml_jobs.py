@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from functions.settings import Settings
+from functions.train_trigger.ports import Submission
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,6 @@ TRAIN_COMMAND = (
 ACTIVE_STATES = frozenset(
     {"NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Running", "Finalizing", "CancelRequested"}
 )
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What a tick did about training."""
-
-    submitted: bool
-    job_name: str | None
-    reason: str
 
 
 def build_training_job(settings: Settings, tick_id: str, now: dt.datetime) -> Any:
@@ -92,12 +83,3 @@ class AmlSubmitter:
         job = self.ml_client.jobs.create_or_update(build_training_job(self.settings, tick_id, now))
         log.info("tick=%s submitted Azure ML job %s", tick_id, job.name)
         return Submission(True, job.name, "submitted")
-
-
-def ml_client(settings: Settings) -> Any:
-    """An MLClient for the workspace, authenticated with the app's managed identity."""
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
-    return MLClient(credential, settings.azure_subscription_id, settings.azure_resource_group, settings.aml_workspace)

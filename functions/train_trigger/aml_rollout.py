@@ -19,7 +19,7 @@ import numpy as np
 
 from functions.settings import Settings
 from functions.train_trigger.aml_jobs import CONDA_FILE, TRAINING_CODE
-from functions.train_trigger.backends import ModelSnapshot, ModelVersion
+from functions.train_trigger.ports import ModelSnapshot, ModelVersion
 
 log = logging.getLogger(__name__)
 SMOKE_FAILED_TAG = "smoke_failed"

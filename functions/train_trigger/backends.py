@@ -1,75 +1,46 @@
-"""Pick the submitter and rollout for ``ML_BACKEND`` (``aml`` in Azure, ``local`` under devhost)."""
+"""The backend a tick uses, by ``ML_BACKEND``: Azure ML here; the local one is provided by devhost.
+
+devhost calls :func:`provide` with its local backend before it fires the timer, so the Function
+App package carries only what Azure runs and still drives the same tick code offline.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+import threading
+from collections.abc import Callable
 
-from functions.settings import Settings
-from functions.train_trigger.aml_jobs import Submission
+from functions.settings import Settings, SettingsError
+from functions.shared.identity import ml_client
+from functions.train_trigger.aml_jobs import AmlSubmitter
+from functions.train_trigger.aml_rollout import AmlModels, AmlRollout
+from functions.train_trigger.ports import Backend
 
-
-class Submitter(Protocol):
-    """Starts the training job unless one is active."""
-
-    def submit_unless_active(self, tick_id: str, now: dt.datetime) -> Submission:
-        """Single-flight submission."""
-        ...
+BackendFactory = Callable[[Settings], Backend]
 
 
-class Rollout(Protocol):
-    """Makes the endpoint serve the champion."""
-
-    def reconcile(self, tick_id: str) -> str:
-        """One reconciliation; returns what it found or did."""
-        ...
+def aml_backend(settings: Settings) -> Backend:
+    """Azure ML: the command job, the managed online endpoint and the registry, through one MLClient."""
+    client = ml_client(settings)
+    return Backend(AmlSubmitter(client, settings), AmlRollout(client, settings), AmlModels(client, settings))
 
 
-@dataclass(frozen=True)
-class ModelVersion:
-    """A registered model version and its tags (the training job writes its decision there)."""
-
-    version: str
-    tags: Mapping[str, str] = field(default_factory=dict)
+_factories: dict[str, BackendFactory] = {"aml": aml_backend}
+_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class ModelSnapshot:
-    """The champion and the newest version of the model, as the registry holds them now."""
-
-    champion: ModelVersion | None
-    newest: ModelVersion | None
-
-
-class Models(Protocol):
-    """Reads the registry for telemetry."""
-
-    def snapshot(self) -> ModelSnapshot:
-        """The champion and the newest version, with their tags."""
-        ...
-
-
-@dataclass(frozen=True)
-class Backend:
-    """What a tick uses."""
-
-    submitter: Submitter
-    rollout: Rollout
-    models: Models
+def provide(name: str, factory: BackendFactory) -> None:
+    """Make ``ML_BACKEND=<name>`` build its backend with ``factory`` (devhost provides ``local``)."""
+    with _lock:
+        _factories[name] = factory
 
 
 def create(settings: Settings) -> Backend:
-    """Build the backend named by the settings."""
-    if settings.ml_backend == "aml":
-        from functions.train_trigger.aml_jobs import AmlSubmitter, ml_client
-        from functions.train_trigger.aml_rollout import AmlModels, AmlRollout
-
-        client = ml_client(settings)
-        return Backend(AmlSubmitter(client, settings), AmlRollout(client, settings), AmlModels(client, settings))
-    from functions.ingest.storage import bars_container
-    from functions.train_trigger.local_jobs import LocalSubmitter
-    from functions.train_trigger.local_rollout import LocalModels, LocalRollout
-
-    return Backend(LocalSubmitter(settings, bars_container(settings)), LocalRollout(settings), LocalModels(settings))
+    """Build the backend named by the settings; fail clearly if nothing provides it."""
+    with _lock:
+        factory = _factories.get(settings.ml_backend)
+    if factory is None:
+        raise SettingsError(
+            f"ML_BACKEND={settings.ml_backend!r} has no backend in this host: "
+            "'local' is provided by devhost; in Azure set ML_BACKEND=aml"
+        )
+    return factory(settings)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 
 from functions import telemetry
-from functions.train_trigger.backends import Models, ModelSnapshot
+from functions.train_trigger.ports import Models, ModelSnapshot
 
 log = logging.getLogger(__name__)
 

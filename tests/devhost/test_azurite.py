@@ -19,9 +19,9 @@ import pytest
 from azure.core.exceptions import AzureError
 
 from devhost import azurite
-from functions.ingest.storage import bars_container, connection_string_client
+from devhost.processes import alive, free_port, stop_group
 from functions.settings import get_settings
-from functions.train_trigger.processes import alive, free_port, stop_group
+from functions.shared.storage import bars_container, connection_string_client
 
 pytestmark = pytest.mark.integration
 

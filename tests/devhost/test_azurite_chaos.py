@@ -23,10 +23,10 @@ from devhost.host import Host
 from devhost.replay import make_batches
 from devhost.runtime import prepare
 from devhost.store import stored_bars
-from functions.ingest.bars import from_parquet
-from functions.ingest.latest import LatestUpdateError, latest_blob_name
-from functions.ingest.storage import bars_container
 from functions.settings import get_settings
+from functions.shared.bars import from_parquet
+from functions.shared.latest import LatestUpdateError, latest_blob_name
+from functions.shared.storage import bars_container
 from tests.devhost.test_azurite import kill9, private_home
 from tests.factories import oracle, table_bars
 

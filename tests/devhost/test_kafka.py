@@ -24,8 +24,8 @@ import pytest
 from devhost import kafka
 from devhost.feed import FeedConfig, generate
 from devhost.kafka_trigger import TriggerOptions, to_events
+from devhost.processes import alive, free_port
 from devhost.publish import publish_local
-from functions.train_trigger.processes import alive, free_port
 from tests.e2e.cli import ROOT, devhost, private_env
 from tests.e2e.test_poison import poison
 from tests.factories import oracle, table_bars

@@ -10,7 +10,7 @@ import pytest
 
 from devhost import publish
 from devhost.feed import FeedConfig, write_feed
-from functions.train_trigger.processes import free_port
+from devhost.processes import free_port
 
 
 class CapturingProducer:

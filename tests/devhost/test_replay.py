@@ -16,8 +16,8 @@ from devhost.feed import FeedConfig, generate
 from devhost.host import Host
 from devhost.replay import make_batches, replay
 from devhost.store import dead_letters, stored_bars
-from functions.ingest.bars import from_parquet
-from functions.ingest.latest import latest_blob_name
+from functions.shared.bars import from_parquet
+from functions.shared.latest import latest_blob_name
 from tests.factories import oracle, table_bars
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from devhost import azurite
+from devhost.processes import free_port
 from devhost.runtime import DEFAULT_SCORING_PORT, keep_connected, prepare, scoring_port
-from functions.ingest.storage import bars_container
 from functions.settings import get_settings
-from functions.train_trigger.processes import free_port
+from functions.shared.storage import bars_container
 from tests.devhost.test_azurite import kill9, private_home
 
 

@@ -97,8 +97,8 @@ def test_every_poison_event_is_dead_lettered_once(poisoned):
     saved = dict(os.environ)
     os.environ.update({"STOCKCAST_HOME": env["STOCKCAST_HOME"], "STOCKCAST_AZURITE_PORT": "0"})
     try:
-        from functions.ingest.storage import bars_container
         from functions.settings import get_settings
+        from functions.shared.storage import bars_container
 
         get_settings.cache_clear()
         bars_container.cache_clear()

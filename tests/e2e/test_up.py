@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from functions.train_trigger.processes import alive, free_port
+from devhost.processes import alive, free_port
 from tests.e2e.cli import ROOT, private_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

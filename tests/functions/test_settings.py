@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
-from functions.settings import SettingsError, load_settings
+from functions.settings import Settings, SettingsError, load_settings, setting_specs
 from tests.factories import LOCAL_APP_SETTINGS
 
 BASE = LOCAL_APP_SETTINGS
@@ -102,3 +104,41 @@ def test_invalid_storage_bounds_are_named(key, value):
     """A timeout that is not a positive finite number, or a negative retry count or backoff, is rejected."""
     with pytest.raises(SettingsError, match=f"{key}='{value}'"):
         load_settings({**BASE, "BarsStorage": "x", key: value})
+
+
+def test_each_field_names_its_app_setting():
+    """Every Settings field carries its app setting; exactly the fields without a default are required."""
+    specs = setting_specs()
+    assert set(specs) == {f.name for f in fields(Settings)}
+    assert {s.key for s in specs.values() if s.required} == {
+        "BARS_CONTAINER",
+        "BARS_EVENTHUB_NAME",
+        "BARS_CONSUMER_GROUP",
+        "TRAIN_SCHEDULE",
+    }
+    assert (specs["scoring_timeout_s"].key, specs["bars_storage_client_id"].key) == (
+        "SCORING_TIMEOUT_SECONDS",
+        "BarsStorage__clientId",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "expected"),
+    [
+        ("SCORING_TIMEOUT_SECONDS", "2.5", "scoring_timeout_s", 2.5),
+        ("SCORING_TIMEOUT_SECONDS", "0", "scoring_timeout_s", None),
+        ("SCORING_TIMEOUT_SECONDS", "nan", "scoring_timeout_s", None),
+        ("SCORING_RETRIES", "0", "scoring_retries", 0),
+        ("SCORING_RETRIES", "-1", "scoring_retries", None),
+        ("PREDICT_CACHE_SECONDS", "0", "predict_cache_seconds", 0.0),
+        ("PREDICT_CACHE_SECONDS", "-2", "predict_cache_seconds", None),
+    ],
+)
+def test_predict_settings_parse_or_are_named(key, value, field, expected):
+    """Predict's timeouts, retries and cache period parse when sane; otherwise the error names the key."""
+    environ = {**BASE, "BarsStorage": "UseDevelopmentStorage=true", key: value}
+    if expected is None:
+        with pytest.raises(SettingsError, match=f"invalid app settings: {key}="):
+            load_settings(environ)
+    else:
+        assert getattr(load_settings(environ), field) == expected

@@ -7,7 +7,6 @@ import logging
 import httpx
 import orjson
 import pytest
-from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 from devhost.feed import FeedConfig, generate
 from devhost.host import Host
@@ -15,8 +14,8 @@ from devhost.http import HttpHost
 from devhost.replay import make_batches, replay
 from functions import telemetry
 from functions.ingest.airbyte import decode_batch, events_from_bodies
-from functions.ingest.bars import from_parquet
 from functions.settings import load_settings
+from functions.shared.bars import from_parquet
 from tests.factories import LOCAL_APP_SETTINGS
 
 BASE = {**LOCAL_APP_SETTINGS, "BarsStorage__blobServiceUri": "https://st.blob.core.windows.net"}
@@ -67,12 +66,6 @@ def test_configure_passes_the_managed_identity_credential_once(fresh):
         name: False for name in ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3")
     }
     assert (telemetry.events.propagate, telemetry.events.level) == (False, logging.INFO)
-
-
-def test_entra_credential_is_the_user_assigned_identity_when_named():
-    """AZURE_CLIENT_ID selects ManagedIdentityCredential; without it the default chain is used."""
-    assert isinstance(telemetry.entra_credential("cid"), ManagedIdentityCredential)
-    assert isinstance(telemetry.entra_credential(None), DefaultAzureCredential)
 
 
 def test_configure_failure_leaves_telemetry_off(fresh, caplog):

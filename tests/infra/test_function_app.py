@@ -7,7 +7,7 @@ import re
 import pytest
 
 from devhost.host import registered_functions
-from functions.settings import _BACKEND_KEYS, _KEYS
+from functions.settings import BACKEND_FIELDS, setting_specs
 from tests.infra.bicep_model import app_settings, keys, one, render
 
 # App settings the code reads that Azure deliberately leaves unset, and why.
@@ -54,8 +54,8 @@ def _binding_settings() -> set[str]:
 
 
 REQUIRED = sorted(
-    {key for key, _, required in _KEYS.values() if required}
-    | {_KEYS[field][0] for field in _BACKEND_KEYS["aml"]}
+    {spec.key for spec in setting_specs().values() if spec.required}
+    | {setting_specs()[field].key for field in BACKEND_FIELDS["aml"]}
     | _binding_settings()
 )
 
@@ -85,8 +85,8 @@ def test_function_app_sets_every_required_setting(settings, key):
 
 
 def test_every_setting_the_code_reads_is_set_or_deliberately_left_out(settings):
-    """Each key of settings._KEYS is either set by Bicep or listed, with its reason, as left to the default."""
-    read = {key for key, _, _ in _KEYS.values()}
+    """Each app setting a Settings field reads is set by Bicep or listed, with its reason, as left to the default."""
+    read = {spec.key for spec in setting_specs().values()}
     assert set(NOT_SET_IN_AZURE) <= read, "stale entries in NOT_SET_IN_AZURE"
     assert sorted(read - set(NOT_SET_IN_AZURE) - set(settings)) == []
     assert sorted(set(NOT_SET_IN_AZURE) & set(settings)) == []
@@ -141,7 +141,7 @@ def test_app_setting_values(settings, key, value):
 
 def test_setting_values_parse_as_the_code_expects(settings):
     """Literal values pass settings.py's own parsers (ML_BACKEND, SCORING_AUTH)."""
-    parsers = {key: parse for key, parse, _ in _KEYS.values()}
+    parsers = {spec.key: spec.parse for spec in setting_specs().values()}
     for key in ("ML_BACKEND", "SCORING_AUTH", "AML_INSTANCE_TYPE"):
         assert parsers[key](settings[key]) == settings[key]
 
@@ -164,7 +164,7 @@ def test_main_passes_the_endpoint_scoring_uri(main, module):
 def test_main_passes_the_names_the_hooks_use(main):
     """The compute, datastore and schedule the app reads are the ones main.bicep names."""
     variables = main["variables"]
-    assert variables["amlComputeName"]["value"] == _KEYS["aml_compute"][1]("cpu-cluster")
+    assert variables["amlComputeName"]["value"] == setting_specs()["aml_compute"].parse("cpu-cluster")
     assert variables["amlBarsDatastoreName"]["value"] == "bars"
     assert variables["eventHubName"]["value"] == "stock_bars"
     assert variables["consumerGroupName"]["value"] == "ingest"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from functions.ingest.airbyte import decode_batch, events_from_bodies
-from functions.ingest.bars import to_parquet, true_bars
+from functions.shared.bars import to_parquet, true_bars
 from tests.factories import message, table_bars
 from training_job.data import read_bars
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from devhost.feed import FeedConfig, generate
 from functions.ingest.airbyte import _CODE_REASON, RawEvent, Reason, _bar_reasons, decode_batch, events_from_bodies
-from functions.ingest.bars import true_bars
+from functions.shared.bars import true_bars
 from tests.factories import message, oracle, table_bars
 
 T0 = 1_793_630_000 - 1_793_630_000 % 60  # 2026-11-02 14:33 UTC

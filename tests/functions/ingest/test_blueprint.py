@@ -13,10 +13,10 @@ import functions.ingest.blueprint
 from devhost.host import Host
 from devhost.replay import make_batches
 from devhost.store import stored_bars
-from functions.ingest.bars import from_parquet, last_bars
-from functions.ingest.latest import LatestUpdateError, latest_blob_name
-from functions.ingest.rebuild import QUARANTINE_PREFIX
 from functions.settings import get_settings
+from functions.shared.bars import from_parquet, last_bars
+from functions.shared.latest import LatestUpdateError, latest_blob_name
+from functions.shared.rebuild import QUARANTINE_PREFIX
 from tests.factories import message, table_bars
 
 pytestmark = pytest.mark.integration

@@ -29,11 +29,11 @@ from schemathesis.specs.openapi.checks import (
 from devhost.feed import FeedConfig, generate
 from devhost.host import Host
 from devhost.http import HttpHost
+from devhost.processes import free_port
 from devhost.replay import make_batches, replay
-from functions.predict import blueprint
+from functions.predict import forecasts
 from functions.predict.client import ScoringClient, scoring_client
 from functions.settings import get_settings
-from functions.train_trigger.processes import free_port
 
 pytestmark = pytest.mark.integration
 SPEC = Path(__file__).resolve().parents[3] / "functions" / "predict" / "openapi.yaml"
@@ -116,7 +116,7 @@ def test_get_sends_the_bars_the_served_model_needs(api, champion_server, monkeyp
         return score(self, bars, request_id)
 
     monkeypatch.setattr(ScoringClient, "score", recording_score)
-    monkeypatch.setattr(blueprint, "_flights", {})
+    monkeypatch.setattr(forecasts, "_flights", {})
     scoring_client(get_settings()).forget_served()
     response = httpx.get(f"{api}/predict/AAA", timeout=30)
     assert response.status_code == 200, response.text
@@ -133,7 +133,7 @@ def _endpoint_ms(response: httpx.Response) -> float:
 def test_get_scores_each_read_of_latest_once(api, monkeypatch):
     """GETs between two reads of latest/ share one forecast: the second makes no endpoint call."""
     monkeypatch.setenv("PREDICT_CACHE_SECONDS", "30")
-    monkeypatch.setattr(blueprint, "_flights", {})
+    monkeypatch.setattr(forecasts, "_flights", {})
     get_settings.cache_clear()
     try:
         first = httpx.get(f"{api}/predict/AAA", timeout=30)
@@ -209,7 +209,7 @@ def test_error_statuses_are_json(api, method, path, body, status, code):
 def test_endpoint_down_gives_503_with_retry_after(api, monkeypatch):
     """With the scoring endpoint unreachable, predict answers 503 and Retry-After."""
     monkeypatch.setenv("SCORING_URL", "http://127.0.0.1:9/score")  # discard port: nothing listens
-    monkeypatch.setattr(blueprint, "_flights", {})  # no forecast made before the outage
+    monkeypatch.setattr(forecasts, "_flights", {})  # no forecast made before the outage
     get_settings.cache_clear()
     try:
         response = httpx.get(f"{api}/predict/AAA", timeout=30)
@@ -224,7 +224,7 @@ def test_endpoint_down_gives_503_with_retry_after(api, monkeypatch):
 @pytest.fixture
 def fresh(monkeypatch) -> Iterator[Callable[..., None]]:
     """Set app settings for one test (``fresh(SCORING_URL=...)``), with no forecast made before it."""
-    monkeypatch.setattr(blueprint, "_flights", {})
+    monkeypatch.setattr(forecasts, "_flights", {})
 
     def apply(**env: str) -> None:
         """Export ``env`` and make the next request read it."""
@@ -285,7 +285,7 @@ def test_concurrent_gets_after_the_cache_expires_share_one_read_and_one_scoring_
     fresh(PREDICT_CACHE_SECONDS="1")
     assert httpx.get(f"{api}/predict/AAA", timeout=30).status_code == 200
     time.sleep(1.2)  # the period of that forecast ends
-    reads = _recording(monkeypatch, blueprint, "_read_latest")
+    reads = _recording(monkeypatch, forecasts, "_read_latest")
     scores = _recording(monkeypatch, ScoringClient, "score", delay_s=0.3)
     responses, _ = _concurrent_gets(api, "AAA", 16)
     assert [r.status_code for r in responses] == [200] * 16
@@ -312,7 +312,7 @@ def test_endpoint_down_concurrent_gets_share_one_sequence_of_attempts(api, fresh
 
 def test_a_failed_forecast_is_shared_for_a_moment_then_tried_again(api, champion_server, fresh, monkeypatch):
     """A GET right after an endpoint failure gets the same 503 without a call; after FAILURE_TTL_S it tries again."""
-    monkeypatch.setattr(blueprint, "FAILURE_TTL_S", 2.0)  # room for a loaded machine; the default is 1 s
+    monkeypatch.setattr(forecasts, "FAILURE_TTL_S", 2.0)  # room for a loaded machine; the default is 1 s
     fresh(SCORING_URL=f"http://127.0.0.1:{free_port()}/score", PREDICT_CACHE_SECONDS="30")
     failed = httpx.get(f"{api}/predict/AAA", timeout=30)
     fresh(SCORING_URL=champion_server.url)  # the endpoint is back
@@ -333,7 +333,7 @@ def test_a_bug_is_a_500_internal_error_without_retry_after(api, fresh, monkeypat
     def broken(*args: Any, **kwargs: Any) -> float:
         raise ValueError("injected bug")
 
-    monkeypatch.setattr(blueprint, "newest_close", broken)
+    monkeypatch.setattr(forecasts, "newest_close", broken)
     for response in (httpx.get(f"{api}/predict/AAA", timeout=30), _post(api, "NEWCO", _bars(90))):
         assert response.status_code == 500, response.text
         assert response.headers["content-type"].startswith("application/json")
@@ -364,7 +364,7 @@ def test_storage_errors_are_503_only_when_storage_is_unavailable(api, fresh, mon
     def failing_read(*args: Any) -> list[dict]:
         raise error
 
-    monkeypatch.setattr(blueprint, "_read_latest", failing_read)
+    monkeypatch.setattr(forecasts, "_read_latest", failing_read)
     response = httpx.get(f"{api}/predict/AAA", timeout=30)
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert response.headers.get("retry-after") == ("5" if status == 503 else None)

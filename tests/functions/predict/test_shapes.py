@@ -15,9 +15,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from functions.predict.blueprint import _Flight
-from functions.predict.client import SERVED_RETRY_S, ScoringClient, Served, contradicts, is_current, served_from_info
-from functions.predict.requests import (
+from functions.predict.api import (
     MAX_PRICE,
     MAX_TS_AHEAD_S,
     MAX_VOLUME,
@@ -29,6 +27,8 @@ from functions.predict.requests import (
     parse_post,
     ts_seconds,
 )
+from functions.predict.client import SERVED_RETRY_S, ScoringClient, Served, contradicts, is_current, served_from_info
+from functions.predict.forecasts import _Flight
 from functions.settings import Settings
 
 MODEL = {"name": "stockcast-lstm-attention", "version": "2", "kind": "lstm_attention"}

@@ -9,13 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from devhost.host import Host
+from devhost.local_rollout import LocalModels
 from devhost.orchestrate import fire_timer
 from functions.settings import get_settings, load_settings
 from functions.train_trigger import backends
-from functions.train_trigger.aml_jobs import Submission
 from functions.train_trigger.aml_rollout import AmlModels
-from functions.train_trigger.backends import Backend, ModelSnapshot, ModelVersion
-from functions.train_trigger.local_rollout import LocalModels
+from functions.train_trigger.ports import Backend, ModelSnapshot, ModelVersion, Submission
 from functions.train_trigger.report import ModelReport, report_models
 from tests.factories import AML_APP_SETTINGS
 

@@ -9,9 +9,9 @@ import pytest
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.storage.blob import LinearRetry
 
-from functions.ingest.storage import bars_container, client_options, connection_string_client
+from devhost.processes import free_port
 from functions.settings import load_settings
-from functions.train_trigger.processes import free_port
+from functions.shared.storage import bars_container, client_options, connection_string_client
 from tests.factories import LOCAL_APP_SETTINGS
 
 BASE = LOCAL_APP_SETTINGS

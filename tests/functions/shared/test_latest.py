@@ -15,19 +15,19 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 
-from functions.ingest.bars import from_parquet, last_bars, to_parquet, true_bars
-from functions.ingest.latest import (
+from functions.predict import forecasts
+from functions.predict.api import ApiError
+from functions.settings import get_settings
+from functions.shared.bars import from_parquet, last_bars, to_parquet, true_bars
+from functions.shared.latest import (
     LatestConflictError,
     LatestUpdateError,
     latest_blob_name,
     update_latest,
     update_symbol,
 )
-from functions.ingest.rebuild import QUARANTINE_PREFIX, rebuild_from_raw
-from functions.predict import blueprint as predict_blueprint
-from functions.predict.requests import ApiError
-from functions.settings import get_settings
-from tests.functions.ingest.test_bars import T0, bars, key_values
+from functions.shared.rebuild import QUARANTINE_PREFIX, rebuild_from_raw
+from tests.functions.shared.test_bars import T0, bars, key_values
 
 pytestmark = pytest.mark.integration
 
@@ -199,7 +199,7 @@ def test_corrupt_raw_blob_is_skipped_during_rebuild(container, caplog):
     """An unreadable raw/ blob is skipped with a warning naming the batch; the rest still rebuild."""
     everything = seed_raw(container)
     container.upload_blob(f"{DAY2}/hour=09/bad.parquet", b"PAR1 torn write", overwrite=True)
-    with caplog.at_level(logging.WARNING, logger="functions.ingest.rebuild"):
+    with caplog.at_level(logging.WARNING, logger="functions.shared.rebuild"):
         rebuilt = rebuild_from_raw(container, "AAPL", 100, "b-4")
     assert key_values(rebuilt) == key_values(true_bars(only(everything, "AAPL")))
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -211,7 +211,7 @@ def test_predict_read_path_rebuilds_a_corrupt_blob(container):
     everything = seed_raw(container)
     container.upload_blob(latest_blob_name("AAPL"), b"\x00garbage", overwrite=True)
     settings = replace(get_settings(), latest_window=14)
-    records = predict_blueprint._read_latest(settings, "AAPL", 5)
+    records = forecasts._read_latest(settings, "AAPL", 5)
     truth = last_bars(only(everything, "AAPL"), 14)
     assert [(r["ts"], r["close"]) for r in records] == [(T0 + 60 * i, 100.0 + i) for i in range(25, 30)]
     assert stored(container) == key_values(truth)
@@ -223,10 +223,10 @@ def test_predict_read_path_unknown_symbol_stays_404(container):
     seed_raw(container)
     settings = get_settings()
     with pytest.raises(ApiError) as missing:
-        predict_blueprint._read_latest(settings, "ZZZZ", 5)
+        forecasts._read_latest(settings, "ZZZZ", 5)
     container.upload_blob(latest_blob_name("NVDA"), b"junk", overwrite=True)
     with pytest.raises(ApiError) as corrupt:
-        predict_blueprint._read_latest(settings, "NVDA", 5)
+        forecasts._read_latest(settings, "NVDA", 5)
     assert (missing.value.status, corrupt.value.status) == (404, 404)
     assert corrupt.value.code == "unknown_symbol"
     assert not container.get_blob_client(latest_blob_name("NVDA")).exists()

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import orjson
 
-from functions.settings import Settings, child_environment
-from functions.train_trigger.backends import ModelSnapshot, ModelVersion
-from functions.train_trigger.processes import listening, live_record, stop_group
+from devhost.processes import child_environment, listening, live_record, stop_group
+from functions.settings import Settings
+from functions.train_trigger.ports import ModelSnapshot, ModelVersion
 
 log = logging.getLogger(__name__)
-ENTRY_SCRIPT = Path(__file__).resolve().parents[2] / "training_job" / "score.py"
+ENTRY_SCRIPT = Path(__file__).resolve().parents[1] / "training_job" / "score.py"
 
 
 def start_scoring_server(model_dir: Path, port: int, name: str, version: str, log_path: Path) -> subprocess.Popen:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from functions.ingest.bars import (
+from functions.shared.bars import (
     BAR_SCHEMA,
     MAX_EMITTED_AHEAD_MS,
     MAX_PRICE,

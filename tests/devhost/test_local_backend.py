@@ -10,12 +10,12 @@ import pytest
 
 from devhost.feed import FeedConfig, generate
 from devhost.host import Host
+from devhost.local_jobs import LocalSubmitter, running_job
+from devhost.local_rollout import LocalRollout, serving_state, stop_serving
+from devhost.processes import free_port
 from devhost.replay import make_batches, replay
-from functions.ingest.storage import bars_container
 from functions.settings import get_settings
-from functions.train_trigger.local_jobs import LocalSubmitter, running_job
-from functions.train_trigger.local_rollout import LocalRollout, serving_state, stop_serving
-from functions.train_trigger.processes import free_port
+from functions.shared.storage import bars_container
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

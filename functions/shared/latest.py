@@ -4,7 +4,7 @@ Each update reads the blob with its ETag, merges by the true-bar rule and writes
 ETag still matches, so two batches updating one symbol at once both land. Merging is idempotent:
 applying the same batch twice gives the same blob contents. ``raw/`` is the truth and ``latest/``
 a view of it: a blob that cannot be decoded is quarantined and rebuilt from ``raw/`` by the same
-ETag-conditional write (:mod:`functions.ingest.rebuild`), so it never blocks a batch or a forecast.
+ETag-conditional write (:mod:`functions.shared.rebuild`), so it never blocks a batch or a forecast.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, ContainerClient
 
-from functions.ingest.bars import last_bars, to_parquet
-from functions.ingest.rebuild import CorruptBlobError, decode_bars, quarantine, rebuild_from_raw
+from functions.shared.bars import last_bars, to_parquet
+from functions.shared.rebuild import CorruptBlobError, decode_bars, quarantine, rebuild_from_raw
 
 log = logging.getLogger(__name__)
 MERGE_WORKERS = 8  # symbols of one batch merged at once

@@ -14,6 +14,7 @@ from typing import Any
 from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 
 from functions.settings import Settings
+from functions.shared.identity import azure_credential
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -40,10 +41,9 @@ def bars_container(settings: Settings) -> ContainerClient:
     if settings.bars_storage_connection_string:
         service = connection_string_client(settings.bars_storage_connection_string, settings)
     else:
-        from azure.identity import DefaultAzureCredential  # only Azure needs it; keeps local start light
-
-        credential = DefaultAzureCredential(managed_identity_client_id=settings.bars_storage_client_id)
         service = BlobServiceClient(
-            str(settings.bars_storage_blob_service_uri), credential=credential, **client_options(settings)
+            str(settings.bars_storage_blob_service_uri),
+            credential=azure_credential(settings.bars_storage_client_id),
+            **client_options(settings),
         )
     return service.get_container_client(settings.bars_container)

@@ -12,12 +12,12 @@ import httpx
 import orjson
 from azure.core.exceptions import HttpResponseError, IncompleteReadError, ServiceRequestError, ServiceResponseError
 
-from functions.ingest.bars import MAX_PRICE, MAX_TS_AHEAD_S, MAX_VOLUME, MIN_TS, SYMBOL_PATTERN, normalise_symbol
+from functions.shared.bars import MAX_PRICE, MAX_TS_AHEAD_S, MAX_VOLUME, MIN_TS, SYMBOL_PATTERN, normalise_symbol
 
 BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = ("open", "high", "low", "close")
 # Bounds of a plausible 1-minute bar. Ingest should hold stored bars to the same ones (they belong in
-# functions/ingest/bars.py, shared by both); until then they are defined here, for POSTed bars.
+# functions/shared/bars.py, shared by both); until then they are defined here, for POSTed bars.
 UNAVAILABLE = (("Retry-After", "5"),)  # a dependency failed: the same request may succeed shortly
 RETRYABLE_STATUSES = frozenset({408, 429})  # with every 5xx: the service is busy or down, not refusing us
 # transports and timeouts (azure-core's timeouts subclass its request and response errors)

@@ -6,9 +6,15 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
+
+
+def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child process of the local backend: this one plus ``overrides``."""
+    return {**os.environ, **overrides}
 
 
 def alive(pid: int) -> bool:

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
+from devhost import local_jobs
+from devhost.local_jobs import GARBAGE_STALE_SECONDS, LocalSubmitter, acquire, running_job
+from devhost.processes import alive, started
 from functions.settings import Settings
-from functions.train_trigger import local_jobs
-from functions.train_trigger.aml_jobs import Submission
-from functions.train_trigger.local_jobs import GARBAGE_STALE_SECONDS, LocalSubmitter, acquire, running_job
-from functions.train_trigger.processes import alive, started
+from functions.train_trigger.ports import Submission
 
 NOW = dt.datetime(2026, 11, 4, 20, 0, tzinfo=dt.UTC)
 

@@ -25,12 +25,12 @@ from typing import Any
 import orjson
 from azure.storage.blob import ContainerClient
 
-from functions.settings import Settings, child_environment
-from functions.train_trigger.aml_jobs import Submission
-from functions.train_trigger.processes import alive, started, stop_group
+from devhost.processes import alive, child_environment, started, stop_group
+from functions.settings import Settings
+from functions.train_trigger.ports import Submission
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_NAME = "train.lock"
 # A lock this code writes always holds a record, so an unreadable one comes from elsewhere: an
 # older version that created the lock empty and filled it after the bar sync, a hand edit or a

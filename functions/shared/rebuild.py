@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from azure.storage.blob import BlobPrefix, ContainerClient
 
-from functions.ingest.bars import BAR_SCHEMA, empty_bars, last_bars
+from functions.shared.bars import BAR_SCHEMA, empty_bars, last_bars
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Contracts ingest and predict share: the bars schema, latest/, storage clients and identity."""
