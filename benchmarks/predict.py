@@ -88,6 +88,7 @@ def main() -> None:
     from devhost.processes import free_port, stop_group
     from devhost.replay import make_batches, replay
     from devhost.runtime import prepare
+    from functions.settings import get_settings
     from training_job.config import TrainConfig
 
     runtime = prepare()
@@ -97,7 +98,8 @@ def main() -> None:
     cfg = TrainConfig(epochs=2)
     write_bars(FeedConfig(symbols=SYMBOLS, days=2, seed=9), home / "bars")
     model_dir = save_pyfunc(train_small(home / "bars", cfg), cfg, home)
-    scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log")
+    workers = get_settings().scoring_workers  # as devhost's rollout and the Azure deployment run it
+    scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log", workers)
     env = {**os.environ, "SCORING_PORT": str(scoring_port), "PYTHONPATH": str(ROOT)}
 
     def start_up(port: int, extra: dict[str, str]) -> subprocess.Popen:

@@ -19,20 +19,27 @@ import orjson
 
 from devhost.processes import child_environment, listening, live_record, stop_group
 from functions.settings import Settings
+from functions.train_trigger.aml_rollout import scoring_worker_environment
 from functions.train_trigger.ports import ModelSnapshot, ModelVersion
 
 log = logging.getLogger(__name__)
 ENTRY_SCRIPT = Path(__file__).resolve().parents[1] / "training_job" / "score.py"
 
 
-def start_scoring_server(model_dir: Path, port: int, name: str, version: str, log_path: Path) -> subprocess.Popen:
-    """Start ``azmlinfsrv`` for the MLflow model in ``model_dir``; returns at once."""
+def start_scoring_server(
+    model_dir: Path, port: int, name: str, version: str, log_path: Path, workers: int = 1
+) -> subprocess.Popen:
+    """Start ``azmlinfsrv`` with ``workers`` workers for the MLflow model in ``model_dir``; returns at once.
+
+    The workers get the environment the Azure deployment sets (one TensorFlow thread each).
+    """
     env = child_environment(
         {
             "AZUREML_MODEL_DIR": str(model_dir),
             "STOCKCAST_MODEL_NAME": name,
             "STOCKCAST_MODEL_VERSION": str(version),
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **scoring_worker_environment(workers),
         }
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +51,8 @@ def start_scoring_server(model_dir: Path, port: int, name: str, version: str, lo
                 str(ENTRY_SCRIPT),
                 "--port",
                 str(port),
+                "--worker_count",
+                str(workers),
             ],
             env=env,
             stdout=out,
@@ -156,7 +165,9 @@ class LocalRollout:
                 f"port {s.scoring_port} is taken by a process this home did not start (another STOCKCAST_HOME's "
                 "scoring server? `python -m devhost stop` there), so the champion cannot be served; set SCORING_PORT"
             )
-        proc = start_scoring_server(model_dir, s.scoring_port, s.model_name, version, self.serving / "azmlinfsrv.log")
+        proc = start_scoring_server(
+            model_dir, s.scoring_port, s.model_name, version, self.serving / "azmlinfsrv.log", s.scoring_workers
+        )
         self.serving.mkdir(parents=True, exist_ok=True)
         self.state_file.write_bytes(orjson.dumps({"pid": proc.pid, "port": s.scoring_port, "version": version}))
         info = wait_healthy(s.scoring_port, proc)

@@ -101,6 +101,9 @@ class Settings:
     stockcast_home: str | None = setting("STOCKCAST_HOME", default=None)
     mlflow_tracking_uri: str | None = setting("MLFLOW_TRACKING_URI", default=None)
     scoring_port: int = setting("SCORING_PORT", _positive_int, default=5001)
+    # scoring workers (gunicorn processes of azmlinfsrv): one per CPU of the scoring instance type, whose
+    # 2 CPUs are sized in bicep/hooks/instancetype.yaml; one worker queued 8 concurrent requests
+    scoring_workers: int = setting("SCORING_WORKERS", _positive_int, default=2)
     train_args: str = setting("TRAIN_ARGS", default="")
     # predict
     scoring_url: str | None = setting("SCORING_URL", default=None)

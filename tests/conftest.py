@@ -37,6 +37,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     os.environ["STOCKCAST_HOME"] = str(tmp_path_factory.mktemp("stockcast-home"))
     os.environ["STOCKCAST_AZURITE_PORT"] = "0"  # any free port, never the developer's own Azurite
     os.environ["SCORING_PORT"] = str(free_port())  # nor the developer's scoring server
+    os.environ["SCORING_WORKERS"] = "1"  # one TensorFlow process per scoring server keeps parallel tests light
     os.environ.pop("BarsStorage", None)
     get_settings.cache_clear()
     bars_container.cache_clear()

@@ -95,6 +95,20 @@ def plan(state: EndpointState, champion: str | None) -> Step:
     return Step("done", target, champion, reason=f"serving v{champion}")
 
 
+def scoring_worker_environment(workers: int) -> dict[str, str]:
+    """The scoring server's worker count, and one TensorFlow thread per worker so they never fight for CPUs.
+
+    A single-window forecast gains nothing from intra-op threads; ``workers`` processes each with
+    the default thread pools (one thread per CPU) oversubscribed the instance.
+    """
+    return {
+        "WORKER_COUNT": str(workers),
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def build_deployment(settings: Settings, version: str) -> Any:
     """The Kubernetes online deployment of one model version (the request sent to Azure ML)."""
     from azure.ai.ml.entities import (
@@ -113,7 +127,11 @@ def build_deployment(settings: Settings, version: str) -> Any:
         environment=Environment(image=settings.aml_environment_image, conda_file=str(CONDA_FILE)),
         instance_type=settings.aml_instance_type,
         instance_count=1,
-        environment_variables={"STOCKCAST_MODEL_NAME": settings.model_name, "STOCKCAST_MODEL_VERSION": version},
+        environment_variables={
+            "STOCKCAST_MODEL_NAME": settings.model_name,
+            "STOCKCAST_MODEL_VERSION": version,
+            **scoring_worker_environment(settings.scoring_workers),
+        },
         request_settings=OnlineRequestSettings(request_timeout_ms=5000, max_concurrent_requests_per_instance=4),
         liveness_probe=ProbeSettings(initial_delay=30, period=10, timeout=2, failure_threshold=5),
         readiness_probe=ProbeSettings(initial_delay=10, period=5, timeout=2, failure_threshold=3),

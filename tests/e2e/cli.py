@@ -21,6 +21,7 @@ def private_env(home: Path) -> dict[str, str]:
         "STOCKCAST_HOME": str(home),
         "STOCKCAST_AZURITE_PORT": "0",
         "SCORING_PORT": str(free_port()),
+        "SCORING_WORKERS": "1",  # one TensorFlow process per scoring server keeps parallel tests light
         "TRAIN_ARGS": TINY_TRAINING,
         "PYTHONPATH": str(ROOT),
     }

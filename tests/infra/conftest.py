@@ -11,7 +11,6 @@ import pytest
 from tests.infra.bicep_model import BICEP_FILES, INFRA_CHECKOV, ROOT, rel, require_infra_venv, run_infra_tool
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/infra is an infra test (Bicep, azd hooks, checkov): `-m "not infra"` skips them."""
     for item in items:

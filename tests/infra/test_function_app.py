@@ -16,6 +16,7 @@ NOT_SET_IN_AZURE = {
     "STOCKCAST_HOME": "local backend only (devhost)",
     "MLFLOW_TRACKING_URI": "local backend only (devhost); Azure ML is the registry",
     "SCORING_PORT": "local scoring server only",
+    "SCORING_WORKERS": "WORKER_COUNT of the deployments the timer creates; the default fits the instance type",
     "TRAIN_ARGS": "local training run only",
     "LATEST_WINDOW": "tuning knob; the code default (512 bars) applies",
     "LATEST_MAX_ATTEMPTS": "tuning knob; the code default applies",

@@ -102,6 +102,10 @@ def test_deployment_spec():
     assert spec["environment_variables"] == {
         "STOCKCAST_MODEL_NAME": "stockcast-lstm-attention",
         "STOCKCAST_MODEL_VERSION": "7",
+        "WORKER_COUNT": "2",
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
     assert (spec["instance_count"], spec["instance_type"], spec["tags"]) == (
         1,
