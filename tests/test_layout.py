@@ -168,3 +168,20 @@ def test_shared_contracts_are_shared():
     }
     assert {"ingest", "predict"} <= users["functions.shared.bars"] | users["functions.shared.latest"]
     assert {"ingest", "predict"} <= users["functions.shared.latest"]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_lock_holds_every_pin_of_the_requirements():
+    """requirements-dev.lock (what make setup installs) has each pinned requirement at its pinned version."""
+    lock = _pins(ROOT / "requirements-dev.lock")
+    wanted = {**_pins(ROOT / "requirements.txt"), **_pins(ROOT / "requirements-dev.txt")}
+    assert {name: lock.get(name) for name in wanted} == wanted
