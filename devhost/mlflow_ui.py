@@ -44,6 +44,9 @@ def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT, t
                 "127.0.0.1",
                 "--port",
                 str(port),
+                # one browser, one worker: the default four each import MLflow (~3 s of CPU apiece)
+                "--workers",
+                "1",
             ],
             cwd=home,
             # the UI alone: MLflow 3's server also starts a pool of job-runner workers nobody uses here

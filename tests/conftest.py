@@ -23,6 +23,13 @@ from functions.shared.storage import bars_container
 from training_job.config import TrainConfig
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the trained model share one xdist worker, so the session trains it (and serves it) once."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _retries_without_waiting() -> Iterator[None]:
     """Stamina's test mode: retries keep their attempt caps but never sleep."""

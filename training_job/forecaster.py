@@ -2,15 +2,22 @@
 
 :class:`Forecaster` holds the Keras model (or none: the ``persistence`` kind forecasts "no
 change"), its window settings, its conformal interval scale, the skill it showed when it was
-evaluated and the feature code, and runs inference through a ``tf.function`` traced once with a
-fixed input signature (``model.predict`` costs tens of milliseconds of per-call setup; a single
-request must not). :class:`ForecasterModel` wraps it as an MLflow pyfunc; the ``training_job``
-package travels inside the model as its code.
+evaluated and the feature code. Batches of windows (evaluation) run through a ``tf.function``
+traced once with a fixed input signature (``model.predict`` costs tens of milliseconds of
+per-call setup; a single request must not). One window (a live request) runs through the model
+converted to TensorFlow Lite when it is loaded (~0.1 ms for three members on a CPU core), else
+XLA-compiled (~0.5 ms). :class:`ForecasterModel` wraps it as an MLflow pyfunc; the
+``training_job`` package travels inside the model as its code.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import operator
+import threading
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +48,7 @@ OUTPUT_COLUMNS = [
 PERSISTENCE = "persistence"
 LSTM_ATTENTION = "lstm_attention"
 INPUT_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
+log = logging.getLogger(__name__)
 
 
 class ForecastInputError(ValueError):
@@ -73,12 +81,66 @@ class ForecasterMeta:
 SeriesArrays = tuple[np.ndarray, tuple[np.ndarray, ...]]  # ts seconds, (o, h, l, c, v)
 
 
-class Forecaster:
-    """Inference over raw bars, through a compiled forward pass."""
+class _LiteWindow:
+    """A TensorFlow Lite model of one window (batch 1): ``(1, window, features)`` in, ``(1,)`` out.
 
-    def __init__(self, model: Any, meta: ForecasterMeta) -> None:
+    LiteRT's interpreter where ``ai_edge_litert`` is installed, else TensorFlow's own (deprecated,
+    still shipped). One thread: a window is far too small to split, and the workers are processes.
+    An interpreter holds its tensors, so calls from several threads take turns.
+    """
+
+    def __init__(self, flatbuffer: bytes) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            import tensorflow as tf
+
+            Interpreter = tf.lite.Interpreter  # noqa: N806
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, at every load
+            self._interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Predicted log return of the one window ``x`` (float32, C-contiguous)."""
+        with self._lock:
+            self._interpreter.set_tensor(self._input, x)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output).reshape(-1)
+
+
+def probe_windows(meta: ForecasterMeta, n: int = 8) -> np.ndarray:
+    """``n`` windows computed by the feature code from a seeded random walk of 1-minute bars.
+
+    Inputs on the scale of real ones (normalisation and the AR path divide by small scales, so
+    unit-scale noise would hide a wrong constant); used to check a converted model at load.
+    """
+    rng = np.random.default_rng(0)
+    bars = meta.bars_needed + n - 1
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 1e-3, bars)))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    spread = 1.0 + np.abs(rng.normal(0.0, 5e-4, bars))
+    high, low = np.maximum(open_, close) * spread, np.minimum(open_, close) / spread
+    volume = rng.integers(100, 10_000, bars).astype(np.float64)
+    ts = MIN_TS + 60 * np.arange(bars, dtype=np.int64)
+    ohlcv = (open_, high, low, close, volume)
+    return symbol_windows("PROBE", ts, ohlcv, meta.window, meta.horizon, meta.max_gap_minutes, False).x
+
+
+class Forecaster:
+    """Inference over raw bars, through a compiled forward pass.
+
+    ``lite``: one window runs through the model converted to TensorFlow Lite (see :meth:`load`);
+    otherwise, or where that fails, XLA-compiled. :attr:`single_window` says which.
+    """
+
+    def __init__(self, model: Any, meta: ForecasterMeta, lite: bool = False) -> None:
         self.model = model
         self.meta = meta
+        self.single_window = "none"  # how one window (a live request) runs: "tflite", "xla" or "none"
         sessions.warm(("SPY",))  # build the US calendar (the common case) now, not on the first request
         if model is None:  # persistence: no network, no TensorFlow
             return
@@ -86,13 +148,48 @@ class Forecaster:
 
         spec = tf.TensorSpec([None, meta.window, len(meta.features)], tf.float32)
         self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
+        self._forward_one = self._lite_forward() if lite else None
+        if self._forward_one is not None:
+            self.single_window = "tflite"
+            return
         # one window (a live request) runs XLA-compiled: ~0.6 ms instead of ~2.5 ms on a CPU core;
-        # batches (evaluation) keep the plain graph, since XLA compiles anew for every batch size
+        # batches (evaluation) keep the plain graph, since XLA compiles anew for every batch size.
+        # Called as its concrete function: the polymorphic call's argument binding costs ~0.3 ms.
         one = tf.TensorSpec([1, meta.window, len(meta.features)], tf.float32)
-        self._forward_one = tf.function(lambda x: model(x, training=False), input_signature=[one], jit_compile=True)
-        self._forward_one(
-            np.zeros((1, meta.window, len(meta.features)), dtype=np.float32)
-        )  # compile now, not on the first request
+        xla = tf.function(lambda x: model(x, training=False), input_signature=[one], jit_compile=True)
+        compiled = xla.get_concrete_function()
+        self._forward_one = lambda x: compiled(x).numpy().reshape(-1)
+        self._forward_one(np.zeros((1, meta.window, len(meta.features)), dtype=np.float32))  # compile now
+        self.single_window = "xla"
+
+    def use_lite(self) -> str:
+        """Run one window through TensorFlow Lite from now on, if it converts and checks out; returns the path in use.
+
+        The endpoint calls this once at init; training and evaluation, which score batches, never pay for it.
+        """
+        if self.model is not None and self.single_window != "tflite":
+            lite = self._lite_forward()
+            if lite is not None:
+                self._forward_one, self.single_window = lite, "tflite"
+        return self.single_window
+
+    def _lite_forward(self) -> _LiteWindow | None:
+        """One window through TensorFlow Lite, checked against the batched graph; None (logged) if that fails."""
+        from training_job.model import single_window_tflite
+
+        m, start = self.meta, time.perf_counter()
+        try:
+            lite = _LiteWindow(single_window_tflite(self.model, m.window, len(m.features)))
+            x = probe_windows(m)
+            expected = self._forward(x).numpy().reshape(-1)
+            got = np.concatenate([lite(x[i : i + 1]) for i in range(len(x))])
+            if not np.allclose(got, expected, rtol=1e-4, atol=1e-6):
+                raise ValueError(f"it differs from the graph by up to {np.max(np.abs(got - expected)):.3g}")
+        except Exception as exc:  # any failure of the converter or the check: serve as before
+            log.warning("single windows run XLA-compiled: TensorFlow Lite conversion failed: %s", exc)
+            return None
+        log.info("single windows run in TensorFlow Lite (converted and checked in %.1f s)", time.perf_counter() - start)
+        return lite
 
     @classmethod
     def persistence(cls, meta: ForecasterMeta) -> Forecaster:
@@ -100,8 +197,13 @@ class Forecaster:
         return cls(None, replace(meta, kind=PERSISTENCE))
 
     @classmethod
-    def load(cls, directory: str | Path) -> Forecaster:
-        """Load a forecaster saved by :meth:`save`."""
+    def load(cls, directory: str | Path, lite: bool = False) -> Forecaster:
+        """Load a forecaster saved by :meth:`save`; ``lite``: one window runs converted to TensorFlow Lite.
+
+        The conversion (a few seconds) happens here, from the saved Keras model: the artifact stays
+        as it was logged, and a model that does not convert, or converts to different outputs, keeps
+        the XLA-compiled path (with a warning in the log).
+        """
         import keras
 
         import training_job.model  # noqa: F401  (registers the attention layer for deserialisation)
@@ -114,7 +216,7 @@ class Forecaster:
         forecaster_meta = ForecasterMeta(**meta)
         if forecaster_meta.kind == PERSISTENCE:
             return cls(None, forecaster_meta)
-        return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), forecaster_meta)
+        return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), forecaster_meta, lite=lite)
 
     @staticmethod
     def save(model: Any, meta: ForecasterMeta, directory: str | Path) -> Path:
@@ -133,8 +235,10 @@ class Forecaster:
         """Predicted log returns for windows ``x`` (n, window, features)."""
         if len(x) == 0 or self.model is None:
             return np.zeros(len(x), dtype=np.float32)
-        fn = self._forward_one if len(x) == 1 else self._forward
-        return fn(np.ascontiguousarray(x, dtype=np.float32)).numpy().reshape(-1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) == 1:
+            return self._forward_one(x)
+        return self._forward(x).numpy().reshape(-1)
 
     def windows(self, series: Mapping[str, SeriesArrays], latest_only: bool) -> Windows:
         """Input windows of each symbol: the last one, or every one (for evaluation)."""
@@ -155,7 +259,7 @@ class Forecaster:
             )
         if not parts:
             raise ForecastInputError("malformed", "no bars")
-        return concat(parts)
+        return parts[0] if len(parts) == 1 else concat(parts)
 
     def half_width(self, w: Windows) -> np.ndarray:
         """Half width of each window's interval in log-return units (conformal q × window volatility)."""
@@ -171,25 +275,31 @@ class Forecaster:
         w = self.windows(series, latest_only)
         ret = self.forward(w.x).astype(np.float64)
         half = self.half_width(w)
+        last = w.last_close.astype(np.float64)
+        # whole arrays through numpy, then plain floats: the same ufuncs per element as one at a time
+        closes, lows, highs = (last * np.exp(ret)).tolist(), last * np.exp(ret - half), last * np.exp(ret + half)
+        finite = np.isfinite(half).tolist()
+        lows, highs = lows.tolist(), highs.tolist()
+        horizon, symbols, stamps, rets = self.meta.horizon, w.symbol.tolist(), w.as_of.tolist(), ret.tolist()
         rows = []
         for i in range(len(w)):
-            as_of, last = int(w.as_of[i]), float(w.last_close[i])
-            r, target, closed, next_open = float(ret[i]), as_of + self.meta.horizon * 60, False, None
+            symbol, as_of, close, r = symbols[i], stamps[i], closes[i], rets[i]
+            target, closed, next_open = as_of + horizon * 60, False, None
             if latest_only:
-                nxt = sessions.next_bar(str(w.symbol[i]), as_of, self.meta.horizon)
+                nxt = sessions.next_bar(symbol, as_of, horizon)
                 target, closed, next_open = nxt.target_ts, nxt.session_closed, nxt.next_open
             if closed:
-                r, low, high = 0.0, None, None
-            elif np.isfinite(half[i]):
-                low, high = last * float(np.exp(r - half[i])), last * float(np.exp(r + half[i]))
+                r, close, low, high = 0.0, float(last[i]), None, None
+            elif finite[i]:
+                low, high = lows[i], highs[i]
             else:
                 low = high = None
             rows.append(
                 {
-                    "symbol": str(w.symbol[i]),
+                    "symbol": str(symbol),
                     "as_of": as_of,
                     "target_ts": target,
-                    "predicted_close": last * float(np.exp(r)),
+                    "predicted_close": close,
                     "predicted_return": r,
                     "interval_low": low,
                     "interval_high": high,
@@ -239,20 +349,48 @@ def _ts_seconds(value: Any) -> int:
     return seconds
 
 
-def _validated(symbol: str, ts: np.ndarray, ohlcv: tuple[np.ndarray, ...]) -> SeriesArrays:
-    """One symbol's bars sorted by time, a repeated time kept once (the later row), minutes floored; checked."""
+def _ts_array(values: Sequence[Any]) -> np.ndarray:
+    """Unix seconds of every bar's ``ts``, as :func:`_ts_seconds` reads them, each within [2000, 2100).
+
+    Times of one kind (all ISO 8601 strings, all integers or all floats: what JSON clients send)
+    are converted in bulk; anything else, or any time out of range, goes through
+    :func:`_ts_seconds` one by one, which raises the error of the first bad one.
+    """
+    kind = type(values[0])
+    seconds = None
+    if kind in (str, int, float) and all(type(v) is kind for v in values):
+        try:
+            if kind is str:
+                seconds = np.array(
+                    [
+                        (t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)).timestamp()
+                        for t in map(dt.datetime.fromisoformat, values)
+                    ]
+                )
+            else:
+                seconds = np.array(values, dtype=np.int64 if kind is int else np.float64)
+        except (ValueError, OverflowError, OSError):  # a bad string, an integer past int64: told one by one
+            seconds = None
+    if seconds is not None and ((seconds >= MIN_TS) & (seconds < MAX_TS)).all():  # NaN fails too
+        return seconds.astype(np.int64)  # floats truncate toward zero, as int() does
+    return np.fromiter(map(_ts_seconds, values), dtype=np.int64, count=len(values))
+
+
+def _validated(symbol: str, ts: np.ndarray, values: np.ndarray) -> SeriesArrays:
+    """One symbol's bars sorted by time, a repeated time kept once (the later row), minutes floored; checked.
+
+    ``values`` holds the open, high, low, close and volume rows (5, n) in the order of ``ts``.
+    """
     if len(ts) and (ts.min() < MIN_TS or ts.max() >= MAX_TS):
         raise ForecastInputError("malformed", f"{symbol}: bar times must lie between 2000-01-01 and 2100-01-01")
-    order = np.argsort(ts, kind="stable")
-    ts, ohlcv = ts[order], tuple(x[order] for x in ohlcv)
-    last = np.concatenate([ts[1:] != ts[:-1], [True]])  # a repeated minute: the later row wins
-    ts, ohlcv = ts[last], tuple(x[last] for x in ohlcv)
-    o, h, lo, c, v = ohlcv
+    if not (ts[1:] > ts[:-1]).all():  # already in order without repeats: the common case needs no sort
+        order = np.argsort(ts, kind="stable")
+        ts, values = ts[order], values[:, order]
+        last = np.concatenate([ts[1:] != ts[:-1], [True]])  # a repeated minute: the later row wins
+        ts, values = ts[last], values[:, last]
+    o, h, lo, c, v = values
     ok = (
-        np.isfinite(np.stack([o, h, lo, c, v])).all()
-        and (lo > 0).all()
-        and (h <= MAX_PRICE).all()
-        and ((v >= 0) & (v <= MAX_VOLUME)).all()
+        np.isfinite(values).all() and (lo > 0).all() and (h <= MAX_PRICE).all() and ((v >= 0) & (v <= MAX_VOLUME)).all()
     )
     if not ok or (lo > np.minimum(o, c)).any() or (np.maximum(o, c) > h).any():
         raise ForecastInputError(
@@ -260,29 +398,36 @@ def _validated(symbol: str, ts: np.ndarray, ohlcv: tuple[np.ndarray, ...]) -> Se
             f"{symbol}: bars must have finite prices in (0, {MAX_PRICE:g}], low <= open/close <= high, "
             f"volume in [0, {MAX_VOLUME:g}]",
         )
-    return ts - ts % 60, ohlcv
+    return ts - ts % 60, (o, h, lo, c, v)
+
+
+_BAR_FIELDS = operator.itemgetter("symbol", "ts", "open", "high", "low", "close", "volume")
 
 
 def series_from_records(records: Sequence[Mapping[str, Any]]) -> dict[str, SeriesArrays]:
     """Group JSON bar records by symbol into validated arrays (the scoring fast path)."""
+    if not records:
+        raise ForecastInputError("malformed", "no bars")
     try:
-        symbols = np.array([str(r["symbol"]).upper() for r in records])
-        ts = np.fromiter((_ts_seconds(r["ts"]) for r in records), dtype=np.int64, count=len(records))
-        values = np.array(
-            [(r["open"], r["high"], r["low"], r["close"], r["volume"]) for r in records], dtype=np.float64
-        )
+        symbols, stamps, *columns = zip(*map(_BAR_FIELDS, records), strict=True)
+        ts = _ts_array(stamps)
+        values = np.array(columns, dtype=np.float64)
     except ForecastInputError:
         raise
     except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:  # OverflowError: ints past float64
         raise ForecastInputError(
             "malformed", f"each bar needs symbol, ts, open, high, low, close, volume: {exc}"
         ) from None
-    if values.shape != (len(records), 5):  # a value that is itself a list would add a dimension
+    if values.shape != (5, len(records)):  # a value that is itself a list would add a dimension
         raise ForecastInputError("malformed", "open, high, low, close and volume must be numbers")
+    first = symbols[0]
+    if type(first) is str and symbols.count(first) == len(symbols):  # one symbol: the usual request
+        return {first.upper(): _validated(first.upper(), ts, values)}
+    names = np.array([str(s).upper() for s in symbols])
     out = {}
-    for symbol in sorted(set(symbols.tolist())):
-        mask = symbols == symbol
-        out[symbol] = _validated(symbol, ts[mask], tuple(values[mask, k] for k in range(5)))
+    for name in sorted(set(names.tolist())):
+        mask = names == name
+        out[name] = _validated(name, ts[mask], values[:, mask])
     return out
 
 
@@ -293,11 +438,11 @@ def series_from_frame(bars: pd.DataFrame) -> dict[str, SeriesArrays]:
         raise ForecastInputError("malformed", f"missing columns: {missing}")
     ts = epoch_seconds(bars["ts"])
     symbols = bars["symbol"].astype(str).str.upper().to_numpy()
-    values = [bars[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")]
+    values = np.stack([bars[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")])
     out = {}
     for symbol in sorted(set(symbols)):
         mask = symbols == symbol
-        out[symbol] = _validated(symbol, ts[mask], tuple(v[mask] for v in values))
+        out[symbol] = _validated(symbol, ts[mask], values[:, mask])
     return out
 
 

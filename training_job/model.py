@@ -12,7 +12,7 @@ persistence). Input normalisation, target scale and λ live inside the exported 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import keras
@@ -238,3 +238,34 @@ def fit(
     return FitResult(
         exported, [float(v) for v in loss], [float(v) for v in val_loss], best_epoch, lam, len(members), best_val
     )
+
+
+def _all_layers(layer: layers.Layer) -> Iterator[layers.Layer]:
+    """``layer`` and every layer nested inside it (the members of an averaged model)."""
+    yield layer
+    for sub in getattr(layer, "layers", ()):
+        yield from _all_layers(sub)
+
+
+def single_window_tflite(model: keras.Model, window: int, n_features: int) -> bytes:
+    """``model`` for exactly one window (batch 1) as a TensorFlow Lite flatbuffer, for serving.
+
+    Its recurrent layers are traced unrolled (the model itself is left as it was): the graph
+    becomes straight-line LSTM steps that TensorFlow Lite runs as XNNPACK kernels, ~0.1 ms for three
+    members on a CPU core against ~0.5 ms XLA-compiled (converted with its loops, ~0.7 ms). The
+    variables are frozen into constants first. Raises whatever the trace or the converter raises.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    rnns = [layer for layer in _all_layers(model) if isinstance(layer, layers.RNN) and not layer.unroll]
+    spec = tf.TensorSpec([1, window, n_features], tf.float32)
+    for layer in rnns:
+        layer.unroll = True  # read when the layer is traced, so only this trace unrolls
+    try:
+        traced = tf.function(lambda x: model(x, training=False), input_signature=[spec]).get_concrete_function()
+    finally:
+        for layer in rnns:
+            layer.unroll = False
+    frozen = convert_variables_to_constants_v2(traced)
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()

@@ -1,0 +1,286 @@
+"""The scoring fast path: records read in bulk as one by one, one window in TensorFlow Lite as in the graph."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from training_job import model as model_module
+from training_job import score
+from training_job.forecaster import (
+    Forecaster,
+    ForecasterMeta,
+    ForecastInputError,
+    _LiteWindow,
+    probe_windows,
+    series_from_records,
+)
+from training_job.model import build_member
+
+T0 = 1_793_802_600  # 2026-11-04 14:30 UTC: a Wednesday's open in New York
+META = ForecasterMeta(window=30, horizon=1, max_gap_minutes=5, interval_q=2.0)
+NEED = META.bars_needed
+
+
+def records(n: int = NEED, start: int = T0, symbol: str = "AAA", seed: int = 0) -> list[dict]:
+    """``n`` one-minute bars of a seeded random walk from ``start``, as a client posts them (ISO times)."""
+    rng = np.random.default_rng(seed)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 2e-3, n)))
+    open_ = np.concatenate([[50.0], close[:-1]])
+    spread = 1.0 + np.abs(rng.normal(0.0, 1e-3, n))
+    volume = rng.integers(100, 5_000, n)
+    return [
+        {
+            "symbol": symbol,
+            "ts": dt.datetime.fromtimestamp(start + 60 * i, dt.UTC).isoformat(),
+            "open": float(open_[i]),
+            "high": float(max(open_[i], close[i]) * spread[i]),
+            "low": float(min(open_[i], close[i]) / spread[i]),
+            "close": float(close[i]),
+            "volume": int(volume[i]),
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A two-member averaged model as training exports it, with a head that matters, saved as served."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = probe_windows(META, 64)
+    members = [build_member(META.window, len(META.features), 8, 10, 1e-3, x, 1e-3, k) for k in range(2)]
+    for member in members:  # the head starts at zero: give the LSTM path a say
+        member.get_layer("head").set_weights([rng.normal(0.0, 0.5, (8, 1)).astype(np.float32), np.zeros(1, np.float32)])
+    inputs = keras.Input(shape=(META.window, len(META.features)), name="features")
+    mean = layers.Average()([member(inputs) for member in members])
+    model = keras.Model(inputs, layers.Rescaling(1e-3 * 0.8)(mean))
+    return Forecaster.save(model, META, tmp_path_factory.mktemp("forecaster"))
+
+
+@pytest.fixture(scope="module")
+def lite(saved):
+    """The forecaster as the endpoint serves it (TensorFlow Lite for one window)."""
+    return Forecaster.load(saved, lite=True)
+
+
+@pytest.fixture(scope="module")
+def xla(saved):
+    """The forecaster as served before TensorFlow Lite: one window XLA-compiled."""
+    return Forecaster.load(saved, lite=False)
+
+
+@pytest.mark.slow
+def test_served_forecasts_equal_the_xla_paths_within_1e_5(lite, xla):
+    """Loaded for serving, one window runs in TensorFlow Lite and forecasts what the XLA path forecast."""
+    assert (lite.single_window, xla.single_window) == ("tflite", "xla")
+    bars = records(NEED + 40)
+    diffs, returns = [], []
+    for end in range(NEED, NEED + 41):
+        series = series_from_records(bars[end - NEED : end])
+        [new], [old] = lite.forecast(series), xla.forecast(series)
+        assert {k: v for k, v in new.items() if not isinstance(v, float)} == {
+            k: v for k, v in old.items() if not isinstance(v, float)
+        }
+        for key in ("predicted_return", "predicted_close", "interval_low", "interval_high"):
+            diffs.append(abs(new[key] - old[key]))
+        returns.append(new["predicted_return"])
+    assert max(diffs) <= 1e-5
+    assert np.std(returns) > 1e-6  # the model's returns vary from window to window: a real comparison
+
+
+@pytest.mark.slow
+def test_one_window_agrees_with_the_batched_graph_of_evaluation(lite):
+    """Every window alone through TensorFlow Lite gives the batched graph's return for it."""
+    x = probe_windows(META, 32)
+    batched = lite.forward(x)
+    single = np.concatenate([lite.forward(x[i : i + 1]) for i in range(len(x))])
+    assert batched.shape == single.shape == (32,)
+    assert np.max(np.abs(single - batched)) <= 1e-6
+    assert np.max(np.abs(batched - lite.model.predict(x, verbose=0).reshape(-1))) <= 1e-6
+
+
+@pytest.mark.slow
+def test_conversion_leaves_the_keras_model_with_its_loops(lite):
+    """Only the converted trace is unrolled: the loaded Keras model, used for batches, keeps its LSTM loops."""
+    rnns = [layer for layer in model_module._all_layers(lite.model) if isinstance(layer, layers.RNN)]
+    assert len(rnns) == 2
+    assert [layer.unroll for layer in rnns] == [False, False]
+
+
+@pytest.mark.slow
+def test_a_model_that_does_not_convert_is_served_xla_compiled(saved, lite, monkeypatch, caplog):
+    """A converter failure is logged and the forecaster serves one window XLA-compiled, with the same returns."""
+
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("no converter here")
+
+    monkeypatch.setattr(model_module, "single_window_tflite", broken)
+    with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
+        fallback = Forecaster.load(saved, lite=True)
+    assert fallback.single_window == "xla"
+    assert "TensorFlow Lite conversion failed: no converter here" in caplog.text
+    x = probe_windows(META, 4)[:1]
+    assert abs(float(fallback.forward(x)[0]) - float(lite.forward(x)[0])) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_converted_model_with_other_outputs_is_not_served(saved, monkeypatch, caplog):
+    """The load-time check compares TensorFlow Lite with the graph: a wrong conversion falls back to XLA."""
+    monkeypatch.setattr(_LiteWindow, "__call__", lambda self, x: np.array([0.01], dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
+        fallback = Forecaster.load(saved, lite=True)
+    assert fallback.single_window == "xla"
+    assert "differs from the graph by up to" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        pytest.param(lambda s: dt.datetime.fromtimestamp(s, dt.UTC).isoformat(), id="iso-offset"),
+        pytest.param(lambda s: dt.datetime.fromtimestamp(s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), id="iso-z"),
+        pytest.param(lambda s: dt.datetime.fromtimestamp(s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"), id="iso-naive"),
+        pytest.param(
+            lambda s: dt.datetime.fromtimestamp(s, dt.timezone(dt.timedelta(hours=-5))).isoformat(), id="iso-new-york"
+        ),
+        pytest.param(lambda s: s, id="int"),
+        pytest.param(lambda s: s + 0.7, id="float"),
+        pytest.param(lambda s: s if s % 120 else dt.datetime.fromtimestamp(s, dt.UTC).isoformat(), id="mixed"),
+    ],
+)
+def test_every_time_format_reads_as_the_same_minutes(ts):
+    """ISO 8601 (offset, Z, naive UTC, other zone), integer and float seconds, or a mix: the same minute times."""
+    bars = records(12)
+    series = series_from_records([{**bar, "ts": ts(T0 + 60 * i)} for i, bar in enumerate(bars)])
+    times, (_, _, _, c, v) = series["AAA"]
+    assert times.dtype == np.int64 and times.tolist() == [T0 + 60 * i for i in range(12)]
+    assert c.tolist() == [bar["close"] for bar in bars] and v.tolist() == [float(bar["volume"]) for bar in bars]
+
+
+def test_shuffled_and_repeated_bars_are_sorted_and_the_later_row_wins():
+    """Bars out of order are sorted; a minute sent twice keeps the row sent later."""
+    bars = records(10)
+    again = {**bars[4], "close": bars[4]["close"] * 1.001, "high": bars[4]["high"] * 1.001}
+    shuffled = [bars[i] for i in (9, 3, 0, 4, 7, 1, 8, 2, 6, 5)] + [again]
+    times, (_, _, _, close, _) = series_from_records(shuffled)["AAA"]
+    assert times.tolist() == [T0 + 60 * i for i in range(10)]
+    assert close[4] == again["close"] and close[5] == bars[5]["close"]
+
+
+def test_symbols_are_grouped_upper_cased_and_sorted():
+    """Bars of several symbols are grouped per upper-cased symbol, in name order."""
+    series = series_from_records(records(5, symbol="msft") + records(7, symbol="AAPL", seed=1))
+    assert list(series) == ["AAPL", "MSFT"]
+    assert [len(series[s][0]) for s in series] == [7, 5]
+
+
+def _set(index: int | None, **fields: object):
+    """A change to the bar at ``index`` (every bar when None)."""
+    return lambda i, bar: {**bar, **fields} if index is None or i == index else bar
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(lambda i, bar: {k: v for k, v in bar.items() if k != "ts"} if i == 3 else bar, "'ts'", id="no-ts"),
+        pytest.param(lambda i, bar: "a bar" if i == 3 else bar, "each bar needs", id="not-an-object"),
+        pytest.param(_set(3, ts="yesterday"), "Invalid isoformat string", id="ts-word"),
+        pytest.param(_set(9, ts="9999-12-31T23:59:00+00:00"), "is not a time between 2000-01-01", id="ts-year-9999"),
+        pytest.param(lambda i, bar: {**bar, "ts": 10**30 + i}, "is not a time between", id="ts-huge-int"),
+        pytest.param(_set(None, ts=1e300), "is not a time between", id="ts-1e300"),
+        pytest.param(lambda i, bar: {**bar, "ts": 1_793_629_800_000 + 60_000 * i}, "1793629800000", id="ts-ms"),
+        pytest.param(_set(2, ts=float("nan")), "ts nan is not a time", id="ts-nan-among-strings"),
+        pytest.param(lambda i, bar: {**bar, "ts": T0 + 60 * i if i != 2 else math.nan}, "nan", id="ts-nan-among-ints"),
+        pytest.param(lambda i, bar: {**bar, "ts": 946_684_799.5 + 60 * i}, "946684799.5", id="ts-before-2000"),
+        pytest.param(_set(None, ts=True), "ts must be a time", id="ts-bool"),
+        pytest.param(_set(4, ts=None), "ts of type NoneType", id="ts-null"),
+        pytest.param(_set(9, high=1e308), "finite prices", id="price-1e308"),
+        pytest.param(_set(9, volume=10**19), "volume in [0", id="volume-1e19"),
+        pytest.param(_set(9, volume=10**400), "int too large", id="volume-past-float"),
+        pytest.param(_set(1, close="abc"), "could not convert", id="price-word"),
+        pytest.param(_set(1, close=None), "finite prices", id="price-null"),
+        pytest.param(_set(1, close=[1.0]), "each bar needs", id="price-list"),
+        pytest.param(
+            _set(None, open=[1.0], high=[1.0], low=[1.0], close=[1.0], volume=[1.0]), "must be numbers", id="all-lists"
+        ),
+        pytest.param(
+            lambda i, bar: {**bar, "low": bar["high"] * 1.01} if i == 1 else bar, "low <=", id="low-above-high"
+        ),
+        pytest.param(_set(1, volume=-1), "volume in [0", id="volume-negative"),
+    ],
+)
+def test_bad_bars_are_malformed_with_the_reason(change, message):
+    """Every unusable bar makes the request malformed, whether it stops the bulk reader or the one-by-one one."""
+    bad = [change(i, bar) for i, bar in enumerate(records(10))]
+    with pytest.raises(ForecastInputError) as caught:
+        series_from_records(bad)
+    assert caught.value.code == "malformed"
+    assert message in str(caught.value)
+
+
+def test_no_bars_is_malformed():
+    """An empty list of bars is malformed."""
+    with pytest.raises(ForecastInputError) as caught:
+        series_from_records([])
+    assert (caught.value.code, str(caught.value)) == ("malformed", "no bars")
+
+
+def test_too_few_bars_says_how_many_are_needed():
+    """Fewer bars than a window and its warm-up: not_enough_bars, naming the count."""
+    with pytest.raises(ForecastInputError) as caught:
+        Forecaster.persistence(META).forecast(series_from_records(records(NEED - 1)))
+    assert caught.value.code == "not_enough_bars"
+    assert f"need the last {NEED} bars" in str(caught.value)
+
+
+def test_a_mid_session_forecast_has_its_interval_around_the_last_close():
+    """Persistence mid-session: no change, target one minute on, interval last × exp(±q × volatility)."""
+    forecaster = Forecaster.persistence(META)
+    series = series_from_records(records())
+    [row] = forecaster.forecast(series)
+    half = 2.0 * float(forecaster.windows(series, True).volatility[0])
+    last, as_of = series["AAA"][1][3][-1], T0 + 60 * (NEED - 1)
+    assert (row["symbol"], row["as_of"], row["target_ts"]) == ("AAA", as_of, as_of + 60)
+    assert (row["predicted_return"], row["predicted_close"]) == (0.0, last)
+    assert row["interval_low"] == pytest.approx(last * math.exp(-half), rel=1e-12)
+    assert row["interval_high"] == pytest.approx(last * math.exp(half), rel=1e-12)
+    assert (row["session_closed"], row["next_open"]) == (False, None)
+
+
+def test_the_sessions_last_minute_forecasts_no_change_and_the_next_open():
+    """A window ending at 15:59 New York: session closed, no target, no interval, the next day's open."""
+    start = T0 + (389 - (NEED - 1)) * 60  # the last bar starts at 20:59 UTC
+    [row] = Forecaster.persistence(META).forecast(series_from_records(records(start=start)))
+    assert (row["session_closed"], row["target_ts"], row["next_open"]) == (True, None, T0 + 86_400)
+    assert (row["interval_low"], row["interval_high"], row["predicted_return"]) == (None, None, 0.0)
+
+
+def test_score_answers_iso_times_and_the_interval_as_one_object(monkeypatch):
+    """score.score: 200 with ISO times and {level, low, high}; too few bars 422; a bar without fields 400."""
+    forecaster = Forecaster.persistence(META)
+    state = {
+        "forecaster": forecaster,
+        "error": ForecastInputError,
+        "series": series_from_records,
+        "model": {"name": "m", "version": "1", "kind": "persistence"},
+        "skill": None,
+    }
+    monkeypatch.setattr(score, "_state", state)
+    bars = records()
+    body, status = score.score({"bars": bars})
+    [row] = body["forecasts"]
+    assert status == 200 and body["model"] == state["model"] and body["skill"] is None
+    assert (row["as_of"], row["target_ts"], row["next_open"]) == ("2026-11-04T15:39:00Z", "2026-11-04T15:40:00Z", None)
+    assert row["predicted_close"] == bars[-1]["close"] and row["interval"]["level"] == 0.9
+    assert row["interval"]["low"] < row["predicted_close"] < row["interval"]["high"]
+    assert score.score({"bars": bars[:10]})[1] == 422
+    assert score.score({"bars": [{"symbol": "A"}]}) == (
+        {"error": {"code": "malformed", "message": "each bar needs symbol, ts, open, high, low, close, volume: 'ts'"}},
+        400,
+    )
