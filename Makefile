@@ -49,15 +49,15 @@ format: setup
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-# the suite on every core (pytest-xdist; each worker starts its own Azurite and ports; the tests on the
-# trained model share one worker, so it is trained once)
+# the suite on every core (pytest-xdist): a file's tests run on one worker, so its module fixtures are
+# built once; each worker starts its own Azurite and ports; the trained model is shared (tests/conftest.py)
 WORKERS ?= auto
 test: setup lint
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile
 
 # unit tests only: no local service, no pipeline, no Bicep
 test-fast: setup
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -m "not integration and not e2e and not slow and not infra"
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not integration and not e2e and not slow and not infra"
 
 # ARGS passes options through, e.g. `make demo ARGS=--keep` or `make up ARGS="--schedule '0 */2 * * * *'"`
 demo: setup

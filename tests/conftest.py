@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -21,13 +23,6 @@ from devhost.runtime import Runtime, prepare
 from functions.settings import get_settings
 from functions.shared.storage import bars_container
 from training_job.config import TrainConfig
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the trained model share one xdist worker, so the session trains it (and serves it) once."""
-    for item in items:
-        if "trained" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("trained"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -102,24 +97,55 @@ def bars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def trained(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory, bars_dir: Path) -> Iterator[Trained]:
-    """Train twice against a private MLflow store: v1 is persistence, v2 promotes, crippled v3 is retained."""
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An flock on ``lock``: one pytest-xdist worker at a time."""
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_twice(home: Path, bars: Path) -> tuple[TrainConfig, dict, dict]:
     from training_job.train import run
 
-    home = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{home}/mlflow.db"
     cwd = Path.cwd()
     os.chdir(home)  # MLflow's default artifact root is relative to the working directory
     try:
         with mlflow_store(uri):
-            cfg = TrainConfig(bars=bars_dir, experiment="tests", summary_out=home / "first.json", **TINY)
+            cfg = TrainConfig(bars=bars, experiment="tests", summary_out=home / "first.json", **TINY)
             first = run(cfg)
             crippled = replace(cfg, learning_rate=5.0, units=2, epochs=1, summary_out=home / "second.json")
             second = run(crippled)
     finally:
         os.chdir(cwd)
-    yield Trained(home, uri, cfg, first, second)
+    return cfg, first, second
+
+
+@pytest.fixture(scope="session")
+def trained(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory, bars_dir: Path) -> Iterator[Trained]:
+    """Train twice against a private MLflow store: v1 is persistence, v2 promotes, crippled v3 is retained.
+
+    Under pytest-xdist the first worker that needs it trains into the run's shared temp folder and
+    the others read the same store (tests only read it), so the session trains once.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        home = tmp_path_factory.mktemp("mlflow")
+        cfg, first, second = _train_twice(home, bars_dir)
+        yield Trained(home, f"sqlite:///{home}/mlflow.db", cfg, first, second)
+        return
+    home = tmp_path_factory.getbasetemp().parent / "trained"  # one folder per run, shared by its workers
+    with _exclusive(home.with_suffix(".lock")):
+        if not (home / "trained.json").exists():
+            home.mkdir(exist_ok=True)
+            cfg, first, second = _train_twice(home, bars_dir)
+            (home / "trained.json").write_text(json.dumps({"bars": str(bars_dir), "first": first, "second": second}))
+        done = json.loads((home / "trained.json").read_text())
+    cfg = TrainConfig(bars=Path(done["bars"]), experiment="tests", summary_out=home / "first.json", **TINY)
+    yield Trained(home, f"sqlite:///{home}/mlflow.db", cfg, done["first"], done["second"])
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Scoring script of the online endpoint (AKS via Azure ML; ``azmlinfsrv`` locally).
 
 ``init()`` loads the MLflow pyfunc from ``AZUREML_MODEL_DIR``; ``run()`` takes ``{"bars": [...]}``
-and answers ``{"forecasts": [...], "model": {"name", "version", "kind"}, "skill": {...}}``; a GET
-answers what is served and how many bars a forecast needs. Bad input (times outside 2000-2100,
+and answers ``{"forecasts": [...], "model": {"name", "version", "kind"}, "skill": {...}}``;
+``{"requests": [{"bars": [...]}, ...]}`` scores up to ``MAX_BATCH`` requests in one call and answers
+``{"responses": [{"status", "body"}, ...]}``; a GET answers what is served, how many bars a forecast
+needs and ``max_batch``. Bad input (times outside 2000-2100,
 absurd prices or volumes included) gets a JSON error with a 4xx status, never a 200 carrying an
 error string; a bug gets a JSON 500 ``internal_error``.
 """
@@ -26,6 +28,7 @@ except ImportError:  # azureml-inference-server-http on its own
 
 log = logging.getLogger("stockcast.score")
 MAX_BARS = 20_000
+MAX_BATCH = 64  # requests in one batched POST (predict sends what queued while its last call ran)
 _STATUS = {"malformed": 400, "not_enough_bars": 422, "too_large": 413}
 _state: dict[str, Any] = {}
 
@@ -88,6 +91,29 @@ def score(payload: Any) -> tuple[dict[str, Any], int]:
     return {"forecasts": [_shape(row, level) for row in rows], "model": _state["model"], "skill": _state["skill"]}, 200
 
 
+def score_batch(payload: Any) -> tuple[dict[str, Any], int]:
+    """Score ``{"requests": [{"bars": [...]}, ...]}``: one answer per request, each with its own status.
+
+    One bad request gets its own 4xx inside a 200; the others are scored as if sent alone.
+    """
+    requests = payload.get("requests")
+    if not isinstance(requests, list) or not requests:
+        return {"error": {"code": "malformed", "message": 'body must be {"requests": [ ...non-empty list... ]}'}}, 400
+    if len(requests) > MAX_BATCH:
+        return {"error": {"code": "too_large", "message": f"at most {MAX_BATCH} requests per batch"}}, 413
+    if sum(len(r["bars"]) for r in requests if isinstance(r, dict) and isinstance(r.get("bars"), list)) > MAX_BARS:
+        return {"error": {"code": "too_large", "message": f"at most {MAX_BARS} bars per batch"}}, 413
+    responses = []
+    for request in requests:
+        try:
+            body, status = score(request)
+        except Exception:  # a bug on one request answers that request, not the batch
+            log.exception("scoring one request of a batch failed unexpectedly")
+            body, status = {"error": {"code": "internal_error", "message": "scoring failed unexpectedly"}}, 500
+        responses.append({"status": status, "body": body})
+    return {"responses": responses}, 200
+
+
 def _shape(row: dict[str, Any], level: float) -> dict[str, Any]:
     """A forecast row as JSON: ISO times and the interval as one object (null when there is none)."""
     low, high = row.pop("interval_low"), row.pop("interval_high")
@@ -111,10 +137,11 @@ def run(request: AMLRequest) -> AMLResponse:
 def _answer(request: AMLRequest) -> AMLResponse:
     if request.method == "GET":
         meta = _state["forecaster"].meta
-        return _json({"model": _state["model"], "bars_needed": meta.bars_needed, "skill": _state["skill"]}, 200)
+        info = {"model": _state["model"], "bars_needed": meta.bars_needed, "skill": _state["skill"]}
+        return _json({**info, "max_batch": MAX_BATCH}, 200)
     try:
         payload = orjson.loads(request.get_data())
     except orjson.JSONDecodeError as exc:
         return _error("malformed", f"body is not JSON: {exc}", 400)
-    body, status = score(payload)
+    body, status = score_batch(payload) if isinstance(payload, dict) and "requests" in payload else score(payload)
     return _json(body, status)

@@ -6,9 +6,11 @@ cached, and fetched again when it expires or the endpoint answers 401; it is nev
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 SERVED_TTL_S = 60.0  # how long what the endpoint said it serves is trusted before asking again
 SERVED_RETRY_S = 5.0  # after a failed info call, how long the fallback bar count is used
 CONNECT_TIMEOUT_S = 1.0
+# batches: what an endpoint that has not said its max_batch is tried with, and score.py's MAX_BARS
+DEFAULT_MAX_BATCH = 64
+MAX_BATCH_BARS = 20_000
 
 
 class _RetryableError(Exception):
@@ -43,6 +48,7 @@ class Served:
     version: str | None
     bars_needed: int
     expires: float
+    max_batch: int = 1  # requests one POST may carry; 1: the endpoint takes no batches
 
 
 def served_from_info(info: Any, fallback: int, expires: float) -> Served:
@@ -52,7 +58,9 @@ def served_from_info(info: Any, fallback: int, expires: float) -> Served:
     needed = info.get("bars_needed")
     valid = isinstance(needed, int) and not isinstance(needed, bool) and needed > 0
     version = model.get("version")
-    return Served(None if version is None else str(version), needed if valid else fallback, expires)
+    batch = info.get("max_batch")
+    batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 1 else 1
+    return Served(None if version is None else str(version), needed if valid else fallback, expires, batch)
 
 
 def is_current(served: Served | None, now: float) -> bool:
@@ -65,6 +73,101 @@ def contradicts(served: Served | None, scored: dict[str, Any]) -> bool:
     model = scored.get("model") if isinstance(scored, dict) else None
     version = model.get("version") if isinstance(model, dict) else None
     return served is not None and version is not None and str(version) != served.version
+
+
+def endpoint_document(status: int, content: bytes | Any, parsed: bool = False) -> dict[str, Any]:
+    """The document of an endpoint answer with ``status`` (a 200), or the ApiError it means.
+
+    422, 400 and 413 keep their status and the endpoint's code; anything else is 503.
+    ``parsed``: ``content`` is already the JSON value (one answer inside a batch).
+    """
+    if parsed:
+        doc = content
+    else:
+        try:
+            doc = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise ApiError(503, "endpoint_error", f"endpoint answered {status} without JSON", UNAVAILABLE) from None
+    if status == 200:
+        if not isinstance(doc, dict):  # off contract: the endpoint is failing, not this function
+            raise ApiError(503, "endpoint_error", "endpoint answered 200 without a JSON object", UNAVAILABLE)
+        return doc
+    error = doc.get("error") if isinstance(doc, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, message = str(error.get("code", "endpoint_error")), str(error.get("message", f"endpoint answered {status}"))
+    if status in (400, 413, 422):
+        raise ApiError(status, code, message)
+    raise ApiError(503, "endpoint_error", message, UNAVAILABLE)
+
+
+@dataclass
+class _Pending:
+    """One request's bars waiting for a scoring call, and (once done) its outcome."""
+
+    bars: list[dict[str, Any]]
+    request_id: str
+    outcome: tuple[dict[str, Any], float] | BaseException | None = None
+    done: bool = False
+
+
+class _Batcher:
+    """Requests that arrive while a scoring call is in flight go together in the next call.
+
+    Nothing waits for a batch to fill: a request finding no call in flight is sent at once (alone,
+    in the single-request format); those that queue behind it are sent together as soon as it
+    returns, by one of their own threads. Under load the endpoint answers a few batched calls in
+    place of one call per request; each request still gets its own answer, 4xx or forecast.
+    """
+
+    def __init__(self, send: Callable[[list[_Pending]], list[tuple[dict[str, Any], float] | BaseException]]) -> None:
+        self._send = send
+        self._cv = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+
+    def submit(self, bars: list[dict[str, Any]], request_id: str, max_batch: int) -> tuple[dict[str, Any], float]:
+        """Score ``bars`` in the next call; returns (document, seconds of that call) or raises its error."""
+        item = _Pending(bars, request_id)
+        with self._cv:
+            self._queue.append(item)
+        while True:
+            with self._cv:
+                while self._busy and not item.done:
+                    self._cv.wait()
+                if item.done:
+                    break
+                batch = self._take(max_batch)
+                self._busy = True
+            outcomes: list[tuple[dict[str, Any], float] | BaseException] = []
+            try:
+                outcomes = self._send(batch)
+            except BaseException as exc:  # even an interrupt must release the queued requests
+                outcomes = [exc] * len(batch)
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                with self._cv:
+                    failed = [RuntimeError("the scoring call failed")] * len(batch)
+                    for pending, outcome in zip(batch, outcomes or failed, strict=True):
+                        pending.outcome, pending.done = outcome, True
+                    self._busy = False
+                    self._cv.notify_all()
+        if isinstance(item.outcome, ApiError):
+            raise dataclasses.replace(item.outcome)  # each request raises its own copy
+        if isinstance(item.outcome, BaseException):
+            raise item.outcome
+        return item.outcome
+
+    def _take(self, max_batch: int) -> list[_Pending]:
+        """The oldest queued requests that fit one call: at most ``max_batch``, and ``MAX_BATCH_BARS`` bars."""
+        batch, bars = [self._queue[0]], len(self._queue[0].bars)
+        for pending in self._queue[1:max_batch]:
+            if bars + len(pending.bars) > MAX_BATCH_BARS:
+                break
+            batch.append(pending)
+            bars += len(pending.bars)
+        del self._queue[: len(batch)]
+        return batch
 
 
 @dataclass
@@ -113,11 +216,20 @@ class ScoringClient:
         self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._served: Served | None = None
         self._served_lock = threading.Lock()
+        self._batcher = _Batcher(self._send)
+        self._unbatched_until = 0.0  # monotonic; an endpoint refused a batch: send one request per call
 
     def score(self, bars: list[dict[str, Any]], request_id: str) -> tuple[dict[str, Any], float]:
-        """Score the bars; returns (response document, seconds spent in the endpoint call)."""
+        """Score the bars; returns (response document, seconds spent in the endpoint call).
+
+        Concurrent requests share calls (see :class:`_Batcher`) where the endpoint takes batches.
+        """
         try:
-            scored, elapsed = self._call("POST", orjson.dumps({"bars": bars}), request_id)
+            max_batch = self._max_batch()
+            if max_batch > 1:
+                scored, elapsed = self._batcher.submit(bars, request_id, max_batch)
+            else:
+                scored, elapsed = self._call("POST", orjson.dumps({"bars": bars}), request_id)
         except ApiError as err:
             if err.code == "not_enough_bars":  # the served model may have changed: ask again next time
                 self.forget_served()
@@ -127,8 +239,53 @@ class ScoringClient:
             self.forget_served()
         return scored, elapsed
 
+    def _max_batch(self) -> int:
+        """Requests one call may carry: as the endpoint said; untried, a batch (a refusal switches it off)."""
+        now = time.monotonic()
+        if now < self._unbatched_until:
+            return 1
+        served = self._served
+        return served.max_batch if is_current(served, now) else DEFAULT_MAX_BATCH
+
+    def _send(self, batch: list[_Pending]) -> list[tuple[dict[str, Any], float] | BaseException]:
+        """One call for the queued requests: the single-request format for one, a batch for more."""
+        if len(batch) == 1:
+            return [self._alone(batch[0])]
+        lead = batch[0].request_id
+        log.debug("request=%s scores a batch of %d: %s", lead, len(batch), ",".join(p.request_id for p in batch))
+        try:
+            doc, elapsed = self._call("POST", orjson.dumps({"requests": [{"bars": p.bars} for p in batch]}), lead)
+        except ApiError as err:
+            if err.status != 400:
+                return [err] * len(batch)
+            # an endpoint without batches (an older scoring script) calls the envelope malformed
+            log.warning("request=%s the endpoint refused a batch (%s); sending one request per call", lead, err.code)
+            self._unbatched_until = time.monotonic() + SERVED_TTL_S
+            return [self._alone(p) for p in batch]
+        responses = doc.get("responses")
+        if not isinstance(responses, list) or len(responses) != len(batch):
+            off = ApiError(503, "endpoint_error", "endpoint answered a batch off contract", UNAVAILABLE)
+            return [off] * len(batch)
+        return [self._answer_in_batch(response, elapsed) for response in responses]
+
+    def _alone(self, pending: _Pending) -> tuple[dict[str, Any], float] | ApiError:
+        try:
+            return self._call("POST", orjson.dumps({"bars": pending.bars}), pending.request_id)
+        except ApiError as err:
+            return err
+
+    @staticmethod
+    def _answer_in_batch(response: Any, elapsed: float) -> tuple[dict[str, Any], float] | ApiError:
+        status = response.get("status") if isinstance(response, dict) else None
+        if not isinstance(status, int) or isinstance(status, bool):
+            return ApiError(503, "endpoint_error", "endpoint answered a batch off contract", UNAVAILABLE)
+        try:
+            return endpoint_document(status, response.get("body"), parsed=True), elapsed
+        except ApiError as err:
+            return err
+
     def info(self, request_id: str) -> dict[str, Any]:
-        """The endpoint's GET answer: ``{"model", "bars_needed", "skill"}``."""
+        """The endpoint's GET answer: ``{"model", "bars_needed", "skill", "max_batch"}``."""
         return self._call("GET", None, request_id)[0]
 
     def bars_needed(self, request_id: str) -> int:
@@ -209,31 +366,7 @@ class ScoringClient:
         if response.status_code >= 500:
             log.warning("request=%s scoring %s %d/%d: HTTP %d", request_id, method, num, attempts, response.status_code)
             raise _RetryableError(f"HTTP {response.status_code}")
-        return self._result(response), elapsed
-
-    @staticmethod
-    def _result(response: httpx.Response) -> dict[str, Any]:
-        try:
-            doc = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise ApiError(
-                503, "endpoint_error", f"endpoint answered {response.status_code} without JSON", UNAVAILABLE
-            ) from None
-        if response.status_code == 200:
-            if not isinstance(doc, dict):  # off contract: the endpoint is failing, not this function
-                raise ApiError(503, "endpoint_error", "endpoint answered 200 without a JSON object", UNAVAILABLE)
-            return doc
-        error = doc.get("error") if isinstance(doc, dict) else None
-        error = error if isinstance(error, dict) else {}
-        code, message = (
-            str(error.get("code", "endpoint_error")),
-            str(error.get("message", f"endpoint answered {response.status_code}")),
-        )
-        if response.status_code == 422:
-            raise ApiError(422, code, message)
-        if response.status_code in (400, 413):
-            raise ApiError(response.status_code, code, message)
-        raise ApiError(503, "endpoint_error", message, UNAVAILABLE)
+        return endpoint_document(response.status_code, response.content), elapsed
 
 
 @cache

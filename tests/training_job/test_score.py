@@ -188,3 +188,39 @@ def test_bars_written_by_ingest_are_read_by_training_with_the_same_values(tmp_pa
     assert got == expected
     assert got[("AAA", t0 + 60)] == (10.2, 10.9, 10.1, 10.8, 350)
     assert str(df["ts"].dt.tz) == "UTC" and df["volume"].dtype == "int64"
+
+
+def test_a_batch_answers_each_request_as_if_sent_alone(server, bars_dir):
+    """A batched POST gets one answer per request, in order: forecasts equal to single calls, 4xx kept per request."""
+    url, info = server
+    good = recent_bars(bars_dir, "NEWCO", info["bars_needed"] + 30)[:-30]
+    other = recent_bars(bars_dir, "OTHER", info["bars_needed"] + 10)[:-10]
+    short = good[-5:]
+    batch = {"requests": [{"bars": good}, {"bars": short}, {"bars": other}, {"nothing": 1}]}
+    response = httpx.post(url, content=orjson.dumps(batch), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    answers = response.json()["responses"]
+    assert [a["status"] for a in answers] == [200, 422, 200, 400]
+    assert [answers[1]["body"]["error"]["code"], answers[3]["body"]["error"]["code"]] == [
+        "not_enough_bars",
+        "malformed",
+    ]
+    for answer, bars in ((answers[0], good), (answers[2], other)):
+        alone = httpx.post(url, content=orjson.dumps({"bars": bars}), headers={"Content-Type": "application/json"})
+        assert answer["body"] == alone.json()
+    assert httpx.get(url).json()["max_batch"] == 64
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "status"),
+    [
+        ({"requests": []}, "malformed", 400),
+        ({"requests": "x"}, "malformed", 400),
+        ({"requests": [{"bars": []}] * 65}, "too_large", 413),
+    ],
+)
+def test_a_malformed_batch_is_a_json_4xx(server, body, code, status):
+    """An empty, non-list or oversized batch is refused as a whole with a JSON error."""
+    url, _ = server
+    response = httpx.post(url, content=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
 
 from functions.predict.api import ApiError
-from functions.predict.client import ScoringClient
+from functions.predict.client import ScoringClient, served_from_info
 from functions.settings import load_settings
 from tests.factories import LOCAL_APP_SETTINGS
 
@@ -18,21 +20,29 @@ OK = (200, {"forecasts": [], "model": {"version": "1"}})
 
 
 class _Scripted(ThreadingHTTPServer):
-    """A real HTTP endpoint that answers each request with the next (status, JSON) of its script."""
+    """A real HTTP endpoint that answers each request with the next (status, JSON) of its script.
 
-    def __init__(self, script: list[tuple[int, dict]]) -> None:
+    A script entry may be a function of the request's JSON; ``delay_s`` holds each answer back.
+    """
+
+    def __init__(self, script: list, delay_s: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script = list(script)
         self.seen = 0
+        self.bodies: list[dict] = []
+        self.delay_s = delay_s
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Scripted
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        status, doc = self.server.script[min(self.server.seen, len(self.server.script) - 1)]
+        request = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        entry = self.server.script[min(self.server.seen, len(self.server.script) - 1)]
         self.server.seen += 1
+        self.server.bodies.append(request)
+        time.sleep(self.server.delay_s)
+        status, doc = entry(request) if callable(entry) else entry
         body = orjson.dumps(doc)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -48,8 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
 def endpoint() -> Iterator[callable]:
     servers: list[_Scripted] = []
 
-    def start(script: list[tuple[int, dict]]) -> _Scripted:
-        server = _Scripted(script)
+    def start(script: list, delay_s: float = 0.0) -> _Scripted:
+        server = _Scripted(script, delay_s)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server
@@ -100,3 +110,71 @@ def test_5xx_is_retried_up_to_the_cap_and_4xx_never(endpoint, script, retries, s
         assert err.value.status == status
         assert err.value.code == ("endpoint_unavailable" if status == 503 else script[0][1]["error"]["code"])
     assert server.seen == requests
+
+
+def _batch_endpoint(request: dict) -> tuple[int, dict]:
+    """What score.py answers: one forecast per request naming its first bar's symbol; too few bars is 422."""
+
+    def one(item: dict) -> tuple[int, dict]:
+        if len(item["bars"]) < 2:
+            return 422, {"error": {"code": "not_enough_bars", "message": "need 2"}}
+        return 200, {"forecasts": [{"symbol": item["bars"][0]["symbol"]}], "model": {"version": "1"}}
+
+    if "requests" in request:
+        return 200, {
+            "responses": [dict(zip(("status", "body"), one(item), strict=True)) for item in request["requests"]]
+        }
+    return one(request)
+
+
+def _concurrently(client: ScoringClient, requests: list[list[dict]]) -> list[object]:
+    def call(i: int) -> object:
+        try:
+            return client.score(requests[i], f"req-{i}")[0]
+        except ApiError as err:
+            return (err.status, err.code)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(call, range(len(requests))))
+
+
+def test_requests_queued_behind_a_call_share_the_next_one(endpoint):
+    """Concurrent requests go out in fewer calls than requests, and each gets its own answer or 4xx."""
+    server = endpoint([_batch_endpoint], delay_s=0.2)
+    client = _client(server, 0)
+    requests = [[{"symbol": f"S{i}"}] * (1 if i == 3 else 2) for i in range(8)]
+    answers = _concurrently(client, requests)
+    assert answers[3] == (422, "not_enough_bars")
+    assert [a["forecasts"][0]["symbol"] for i, a in enumerate(answers) if i != 3] == [
+        f"S{i}" for i in range(8) if i != 3
+    ]
+    assert server.seen < 8
+    batched = [body for body in server.bodies if "requests" in body]
+    assert batched and sum(len(b["requests"]) for b in batched) + server.seen - len(batched) == 8
+
+
+def test_an_endpoint_without_batches_gets_one_request_per_call(endpoint):
+    """A batch refused as malformed (an older scoring script) is resent request by request, and batching stops."""
+
+    def old_endpoint(request: dict) -> tuple[int, dict]:
+        if "bars" not in request:
+            return 400, {"error": {"code": "malformed", "message": 'body must be {"bars": [...]}'}}
+        return 200, {"forecasts": [{"symbol": request["bars"][0]["symbol"]}]}
+
+    server = endpoint([old_endpoint], delay_s=0.2)
+    client = _client(server, 0)
+    requests = [[{"symbol": f"S{i}"}] for i in range(6)]
+    answers = _concurrently(client, requests)
+    assert [a["forecasts"][0]["symbol"] for a in answers] == [f"S{i}" for i in range(6)]
+    assert client._max_batch() == 1
+    refused = [body for body in server.bodies if "requests" in body]
+    assert len(refused) == 1 and len(server.bodies) == 1 + 6
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [({"max_batch": 64}, 64), ({}, 1), ({"max_batch": True}, 1), ({"max_batch": 0}, 1), ({"max_batch": "8"}, 1)],
+)
+def test_the_endpoints_max_batch_is_read_from_its_get(info, expected):
+    """GET's max_batch turns batching on; absent or malformed, requests go one per call."""
+    assert served_from_info({"bars_needed": 40, **info}, 90, 0.0).max_batch == expected
