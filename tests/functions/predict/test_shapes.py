@@ -27,7 +27,15 @@ from functions.predict.api import (
     parse_post,
     ts_seconds,
 )
-from functions.predict.client import SERVED_RETRY_S, ScoringClient, Served, contradicts, is_current, served_from_info
+from functions.predict.client import (
+    SERVED_RETRY_S,
+    ScoringClient,
+    Served,
+    contradicts,
+    endpoint_document,
+    is_current,
+    served_from_info,
+)
 from functions.predict.forecasts import _Flight
 from functions.settings import Settings
 
@@ -354,13 +362,35 @@ def test_forecast_body_off_contract_is_503(scored):
         (400, b'{"error": "flat string"}', (400, "endpoint_error")),
         (422, b'{"error": {"code": "not_enough_bars", "message": "need 60"}}', (422, "not_enough_bars")),
         (404, b'{"error": {"code": "x"}}', (503, "endpoint_error")),
+        (413, b'{"error": {"code": "too_large", "message": "big"}}', (413, "too_large")),
+        (200, b"not json", (503, "endpoint_error")),
     ],
 )
 def test_endpoint_answers_map_to_api_errors(status, content, expected):
-    """A 200 that is not an object is 503; an error document of any shape keeps 400/422, else 503."""
+    """A 200 that is not an object is 503; an error document of any shape keeps 400/413/422, else 503."""
     with pytest.raises(ApiError) as caught:
-        ScoringClient._result(httpx.Response(status, content=content))
+        endpoint_document(status, content)
     assert (caught.value.status, caught.value.code) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"status": 200, "body": {"forecasts": []}}, {"forecasts": []}),
+        ({"status": 422, "body": {"error": {"code": "not_enough_bars", "message": "m"}}}, (422, "not_enough_bars")),
+        ({"status": 500, "body": {"error": {"code": "internal_error", "message": "m"}}}, (503, "endpoint_error")),
+        ({"status": "200", "body": {}}, (503, "endpoint_error")),
+        ({"body": {}}, (503, "endpoint_error")),
+        ([1], (503, "endpoint_error")),
+    ],
+)
+def test_each_answer_in_a_batch_maps_like_a_whole_answer(answer, expected):
+    """An answer inside a batch is read as its own status and body; anything off contract is 503."""
+    got = ScoringClient._answer_in_batch(answer, 0.01)
+    if isinstance(got, ApiError):
+        assert (got.status, got.code) == expected
+    else:
+        assert got == (expected, 0.01)
 
 
 @pytest.mark.parametrize(
