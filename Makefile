@@ -10,7 +10,9 @@ INFRA_STAMP := $(INFRA_VENV)/.installed
 
 .PHONY: setup lock lint format test test-fast demo up train predict status bench stop clean
 
-setup: $(STAMP) $(INFRA_STAMP) node_modules/.installed
+# the two venvs and Azurite install side by side
+setup:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(STAMP) $(INFRA_STAMP) node_modules/.installed
 
 # uv installs the pinned sets in parallel and compiles their bytecode (where PYTHONDONTWRITEBYTECODE is set,
 # as here, nothing else would, and every TensorFlow import would compile it again: 13 s instead of 5)
