@@ -214,18 +214,18 @@ class Forecaster:
         as it was logged, and a model that does not convert, or converts to different outputs, keeps
         the XLA-compiled path (with a warning in the log).
         """
-        import keras
-
-        import training_job.model  # noqa: F401  (registers the attention layer for deserialisation)
-
         directory = Path(directory)
         meta = orjson.loads((directory / META_FILE).read_bytes())
         meta["features"] = tuple(meta["features"])
         if meta.get("interval_q") is None:  # JSON has no infinity
             meta["interval_q"] = float("inf")
         forecaster_meta = ForecasterMeta(**meta)
-        if forecaster_meta.kind == PERSISTENCE:
+        if forecaster_meta.kind == PERSISTENCE:  # no network: serving it never imports TensorFlow (~6 s of CPU)
             return cls(None, forecaster_meta)
+        import keras
+
+        import training_job.model  # noqa: F401  (registers the attention layer for deserialisation)
+
         return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), forecaster_meta, lite=lite)
 
     @staticmethod

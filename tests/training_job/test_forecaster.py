@@ -5,6 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,6 +28,7 @@ from training_job.forecaster import (
 from training_job.model import build_member
 
 T0 = 1_793_802_600  # 2026-11-04 14:30 UTC: a Wednesday's open in New York
+ROOT = Path(__file__).resolve().parents[2]
 META = ForecasterMeta(window=30, horizon=1, max_gap_minutes=5, interval_q=2.0)
 NEED = META.bars_needed
 
@@ -284,3 +289,16 @@ def test_score_answers_iso_times_and_the_interval_as_one_object(monkeypatch):
         {"error": {"code": "malformed", "message": "each bar needs symbol, ts, open, high, low, close, volume: 'ts'"}},
         400,
     )
+
+
+def test_serving_persistence_never_imports_tensorflow(tmp_path):
+    """A persistence champion loads and forecasts in a process that never imports TensorFlow."""
+    folder = Forecaster.save(None, replace(META, kind="persistence"), tmp_path / "persistence")
+    code = (
+        "import sys\n"
+        "from training_job.forecaster import Forecaster\n"
+        f"f = Forecaster.load({str(folder)!r}, lite=True)\n"
+        "print(f.meta.kind, f.single_window, f.use_lite(), 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.stdout.split() == ["persistence", "none", "none", "False"], done.stderr[-2000:]
