@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from azure.storage.blob import ContainerClient
 
 from devhost import azurite, local_rollout
 from devhost.feed import FeedConfig, write_bars
+from devhost.home import home_lock
 from devhost.processes import free_port
 from devhost.runtime import Runtime, prepare
 from functions.settings import get_settings
@@ -97,17 +97,6 @@ def bars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    """An flock on ``lock``: one pytest-xdist worker at a time."""
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _train_twice(home: Path, bars: Path) -> tuple[TrainConfig, dict, dict]:
     from training_job.train import run
 
@@ -137,8 +126,9 @@ def trained(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory, bars_dir
         cfg, first, second = _train_twice(home, bars_dir)
         yield Trained(home, f"sqlite:///{home}/mlflow.db", cfg, first, second)
         return
-    home = tmp_path_factory.getbasetemp().parent / "trained"  # one folder per run, shared by its workers
-    with _exclusive(home.with_suffix(".lock")):
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, shared by its workers
+    home = shared / "trained"
+    with home_lock(shared, "trained"):  # an flock: one worker trains, the others wait and read
         if not (home / "trained.json").exists():
             home.mkdir(exist_ok=True)
             cfg, first, second = _train_twice(home, bars_dir)
