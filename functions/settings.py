@@ -58,9 +58,6 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
-_REQUIRED: Any = MISSING
-
-
 @dataclass(frozen=True)
 class AppSetting:
     """How one field is read: the app setting's name, its parser, and whether it must be set."""
@@ -71,7 +68,7 @@ class AppSetting:
     required: bool
 
 
-def setting(key: str, parse: Callable[[str], Any] = str, *, default: Any = _REQUIRED) -> Any:
+def setting(key: str, parse: Callable[[str], Any] = str, *, default: Any = MISSING) -> Any:
     """A settings field read from app setting ``key`` with ``parse``; without a default it is required."""
     return field(default=default, metadata={"key": key, "parse": parse})
 

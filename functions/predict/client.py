@@ -138,7 +138,6 @@ class _Batcher:
                     break
                 batch = self._take(max_batch)
                 self._busy = True
-            outcomes: list[tuple[dict[str, Any], float] | BaseException] = []
             try:
                 outcomes = self._send(batch)
             except BaseException as exc:  # even an interrupt must release the queued requests
@@ -147,8 +146,7 @@ class _Batcher:
                     raise
             finally:
                 with self._cv:
-                    failed = [RuntimeError("the scoring call failed")] * len(batch)
-                    for pending, outcome in zip(batch, outcomes or failed, strict=True):
+                    for pending, outcome in zip(batch, outcomes, strict=True):
                         pending.outcome, pending.done = outcome, True
                     self._busy = False
                     self._cv.notify_all()
