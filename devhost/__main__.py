@@ -68,7 +68,8 @@ def _cmd_bars(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from devhost.up import running_up, stop_children
+    from devhost.home import running_up
+    from devhost.up import stop_children
 
     home = stockcast_home()
     up = running_up(home)
@@ -111,7 +112,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from devhost.host import Host
     from devhost.http import HttpHost, route_prefix
     from devhost.runtime import prepare
-    from devhost.up import running_up
+    from devhost.home import running_up
 
     runtime = prepare()
     up = running_up(runtime.home)

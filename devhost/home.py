@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from devhost.processes import listening
+from devhost.processes import listening, live_record
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +64,13 @@ def port_released(port: int, patience: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def up_state_file(home: Path) -> Path:
+    """Where a running ``devhost up`` records its pid and port."""
+    return home / "run" / "devhost.json"
+
+
+def running_up(home: Path) -> dict | None:
+    """The running ``devhost up`` of this home, if any (read without importing the host)."""
+    return live_record(up_state_file(home))

@@ -20,14 +20,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from azure.storage.blob import ContainerClient
-
 from devhost.processes import alive, child_environment, started, stop_group
 from functions.settings import Settings
 from functions.train_trigger.ports import Submission
+
+if TYPE_CHECKING:  # `devhost status` reads job records without the storage SDK
+    from azure.storage.blob import ContainerClient
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]

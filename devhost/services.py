@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from devhost import azurite, kafka
+from devhost.home import running_up
 from devhost.local_jobs import running_job
 from devhost.local_rollout import serving_state
 from devhost.mlflow_ui import mlflow_ui
-from devhost.up import running_up
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import orjson
 
 from devhost import azurite, kafka, live
 from devhost.feed import FeedConfig
+from devhost.home import running_up, up_state_file
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.kafka_trigger import KafkaTrigger
@@ -46,16 +47,6 @@ class UpOptions:
     mlflow_port: int = MLFLOW_UI_PORT
     backfill_days: int = 3
     seed: int = 7
-
-
-def state_file(home: Path) -> Path:
-    """Where a running ``devhost up`` records its pid and port."""
-    return home / "run" / "devhost.json"
-
-
-def running_up(home: Path) -> dict | None:
-    """The running ``devhost up`` of this home, if any."""
-    return live_record(state_file(home))
 
 
 def stop_children(home: Path) -> list[str]:
@@ -142,9 +133,9 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
             ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], preferred_or_free(options.mlflow_port))
             say(f"MLflow UI:   {ui['url']}")
         http = HttpHost(host, options.port).start()  # last: an answering API means the stack is up
-        state_file(home).parent.mkdir(parents=True, exist_ok=True)
+        up_state_file(home).parent.mkdir(parents=True, exist_ok=True)
         schedule = os.environ["TRAIN_SCHEDULE"]
-        state_file(home).write_bytes(
+        up_state_file(home).write_bytes(
             orjson.dumps(
                 {
                     "pid": os.getpid(),
@@ -174,7 +165,7 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
                 thread.join(timeout=30)
         if http:
             http.stop()
-        state_file(home).unlink(missing_ok=True)
+        up_state_file(home).unlink(missing_ok=True)
         stopped = stop_children(home)
         say(f"stopped: {', '.join(stopped) or 'nothing else was running'}")
 

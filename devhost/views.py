@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pyarrow as pa
@@ -15,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from devhost.replay import ReplayStats
+if TYPE_CHECKING:  # the replay path imports the host and the storage SDK: `devhost status` needs neither
+    from devhost.replay import ReplayStats
 
 
 def replay_bodies(bodies: list[bytes], batch_size: int, partitions: int, seed: int, console: Console) -> ReplayStats:
