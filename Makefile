@@ -53,14 +53,16 @@ format: setup
 	$(PY) -m ruff format .
 
 # the suite on every core (pytest-xdist): a file's tests run on one worker, so its module fixtures are
-# built once; each worker starts its own Azurite and ports; the trained model is shared (tests/conftest.py)
+# built once; each worker starts its own Azurite and ports; the trained model is shared (tests/conftest.py).
+# Files go out in the order tests/conftest.py gives them (heaviest first), not xdist's most-tests-first
 WORKERS ?= auto
+XDIST := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup lint
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile
+	$(PY) -m pytest $(XDIST)
 
 # unit tests only: no local service, no pipeline, no Bicep
 test-fast: setup
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not integration and not e2e and not slow and not infra"
+	$(PY) -m pytest $(XDIST) -m "not integration and not e2e and not slow and not infra"
 
 # ARGS passes options through, e.g. `make demo ARGS=--keep` or `make up ARGS="--schedule '0 */2 * * * *'"`
 demo: setup

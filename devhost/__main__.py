@@ -109,10 +109,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from devhost.home import running_up
     from devhost.host import Host
     from devhost.http import HttpHost, route_prefix
     from devhost.runtime import prepare
-    from devhost.home import running_up
 
     runtime = prepare()
     up = running_up(runtime.home)
@@ -137,8 +137,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def _cmd_up(args: argparse.Namespace) -> int:
     import threading
 
+    from devhost.home import running_up
     from devhost.runtime import prepare
-    from devhost.up import UpOptions, running_up, serve
+    from devhost.up import UpOptions, serve
 
     if args.schedule:
         os.environ["TRAIN_SCHEDULE"] = args.schedule

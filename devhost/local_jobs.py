@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
 from devhost.processes import alive, child_environment, started, stop_group
 from functions.settings import Settings
 from functions.train_trigger.ports import Submission

@@ -20,7 +20,7 @@ import orjson
 
 from devhost import azurite, kafka, live
 from devhost.feed import FeedConfig
-from devhost.home import running_up, up_state_file
+from devhost.home import up_state_file
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.kafka_trigger import KafkaTrigger
@@ -28,7 +28,7 @@ from devhost.local_jobs import running_job
 from devhost.local_rollout import LocalRollout, serving_state, stop_serving
 from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
 from devhost.orchestrate import fire_timer, next_fire
-from devhost.processes import live_record, preferred_or_free, stop_group
+from devhost.processes import preferred_or_free, stop_group
 from devhost.publish import publish_local
 from devhost.runtime import Runtime, keep_connected
 from functions.settings import get_settings
