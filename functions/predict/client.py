@@ -107,23 +107,31 @@ class _Pending:
     bars: list[dict[str, Any]]
     request_id: str
     outcome: tuple[dict[str, Any], float] | BaseException | None = None
+    taken: bool = False  # in a call that has not returned yet
     done: bool = False
 
 
 class _Batcher:
-    """Requests that arrive while a scoring call is in flight go together in the next call.
+    """Requests that arrive while the endpoint's workers are all busy go together in the next call.
 
-    Nothing waits for a batch to fill: a request finding no call in flight is sent at once (alone,
-    in the single-request format); those that queue behind it are sent together as soon as it
-    returns, by one of their own threads. Under load the endpoint answers a few batched calls in
-    place of one call per request; each request still gets its own answer, 4xx or forecast.
+    Nothing waits for a batch to fill: a request that finds a worker free is sent at once (alone,
+    in the single-request format); those that queue behind busy workers are sent together as soon
+    as one returns, by one of their own threads. Up to ``in_flight`` calls run at once, one per
+    scoring worker: with one call at a time, a second worker sat idle while requests queued.
+    Under load the endpoint answers a few batched calls in place of one call per request; each
+    request still gets its own answer, 4xx or forecast.
     """
 
-    def __init__(self, send: Callable[[list[_Pending]], list[tuple[dict[str, Any], float] | BaseException]]) -> None:
+    def __init__(
+        self,
+        send: Callable[[list[_Pending]], list[tuple[dict[str, Any], float] | BaseException]],
+        in_flight: int = 1,
+    ) -> None:
         self._send = send
+        self._limit = max(in_flight, 1)
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
-        self._busy = False
+        self._in_flight = 0
 
     def submit(self, bars: list[dict[str, Any]], request_id: str, max_batch: int) -> tuple[dict[str, Any], float]:
         """Score ``bars`` in the next call; returns (document, seconds of that call) or raises its error."""
@@ -132,12 +140,12 @@ class _Batcher:
             self._queue.append(item)
         while True:
             with self._cv:
-                while self._busy and not item.done:
+                while not item.done and (item.taken or self._in_flight >= self._limit):
                     self._cv.wait()
                 if item.done:
                     break
-                batch = self._take(max_batch)
-                self._busy = True
+                batch = self._take(max_batch)  # the oldest queued ones: this request's, or older ones first
+                self._in_flight += 1
             try:
                 outcomes = self._send(batch)
             except BaseException as exc:  # even an interrupt must release the queued requests
@@ -148,7 +156,7 @@ class _Batcher:
                 with self._cv:
                     for pending, outcome in zip(batch, outcomes, strict=True):
                         pending.outcome, pending.done = outcome, True
-                    self._busy = False
+                    self._in_flight -= 1
                     self._cv.notify_all()
         if isinstance(item.outcome, ApiError):
             raise dataclasses.replace(item.outcome)  # each request raises its own copy
@@ -165,6 +173,8 @@ class _Batcher:
             batch.append(pending)
             bars += len(pending.bars)
         del self._queue[: len(batch)]
+        for pending in batch:
+            pending.taken = True
         return batch
 
 
@@ -214,7 +224,7 @@ class ScoringClient:
         self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._served: Served | None = None
         self._served_lock = threading.Lock()
-        self._batcher = _Batcher(self._send)
+        self._batcher = _Batcher(self._send, settings.scoring_workers)  # one call in flight per worker
         self._unbatched_until = 0.0  # monotonic; an endpoint refused a batch: send one request per call
 
     def score(self, bars: list[dict[str, Any]], request_id: str) -> tuple[dict[str, Any], float]:

@@ -31,6 +31,8 @@ class _Scripted(ThreadingHTTPServer):
         self.seen = 0
         self.bodies: list[dict] = []
         self.delay_s = delay_s
+        self.lock = threading.Lock()
+        self.active = self.most_active = 0  # calls being answered at once, and the most seen
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -41,7 +43,12 @@ class _Handler(BaseHTTPRequestHandler):
         entry = self.server.script[min(self.server.seen, len(self.server.script) - 1)]
         self.server.seen += 1
         self.server.bodies.append(request)
+        with self.server.lock:
+            self.server.active += 1
+            self.server.most_active = max(self.server.most_active, self.server.active)
         time.sleep(self.server.delay_s)
+        with self.server.lock:
+            self.server.active -= 1
         status, doc = entry(request) if callable(entry) else entry
         body = orjson.dumps(doc)
         self.send_response(status)
@@ -70,7 +77,7 @@ def endpoint() -> Iterator[callable]:
         server.server_close()
 
 
-def _client(server: _Scripted, retries: int) -> ScoringClient:
+def _client(server: _Scripted, retries: int, workers: int = 1) -> ScoringClient:
     host, port = server.server_address
     settings = load_settings(
         {
@@ -78,6 +85,7 @@ def _client(server: _Scripted, retries: int) -> ScoringClient:
             "BarsStorage": "UseDevelopmentStorage=true",
             "SCORING_URL": f"http://{host}:{port}/score",
             "SCORING_RETRIES": str(retries),
+            "SCORING_WORKERS": str(workers),
         }
     )
     return ScoringClient(settings)
@@ -151,6 +159,17 @@ def test_requests_queued_behind_a_call_share_the_next_one(endpoint):
     assert server.seen < 8
     batched = [body for body in server.bodies if "requests" in body]
     assert batched and sum(len(b["requests"]) for b in batched) + server.seen - len(batched) == 8
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_one_call_in_flight_per_scoring_worker(endpoint, workers):
+    """Queued requests keep every scoring worker busy, never more calls at once than SCORING_WORKERS."""
+    server = endpoint([_batch_endpoint], delay_s=0.2)
+    client = _client(server, 0, workers)
+    answers = _concurrently(client, [[{"symbol": f"S{i}"}] * 2 for i in range(12)])
+    assert [a["forecasts"][0]["symbol"] for a in answers] == [f"S{i}" for i in range(12)]
+    assert server.most_active == workers
+    assert server.seen < 12  # batches still form behind the busy workers
 
 
 def test_an_endpoint_without_batches_gets_one_request_per_call(endpoint):
