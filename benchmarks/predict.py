@@ -80,6 +80,48 @@ def _figures(results: list[tuple[float, int, float | None, float | None]]) -> tu
     return float(np.percentile(latency, 50)), float(np.percentile(latency, 99)), o50, errors
 
 
+# a server that answers every request with the same bytes and does no work: the load generator's own floor
+_NULL_SERVER = """
+import asyncio, sys
+BODY = b'{"symbol":"AAPL"}'
+ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(BODY), BODY)
+class Null(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        self.buffer += data
+        while b"\\r\\n\\r\\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\\r\\n\\r\\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\\r\\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(rest) < length:
+                return
+            self.buffer = rest[length:]
+            self.transport.write(ANSWER)
+async def main():
+    server = await asyncio.get_running_loop().create_server(Null, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def _floor(bodies: list[bytes]) -> tuple[float, float]:
+    """p50 (ms) of the same load, GET and POST, against the null server: what no server can go below here."""
+    proc = subprocess.Popen([sys.executable, "-c", _NULL_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        load = _Connections(int(proc.stdout.readline()))
+        figures = []
+        for request in (("GET", "/api/predict/AAPL", None), ("POST", "/api/predict", bodies[0])):
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                results = list(pool.map(lambda _, r=request: load.timed(*r), range(REQUESTS)))
+            figures.append(float(np.percentile([r[0] for r in results], 50)) * 1000)
+        return figures[0], figures[1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _post_bodies(folder: Path, bars: int = 90) -> list[bytes]:
     """One POST body per symbol: its newest ``bars`` bars, as a client would send them."""
     import pyarrow as pa
@@ -183,6 +225,7 @@ def main() -> None:
 
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             uncached_gets = list(pool.map(one_uncached, range(REQUESTS)))
+        floor_get, floor_post = _floor(bodies)
     finally:
         for proc in (up, uncached_up, scorer):
             if proc is not None:
@@ -207,6 +250,7 @@ def main() -> None:
         f"uncached GET (PREDICT_CACHE_SECONDS=0: read latest/ and score): p50 {g50:.2f} ms, "
         f"p99 {g99:.2f} ms, function overhead p50 {go50:.2f} ms; errors: {get_errors}"
     )
+    print(f"the same load against a server that does no work: GET p50 {floor_get:.2f} ms, POST p50 {floor_post:.2f} ms")
     print(
         json.dumps(
             {
@@ -225,6 +269,8 @@ def main() -> None:
                 "get_uncached_p99_ms": round(g99, 2),
                 "get_uncached_errors": get_errors,
                 "cache_hit_ratio": round(hits, 3),
+                "floor_get_p50_ms": round(floor_get, 2),
+                "floor_post_p50_ms": round(floor_post, 2),
             }
         )
     )
