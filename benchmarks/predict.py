@@ -15,8 +15,8 @@ the last line.
 The load comes from 8 threads with one keep-alive ``http.client`` connection each. One shared
 ``httpx.Client`` (the first version of this script) spends 1.3–1.8 ms of CPU per request in its
 pool's locks. Against a server that answers fixed bytes and does no work, its own p50 was 8–12 ms,
-at or above the targets being measured. ``http.client`` has a p50 of 0.9 ms (GET) and 3 ms (POST)
-against the same server, and it leaves the two cores to the path under test.
+at or above the targets being measured. ``http.client`` leaves the two cores to the path under test;
+its own floor, the same load against ``benchmarks/null_server.py``, is reported as ``floor_*``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,42 +81,28 @@ def _figures(results: list[tuple[float, int, float | None, float | None]]) -> tu
     return float(np.percentile(latency, 50)), float(np.percentile(latency, 99)), o50, errors
 
 
-# a server that answers every request with the same bytes and does no work: the load generator's own floor
-_NULL_SERVER = """
-import asyncio, sys
-BODY = b'{"symbol":"AAPL"}'
-ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(BODY), BODY)
-class Null(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.buffer = transport, b""
-    def data_received(self, data):
-        self.buffer += data
-        while b"\\r\\n\\r\\n" in self.buffer:
-            head, _, rest = self.buffer.partition(b"\\r\\n\\r\\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\\r\\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            if len(rest) < length:
-                return
-            self.buffer = rest[length:]
-            self.transport.write(ANSWER)
-async def main():
-    server = await asyncio.get_running_loop().create_server(Null, "127.0.0.1", 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await server.serve_forever()
-asyncio.run(main())
-"""
+def _phase(load: _Connections, request: Callable[[int], tuple]) -> list[tuple[float, int, float | None, float | None]]:
+    """``REQUESTS`` requests, ``CONCURRENCY`` at a time: ``request(i)`` gives the i-th (method, path, body)."""
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return list(pool.map(lambda i: load.timed(*request(i)), range(REQUESTS)))
 
 
-def _floor(bodies: list[bytes]) -> tuple[float, float]:
-    """p50 (ms) of the same load, GET and POST, against the null server: what no server can go below here."""
-    proc = subprocess.Popen([sys.executable, "-c", _NULL_SERVER], stdout=subprocess.PIPE, text=True)
+def _warm(load: _Connections) -> None:
+    """A few GETs per symbol before a timed phase: connections open, first forecasts made."""
+    for symbol in SYMBOLS * 10:
+        load.timed("GET", f"/api/predict/{symbol}")
+
+
+def _floor(body: bytes) -> tuple[float, float]:
+    """p50 (ms) of the same load, GET and POST, against benchmarks/null_server.py: what no server goes below here."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "null_server.py")], stdout=subprocess.PIPE)
     try:
         load = _Connections(int(proc.stdout.readline()))
-        figures = []
-        for request in (("GET", "/api/predict/AAPL", None), ("POST", "/api/predict", bodies[0])):
-            with ThreadPoolExecutor(CONCURRENCY) as pool:
-                results = list(pool.map(lambda _, r=request: load.timed(*r), range(REQUESTS)))
-            figures.append(float(np.percentile([r[0] for r in results], 50)) * 1000)
+        _warm(load)
+        figures = [
+            float(np.percentile([r[0] for r in _phase(load, lambda _, r=request: r)], 50)) * 1000
+            for request in (("GET", "/api/predict/AAPL", None), ("POST", "/api/predict", body))
+        ]
         return figures[0], figures[1]
     finally:
         proc.kill()
@@ -195,37 +182,20 @@ def main() -> None:
         base = f"http://127.0.0.1:{http_port}/api/predict"
         wait_answers(base)
         load = _Connections(http_port)
-        for symbol in SYMBOLS * 10:  # warm-up
-            load.timed("GET", f"/api/predict/{symbol}")
+        _warm(load)
         bodies = _post_bodies(home / "bars")
-
-        def one(i: int) -> tuple[float, int, float | None, float | None]:
-            return load.timed("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}")
-
-        def one_post(i: int) -> tuple[float, int, float | None, float | None]:
-            return load.timed("POST", "/api/predict", bodies[i % len(bodies)])
-
         started = time.perf_counter()
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            results = list(pool.map(one, range(REQUESTS)))
+        results = _phase(load, lambda i: ("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}", None))
         wall = time.perf_counter() - started
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            posts = list(pool.map(one_post, range(REQUESTS)))
+        posts = _phase(load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
         stop_group(up.pid)
         uncached_port = free_port()
         uncached_up = start_up(uncached_port, {"PREDICT_CACHE_SECONDS": "0"})
-        uncached_base = f"http://127.0.0.1:{uncached_port}/api/predict"
-        wait_answers(uncached_base)
+        wait_answers(f"http://127.0.0.1:{uncached_port}/api/predict")
         uncached = _Connections(uncached_port)
-        for symbol in SYMBOLS * 10:  # warm-up
-            uncached.timed("GET", f"/api/predict/{symbol}")
-
-        def one_uncached(i: int) -> tuple[float, int, float | None, float | None]:
-            return uncached.timed("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}")
-
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            uncached_gets = list(pool.map(one_uncached, range(REQUESTS)))
-        floor_get, floor_post = _floor(bodies)
+        _warm(uncached)
+        uncached_gets = _phase(uncached, lambda i: ("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}", None))
+        floor_get, floor_post = _floor(bodies[0])
     finally:
         for proc in (up, uncached_up, scorer):
             if proc is not None:

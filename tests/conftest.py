@@ -27,14 +27,15 @@ from training_job.config import TrainConfig
 # the order files are handed to xdist workers: whole-pipeline runs first, unit tests last, so the
 # run ends on short files instead of one worker running a minute-long scenario while the other idles
 # (xdist's own reorder, by test count, put the one-test scenarios last: see `make test`)
-_FILE_RANKS = (("e2e", 0), ("slow", 1), ("integration", 2))
+_HEAVIEST_FIRST = ("e2e", "slow", "integration")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Sort files by their heaviest marker (e2e, slow, integration, the rest); tests keep their order in a file."""
-    rank: dict[str, int] = {}
+    rank: dict[Path, int] = {}
     for item in items:
-        mine = min((r for name, r in _FILE_RANKS if item.get_closest_marker(name)), default=len(_FILE_RANKS))
+        marks = [i for i, name in enumerate(_HEAVIEST_FIRST) if item.get_closest_marker(name)]
+        mine = marks[0] if marks else len(_HEAVIEST_FIRST)
         rank[item.path] = min(rank.get(item.path, mine), mine)
     items.sort(key=lambda item: rank[item.path])  # stable: the collection order within a rank and a file
 

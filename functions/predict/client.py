@@ -125,10 +125,10 @@ class _Batcher:
     def __init__(
         self,
         send: Callable[[list[_Pending]], list[tuple[dict[str, Any], float] | BaseException]],
-        in_flight: int = 1,
+        in_flight: int,
     ) -> None:
         self._send = send
-        self._limit = max(in_flight, 1)
+        self._limit = in_flight  # SCORING_WORKERS: a positive integer (settings)
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._in_flight = 0
