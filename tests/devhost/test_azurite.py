@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -195,3 +196,11 @@ def test_save_hook_is_loaded(home):
     blob = azurite.ensure(home)
     record = orjson.loads((home / "run" / "azurite-saved.json").read_bytes())
     assert record["pid"] == blob.pid
+
+
+def test_azurite_loads_the_telemetry_stand_in_and_no_opentelemetry():
+    """npm installs devhost's applicationinsights stand-in, which refuses any call, so no OpenTelemetry."""
+    probe = "try { require('applicationinsights').setup('x') } catch (e) { console.log(e.message) }"
+    out = subprocess.run(["node", "-e", probe], cwd=azurite.PACKAGE, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "Azurite telemetry is off in Stockcast: run Azurite with --disableTelemetry"
+    assert not (azurite.REPO_ROOT / "node_modules" / "@opentelemetry").exists()
