@@ -184,10 +184,15 @@ def skill(model_log_rmse: float, persistence_log_rmse: float, test: evaluate.DMT
     }
 
 
-def _example(bars: pd.DataFrame, symbol: str, meta: ForecasterMeta) -> pd.DataFrame:
-    example = bars[bars["symbol"] == symbol].tail(meta.bars_needed)[data.BAR_COLUMNS[:-1]].reset_index(drop=True)
-    example["ts"] = example["ts"].dt.tz_convert("UTC").dt.tz_localize(None)  # MLflow schemas: naive UTC
-    return example
+def input_example(bars: pd.DataFrame, windows: Windows, meta: ForecasterMeta) -> pd.DataFrame:
+    """The bars of the newest window in ``windows``: a request every model of this run accepts.
+
+    Not simply a symbol's last bars: those may end after a gap (a live feed resuming after a
+    backfill), which no model scores, and the signature is inferred by scoring the example.
+    """
+    i = int(np.argmax(windows.as_of))
+    rows = bars[(bars["symbol"] == windows.symbol[i]) & (data.epoch_seconds(bars["ts"]) <= windows.as_of[i])]
+    return data.model_input(rows.tail(meta.bars_needed))
 
 
 def save_pyfunc(forecaster: Forecaster, example: pd.DataFrame, out: Path) -> Path:
@@ -223,7 +228,7 @@ def register_persistence(
     log_rmse = float(np.sqrt(np.mean(dec.y.astype(np.float64) ** 2)))
     meta = replace(forecaster.meta, interval_q=q, skill=skill(log_rmse, log_rmse, None, len(dec)))
     forecaster = Forecaster.persistence(meta)
-    save_pyfunc(forecaster, _example(prepared.bars, dec.symbol[0], meta), tmp / "persistence")
+    save_pyfunc(forecaster, input_example(prepared.bars, dec, meta), tmp / "persistence")
     mlflow.log_artifacts(str(tmp / "persistence"), "persistence_model")
     version = registry.register(
         f"{artifact_uri}/persistence_model", run_id, {KIND_TAG: PERSISTENCE, "interval_q": f"{q:.6g}"}
@@ -355,7 +360,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 figures["model"]["log_rmse"], figures["persistence"]["log_rmse"], decision.vs_persistence, len(d)
             ),
         )
-        save_pyfunc(forecaster, _example(bars, d.symbol[0], meta), tmp / "model")
+        save_pyfunc(forecaster, input_example(bars, d, meta), tmp / "model")
         mlflow.log_artifacts(str(tmp / "model"), "model")
         tags = {
             KIND_TAG: LSTM_ATTENTION,

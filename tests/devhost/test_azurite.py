@@ -199,7 +199,7 @@ def test_save_hook_is_loaded(home):
 
 
 def test_azurite_loads_the_telemetry_stand_in_and_no_opentelemetry():
-    """npm installs devhost's applicationinsights stand-in, which refuses any call, so no OpenTelemetry."""
+    """The npm install holds devhost's applicationinsights stand-in, which refuses any call, and no OpenTelemetry."""
     probe = "try { require('applicationinsights').setup('x') } catch (e) { console.log(e.message) }"
     out = subprocess.run(["node", "-e", probe], cwd=azurite.PACKAGE, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "Azurite telemetry is off in Stockcast: run Azurite with --disableTelemetry"

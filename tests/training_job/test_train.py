@@ -8,15 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training_job.config import parse_args
-from training_job.train import main
+from tests.conftest import TINY
+from training_job import data
+from training_job.config import TrainConfig, parse_args
+from training_job.forecaster import Forecaster, ForecasterMeta, ForecastInputError
+from training_job.train import build_windows, input_example, main
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
+@pytest.mark.integration
+@pytest.mark.slow
 def test_first_run_registers_persistence_then_promotes_a_significantly_better_model(trained):
     """v1 is persistence and champion before training; v2 beats it with DM p < 0.05 and becomes champion."""
     first = trained.first
@@ -33,6 +37,8 @@ def test_first_run_registers_persistence_then_promotes_a_significantly_better_mo
     assert v1.tags["kind"] == "persistence"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_crippled_second_run_is_retained_and_champion_stays(trained):
     """A crippled v3 is registered as challenger; the champion stays v2; every figure is recorded."""
     second = trained.second
@@ -52,6 +58,8 @@ def test_crippled_second_run_is_retained_and_champion_stays(trained):
     assert second["tests"]["champion_vs_persistence"]["p_value"] > 0.05  # the champion still holds up
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_interval_coverage_is_reported_near_nominal(trained):
     """The job reports split-conformal coverage on the decision slice, near the 90 % level."""
     interval = trained.first["interval"]
@@ -59,12 +67,16 @@ def test_interval_coverage_is_reported_near_nominal(trained):
     assert abs(interval["coverage"] - 0.9) < 0.05
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_summary_files_match_the_returned_summary(trained):
     """--summary-out writes exactly the decision summary."""
     assert json.loads((trained.home / "first.json").read_text()) == trained.first
     assert json.loads((trained.home / "second.json").read_text()) == trained.second
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_run_records_params_metrics_plots_profile_and_tags(trained):
     """The run holds every parameter, per-epoch losses, the figures, both PNGs and the profile."""
     client = MlflowClient(trained.tracking_uri)
@@ -95,6 +107,8 @@ def test_run_records_params_metrics_plots_profile_and_tags(trained):
     assert {"model/MLmodel", "model/input_example.json", "model/code"} <= model_files
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_pyfunc_loads_in_a_fresh_process_and_forecasts_an_unseen_symbol(trained, bars_dir):
     """The registered champion forecasts a ticker it never saw, in a process of its own."""
     code = f"""
@@ -116,12 +130,16 @@ print("OK", row.predicted_close)
     assert done.stdout.startswith("OK")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_no_usable_data_exits_nonzero_with_how_many_bars_are_needed(tmp_path, bars_dir, caplog):
     """Too little data per symbol: exit 2, naming the bars needed."""
     assert main(["--bars", str(bars_dir), "--min-windows-per-symbol", "100000"]) == 2
     assert "each needs at least 100071 contiguous bars" in caplog.text
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_skill_travels_inside_the_served_model(trained):
     """The registered version carries its decision-slice skill and interval scale for the endpoint."""
     from training_job.forecaster import Forecaster
@@ -148,3 +166,23 @@ def test_every_option_has_a_default():
         30,
         "stockcast-lstm-attention",
     )
+
+
+def test_the_input_example_is_the_newest_window_not_bars_after_a_gap(bars_dir):
+    """A symbol whose last bars follow a gap (a live feed after a backfill) still gives a scorable example."""
+    bars = data.read_bars(bars_dir)
+    last = bars[bars["symbol"] == "AAA"].iloc[-1]
+    resumed = pd.DataFrame([last] * 3).reset_index(drop=True)
+    resumed["ts"] = last["ts"] + pd.to_timedelta([120, 121, 122], unit="min")
+    bars = pd.concat([bars, resumed], ignore_index=True)
+    cfg = TrainConfig(bars=bars_dir, **TINY)
+    windows, skipped = build_windows(bars, cfg)
+    meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
+    persistence = Forecaster.persistence(meta)
+    with pytest.raises(ForecastInputError, match="without a gap"):  # what a symbol's last bars gave
+        persistence.predict_frame(data.model_input(bars[bars["symbol"] == "AAA"].tail(meta.bars_needed)))
+    example = input_example(bars, windows, meta)
+    newest = int(windows.as_of.max())
+    assert skipped == {} and len(example) == meta.bars_needed
+    assert data.epoch_seconds(example["ts"])[-1] == newest
+    assert list(persistence.predict_frame(example)["symbol"]) == [windows.symbol[windows.as_of.argmax()]]
