@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import orjson
 
-from devhost.processes import live_record, stop_group
+from devhost.processes import alive, live_record, stop_group
 
 MLFLOW_UI_PORT = 5000
+_children: dict[int, subprocess.Popen] = {}
 
 
 def mlflow_ui_state_file(home: Path) -> Path:
@@ -26,8 +28,12 @@ def mlflow_ui(home: Path) -> dict | None:
     return live_record(mlflow_ui_state_file(home))
 
 
-def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT, timeout: float = 60.0) -> dict:
-    """Start ``mlflow ui`` on the local store (or return the running one) and wait until it answers."""
+def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT) -> dict:
+    """Start ``mlflow ui`` on the local store in the background (or return the running one).
+
+    It takes seconds to answer (7 s on two cores): :func:`wait_for_mlflow_ui` waits, so a
+    caller can do other work meanwhile.
+    """
     current = mlflow_ui(home)
     if current:
         return current
@@ -56,21 +62,35 @@ def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT, t
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _children[proc.pid] = proc  # reaped here, so a UI that dies is seen as gone, not as a zombie
     state = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}"}
     mlflow_ui_state_file(home).write_bytes(orjson.dumps(state))
+    return state
+
+
+def wait_for_mlflow_ui(home: Path, state: dict, timeout: float = 60.0, stop: threading.Event | None = None) -> bool:
+    """Wait until the UI ``state`` names answers; False if ``stop`` was set first.
+
+    A UI that exits, or does not answer within ``timeout``, is stopped and raises.
+    """
+    log_path = home / "run" / "mlflow-ui.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if stop is not None and stop.is_set():
+            return False
+        proc = _children.get(state["pid"])
+        if (proc.poll() is not None) if proc else not alive(state["pid"]):
             mlflow_ui_state_file(home).unlink(missing_ok=True)
-            raise RuntimeError(f"mlflow ui exited with {proc.returncode}; see {log_path}")
+            raise RuntimeError(f"mlflow ui exited; see {log_path}")
         try:
             if httpx.get(f"{state['url']}/health", timeout=1).status_code == 200:
-                return state
+                return True
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    stop_group(proc.pid)
-    raise TimeoutError(f"mlflow ui did not answer on port {port} within {timeout:.0f}s; see {log_path}")
+    stop_group(state["pid"])
+    mlflow_ui_state_file(home).unlink(missing_ok=True)
+    raise TimeoutError(f"mlflow ui did not answer on port {state['port']} within {timeout:.0f}s; see {log_path}")
 
 
 def stop_mlflow_ui(home: Path) -> bool:

@@ -26,7 +26,7 @@ from devhost.http import HttpHost
 from devhost.kafka_trigger import KafkaTrigger
 from devhost.local_jobs import running_job
 from devhost.local_rollout import LocalRollout, serving_state, stop_serving
-from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui
+from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui, wait_for_mlflow_ui
 from devhost.orchestrate import fire_timer, next_fire
 from devhost.processes import preferred_or_free, stop_group
 from devhost.publish import publish_local
@@ -129,8 +129,9 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
                 f"one market minute every {options.feed_every:g}s"
             )
         say(f"endpoint: {LocalRollout(get_settings()).reconcile('up-start')}")
-        if options.mlflow_ui:
+        if options.mlflow_ui:  # after the reconcile, which creates a new store's tables: the UI would too
             ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], preferred_or_free(options.mlflow_port))
+            threads.append(threading.Thread(target=_watch_ui, args=(home, ui, stop, say), name="mlflow-ui-watch"))
             say(f"MLflow UI:   {ui['url']}")
         http = HttpHost(host, options.port).start()  # last: an answering API means the stack is up
         up_state_file(home).parent.mkdir(parents=True, exist_ok=True)
@@ -153,11 +154,13 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
             + ("" if options.feed and options.feed_every > 0 else "   (live feed off)")
         )
         say(f"scoring:     http://127.0.0.1:{get_settings().scoring_port}/score")
-        say(f"timer:       {schedule} (NCRONTAB); Ctrl-C stops everything")
+        # with nothing to serve, the first model should not wait out a whole period (15 min by default)
+        first_now = serving_state(home) is None
+        say(f"timer:       {schedule} (NCRONTAB){', first tick now' if first_now else ''}; Ctrl-C stops everything")
         for thread in threads:
             if thread.ident is None:  # the consumer already runs
                 thread.start()
-        _fire_timers(host, stop, say)
+        _fire_timers(host, stop, say, first_now)
     finally:
         stop.set()
         for thread in threads:
@@ -170,9 +173,19 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         say(f"stopped: {', '.join(stopped) or 'nothing else was running'}")
 
 
-def _fire_timers(host: Host, stop: threading.Event, say: Callable[[str], None]) -> None:
+def _watch_ui(home: Path, ui: dict, stop: threading.Event, say: Callable[[str], None]) -> None:
+    """Say so if the MLflow UI, started in the background, never answers: the rest runs without it."""
+    try:
+        wait_for_mlflow_ui(home, ui, stop=stop)
+    except (RuntimeError, TimeoutError) as exc:
+        say(f"MLflow UI:   not running ({exc})")
+
+
+def _fire_timers(host: Host, stop: threading.Event, say: Callable[[str], None], first_now: bool = False) -> None:
+    now = first_now
     while not stop.is_set():
-        due = next_fire(host, dt.datetime.now(dt.UTC))
+        due = dt.datetime.now(dt.UTC) if now else next_fire(host, dt.datetime.now(dt.UTC))
+        now = False
         if stop.wait(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())):
             return
         try:

@@ -81,5 +81,6 @@ def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert "backfilling 3 trading days" in text and "timer fired" in text and "stopped: " in text
+    assert "timer:       */10 * * * * * (NCRONTAB), first tick now;" in text  # nothing served yet: train at once
     assert [name for name, pid in children.items() if alive(pid)] == []
     assert not (home / "run" / "devhost.json").exists()
