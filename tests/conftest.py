@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -18,7 +18,7 @@ from azure.storage.blob import ContainerClient
 from devhost import azurite, local_rollout
 from devhost.feed import FeedConfig, write_bars
 from devhost.home import home_lock
-from devhost.processes import free_port
+from devhost.processes import alive, free_port, stop_group
 from devhost.runtime import Runtime, prepare
 from functions.settings import get_settings
 from functions.shared.storage import bars_container
@@ -162,22 +162,60 @@ class Served:
     info: dict
 
 
-@pytest.fixture(scope="session")
-def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Azmlinfsrv on SCORING_PORT serving the trained champion (v2)."""
+def _start_champion_server(trained: Trained, folder: Path, port: int) -> tuple[int, dict]:
+    """Azmlinfsrv on ``port`` serving the trained champion from a copy under ``folder``: (pid, its info)."""
     with mlflow_store(trained.tracking_uri):  # models:/ URIs resolve through the global registry URI
         model_dir = Path(
             mlflow.artifacts.download_artifacts(
-                f"models:/{trained.config.model_name}@champion", dst_path=str(tmp_path_factory.mktemp("model"))
+                f"models:/{trained.config.model_name}@champion", dst_path=str(folder / "model")
             )
         )
-    port = int(os.environ["SCORING_PORT"])
-    log = tmp_path_factory.mktemp("logs") / "score.log"
     version = trained.first["champion_after"]["version"]
+    log = folder / "score.log"
     proc = local_rollout.start_scoring_server(model_dir, port, trained.config.model_name, version, log)
     try:
-        info = local_rollout.wait_healthy(port, proc)
-        yield Served(f"http://127.0.0.1:{port}/score", port, info)
+        return proc.pid, local_rollout.wait_healthy(port, proc)
+    except BaseException:
+        stop_group(proc.pid)
+        raise
+
+
+@pytest.fixture(scope="session")
+def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Azmlinfsrv serving the trained champion (v2) on SCORING_PORT.
+
+    Under pytest-xdist the workers share one server (each costs ~11 s of CPU, most of it
+    TensorFlow): a worker starts it unless one answers, points its SCORING_PORT at it, and the
+    last worker to finish stops it. Tests only read from it.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        port = int(os.environ["SCORING_PORT"])
+        pid, info = _start_champion_server(trained, tmp_path_factory.mktemp("serving"), port)
+        try:
+            yield Served(f"http://127.0.0.1:{port}/score", port, info)
+        finally:
+            stop_group(pid)
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, shared by its workers
+    folder, users = shared / "champion-server", shared / "champion-server" / "users"
+    with home_lock(shared, "champion-server"):
+        users.mkdir(parents=True, exist_ok=True)
+        record = folder / "server.json"
+        state = json.loads(record.read_text()) if record.exists() else None
+        if state is None or not alive(state["pid"]) or local_rollout.scoring_info(state["port"]) is None:
+            port = free_port()
+            pid, info = _start_champion_server(trained, Path(tempfile.mkdtemp(dir=folder)), port)
+            state = {"pid": pid, "port": port, "info": info}
+            record.write_text(json.dumps(state))
+        (users / worker).touch()
+    os.environ["SCORING_PORT"] = str(state["port"])
+    get_settings.cache_clear()
+    try:
+        yield Served(f"http://127.0.0.1:{state['port']}/score", state["port"], state["info"])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        with home_lock(shared, "champion-server"):
+            (users / worker).unlink(missing_ok=True)
+            if not any(users.iterdir()):
+                stop_group(state["pid"])
+                record.unlink(missing_ok=True)
