@@ -26,6 +26,21 @@ MAX_FLIGHTS = 1024  # symbols come from requests: past this many, finished fligh
 STORAGE_WAIT_S = 15.0  # the read of latest/, in the bound on how long a GET waits for another's forecast
 
 
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """A forecast body and what it was made from: latest/ at ``etag``, scored by model ``version``.
+
+    A forecast is a function of the bars and the model alone, so while the blob keeps its ETag
+    and the endpoint serves the same version and window, the body is exactly what scoring again
+    would answer.
+    """
+
+    etag: str
+    version: str
+    bars_needed: int
+    body: bytes
+
+
 class _Flight:
     """The read of ``latest/`` and the scoring call for one symbol, shared by the GETs of one cache period.
 
@@ -33,12 +48,13 @@ class _Flight:
     the others wait on it, so a failing endpoint is tried once, not once per waiting request.
     """
 
-    def __init__(self, started: float, period_s: float, request_id: str) -> None:
+    def __init__(self, started: float, period_s: float, request_id: str, known: _Known | None = None) -> None:
         self.started = started  # monotonic seconds
         self.expires = started + period_s  # changed under _flights_lock
         self.request_id = request_id
         # the error is a result, not set_exception: each waiter raises its own copy, never a shared object
         self.outcome: Future[bytes | ApiError] = Future()
+        self.known = known  # the newest forecast made from a read of latest/, handed from flight to flight
 
     def joinable(self, now: float, stuck_s: float) -> bool:
         """Whether a GET at ``now`` shares this flight: running (its bars are read now) but not stuck, or fresh.
@@ -65,7 +81,8 @@ def _join(symbol: str, settings: Settings, request_id: str) -> tuple[_Flight, bo
         if len(_flights) >= MAX_FLIGHTS:
             for key in [key for key, old in _flights.items() if not old.joinable(now, stuck_s)]:
                 del _flights[key]
-        flight = _flights[symbol] = _Flight(now, settings.predict_cache_seconds, request_id)
+        known = flight.known if flight is not None else None
+        flight = _flights[symbol] = _Flight(now, settings.predict_cache_seconds, request_id, known)
         return flight, True
 
 
@@ -74,25 +91,36 @@ def _wait_s(settings: Settings) -> float:
     return 2 * (settings.scoring_retries + 1) * attempt_budget_s(settings) + STORAGE_WAIT_S
 
 
-def _read_latest(settings: Settings, symbol: str, count: int) -> list[dict]:
-    """The newest ``count`` bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records.
+def _read_latest(
+    settings: Settings, symbol: str, count: int, known_etag: str | None = None
+) -> tuple[list[dict], str | None] | None:
+    """The newest ``count`` bars of ``symbol`` from ``latest/<SYMBOL>.parquet``, as scoring records, and the ETag.
 
-    A corrupt blob is quarantined and rebuilt from raw/ (the truth) rather than answered with 503.
+    None when the blob still has ``known_etag`` (nothing is downloaded). A corrupt blob is
+    quarantined and rebuilt from raw/ (the truth) rather than answered with 503.
     """
-    table = read_latest(
-        bars_container(settings), symbol, settings.latest_window, settings.latest_max_attempts, f"predict-{symbol}"
+    latest = read_latest(
+        bars_container(settings),
+        symbol,
+        settings.latest_window,
+        settings.latest_max_attempts,
+        f"predict-{symbol}",
+        known_etag,
     )
-    if table is None:
+    if latest.unchanged:
+        return None
+    if latest.table is None:
         raise ApiError(404, "unknown_symbol", f"no bars stored for {symbol}")
-    table = table.slice(max(0, table.num_rows - count))
+    table = latest.table.slice(max(0, latest.table.num_rows - count))
     ts = pc.cast(table.column("ts"), "int64").to_pylist()
     cols = {k: table.column(k).to_pylist() for k in ("open", "high", "low", "close", "volume")}
-    return [
+    records = [
         {"symbol": symbol, "ts": t, "open": o, "high": h, "low": lo, "close": c, "volume": v}
         for t, o, h, lo, c, v in zip(
             ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"], strict=True
         )
     ]
+    return records, latest.etag
 
 
 def score_bars(symbol: str, bars: list[dict], settings: Settings, request_id: str) -> tuple[bytes, float]:
@@ -116,8 +144,21 @@ def as_api_error(exc: BaseException, request_id: str) -> ApiError:
 def _fly(flight: _Flight, symbol: str, settings: Settings, request_id: str) -> tuple[bytes, float]:
     """As the flight's owner: read the newest bars, score them, and hand the outcome to the waiting GETs."""
     try:
-        count = scoring_client(settings).bars_needed(request_id)
-        body, endpoint_s = score_bars(symbol, _read_latest(settings, symbol, count), settings, request_id)
+        client = scoring_client(settings)
+        count = client.bars_needed(request_id)
+        served, known = client.served, flight.known
+        if known is not None and (served is None or (served.version, served.bars_needed) != (known.version, count)):
+            known = None  # another model, or another window: the forecast it made says nothing now
+        read = _read_latest(settings, symbol, count, known.etag if known else None)
+        if read is None and known is not None:  # latest/ kept its ETag: the same bars, the same model
+            log.debug("request=%s latest/%s unchanged; the forecast stands", request_id, symbol)
+            body, endpoint_s = known.body, 0.0
+        else:
+            bars, etag = read
+            body, endpoint_s = score_bars(symbol, bars, settings, request_id)
+            served = client.served  # as the call left it: a call that contradicted it forgot it
+            if etag is not None and served is not None and served.version is not None:
+                flight.known = _Known(etag, served.version, served.bars_needed, body)
     except BaseException as exc:  # even an interrupt must release the waiters
         err = as_api_error(exc, request_id)
         with _flights_lock:  # the failure is shared briefly, then the next GET tries again
@@ -148,7 +189,10 @@ def forecast_latest(symbol: str, settings: Settings, request_id: str) -> tuple[b
 
     A forecast is a function of the bars and the model, and the bars change once a minute, so the
     GETs of one period share one read of ``latest/`` and one endpoint call, or the one error they
-    ended in; ``PREDICT_CACHE_SECONDS`` (default 2 s) bounds how stale an answer can be.
+    ended in; ``PREDICT_CACHE_SECONDS`` (default 2 s) bounds how stale an answer can be. After
+    the period the blob is read again, but only if its ETag changed (``If-None-Match``): while it
+    has not, and the endpoint serves the same model, the last forecast is still the answer, and
+    no endpoint call is made.
     """
     flight, owner = _join(symbol, settings, request_id)
     if owner:

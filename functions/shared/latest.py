@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,15 +49,24 @@ def latest_blob_name(symbol: str) -> str:
 
 
 def _read(
-    container: ContainerClient, blob: BlobClient, symbol: str, window: int, batch_id: str
+    container: ContainerClient,
+    blob: BlobClient,
+    symbol: str,
+    window: int,
+    batch_id: str,
+    known_etag: str | None = None,
 ) -> tuple[pa.Table | None, str | None, bool]:
     """The stored window, its ETag and whether it was rebuilt; (None, None, False) when absent.
 
     A corrupt blob is copied to quarantine and its window rebuilt from raw/; the ETag returned is
-    the corrupt blob's, so the repair replaces exactly what was found.
+    the corrupt blob's, so the repair replaces exactly what was found. With ``known_etag``, a
+    blob that still has it is answered with a 304 (raised) instead of being downloaded.
     """
     try:
-        downloader = blob.download_blob()
+        if known_etag is None:
+            downloader = blob.download_blob()
+        else:
+            downloader = blob.download_blob(etag=known_etag, match_condition=MatchConditions.IfModified)
     except ResourceNotFoundError:
         return None, None, False
     data, etag = downloader.readall(), downloader.properties.etag
@@ -94,22 +104,45 @@ def update_symbol(
     raise LatestConflictError(f"latest/{symbol}.parquet: still conflicting after {max_attempts} attempts")
 
 
+@dataclass(frozen=True)
+class Latest:
+    """What a read of a symbol's latest/ blob found."""
+
+    table: pa.Table | None  # None: neither latest/ nor raw/ holds a bar of the symbol
+    etag: str | None  # the blob's ETag as read; None when it was absent or has just been rebuilt
+    unchanged: bool = False  # it still had the ETag the reader knew: nothing was downloaded
+
+
 def read_latest(
-    container: ContainerClient, symbol: str, window: int, max_attempts: int, request_id: str
-) -> pa.Table | None:
-    """A symbol's stored window, repaired from raw/ if corrupt; None when neither holds a bar of it."""
+    container: ContainerClient,
+    symbol: str,
+    window: int,
+    max_attempts: int,
+    request_id: str,
+    known_etag: str | None = None,
+) -> Latest:
+    """A symbol's stored window, repaired from raw/ if corrupt.
+
+    With ``known_etag``, a blob that still has it is not downloaded (``If-None-Match``, HTTP 304):
+    the answer is ``unchanged`` and holds no table.
+    """
     blob = container.get_blob_client(latest_blob_name(symbol))
     for attempt in range(1, max_attempts + 1):
-        current, etag, repaired = _read(container, blob, symbol, window, request_id)
+        try:
+            current, etag, repaired = _read(container, blob, symbol, window, request_id, known_etag)
+        except ResourceModifiedError as exc:  # the SDK's type for a 304 (x-ms-error-code ConditionNotMet)
+            if known_etag is None or exc.status_code != 304:
+                raise
+            return Latest(None, known_etag, unchanged=True)
         if not repaired:
-            return current
+            return Latest(current, etag)
         try:
             if current is not None and current.num_rows:
                 _write(blob, current, etag)
-                return current
+                return Latest(current, None)
             # raw/ has no bar of it either: the bad blob goes (its bytes are in quarantine)
             blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
-            return None
+            return Latest(None, None)
         except _CONFLICTS:
             log.info(
                 "batch=%s latest/%s changed during repair, attempt %d/%d", request_id, symbol, attempt, max_attempts

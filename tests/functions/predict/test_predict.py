@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import random
@@ -34,6 +35,7 @@ from devhost.replay import make_batches, replay
 from functions.predict import forecasts
 from functions.predict.client import ScoringClient, scoring_client
 from functions.settings import get_settings
+from functions.shared.latest import latest_blob_name
 
 pytestmark = pytest.mark.integration
 SPEC = Path(__file__).resolve().parents[3] / "functions" / "predict" / "openapi.yaml"
@@ -280,11 +282,18 @@ def _concurrent_gets(api: str, symbol: str, n: int) -> tuple[list[httpx.Response
             client.close()
 
 
-def test_concurrent_gets_after_the_cache_expires_share_one_read_and_one_scoring_call(api, fresh, monkeypatch):
+def _rewrite_latest(runtime, symbol: str) -> None:
+    """Upload a symbol's latest/ blob again, same bytes: a new ETag, as a batch that changed it would leave."""
+    blob = runtime.container.get_blob_client(latest_blob_name(symbol))
+    blob.upload_blob(blob.download_blob().readall(), overwrite=True)
+
+
+def test_concurrent_gets_after_the_cache_expires_share_one_read_and_one_scoring_call(api, runtime, fresh, monkeypatch):
     """16 concurrent GETs once a symbol's cache period ended: one read of latest/, one endpoint call, one body."""
     fresh(PREDICT_CACHE_SECONDS="1")
     assert httpx.get(f"{api}/predict/AAA", timeout=30).status_code == 200
     time.sleep(1.2)  # the period of that forecast ends
+    _rewrite_latest(runtime, "AAA")  # and a batch touched the blob since, so the bars must be scored again
     reads = _recording(monkeypatch, forecasts, "_read_latest")
     scores = _recording(monkeypatch, ScoringClient, "score", delay_s=0.3)
     responses, _ = _concurrent_gets(api, "AAA", 16)
@@ -292,6 +301,32 @@ def test_concurrent_gets_after_the_cache_expires_share_one_read_and_one_scoring_
     assert len(reads) == 1 and len(scores) == 1
     assert len({r.content for r in responses}) == 1
     assert sorted(_endpoint_ms(r) > 0 for r in responses) == [False] * 15 + [True]  # one request made the call
+
+
+def test_with_latest_unchanged_a_get_after_the_period_reuses_the_forecast_without_an_endpoint_call(
+    api, runtime, fresh, monkeypatch
+):
+    """No cache period: each GET reads latest/ by ETag; same ETag → the same body, no call; new ETag → scored."""
+    fresh(PREDICT_CACHE_SECONDS="0")
+    reads = _recording(monkeypatch, forecasts, "_read_latest")
+    first, second = (httpx.get(f"{api}/predict/AAA", timeout=30) for _ in range(2))
+    _rewrite_latest(runtime, "AAA")
+    third = httpx.get(f"{api}/predict/AAA", timeout=30)
+    assert [r.status_code for r in (first, second, third)] == [200] * 3
+    assert [_endpoint_ms(r) > 0 for r in (first, second, third)] == [True, False, True]
+    assert first.content == second.content == third.content  # the same bars, the same model
+    assert [call[3] is None for call in reads] == [True, False, False]  # an ETag sent from the second read on
+
+
+def test_a_new_served_model_is_asked_even_when_latest_is_unchanged(api, fresh, monkeypatch):
+    """A forecast stands for the model that made it: once the endpoint serves another version, GET scores again."""
+    fresh(PREDICT_CACHE_SECONDS="0")
+    first = httpx.get(f"{api}/predict/AAA", timeout=30)
+    client = scoring_client(get_settings())
+    monkeypatch.setattr(client, "_served", dataclasses.replace(client.served, version="rolled-out"))
+    second = httpx.get(f"{api}/predict/AAA", timeout=30)
+    assert first.status_code == second.status_code == 200
+    assert _endpoint_ms(first) > 0 and _endpoint_ms(second) > 0
 
 
 def test_endpoint_down_concurrent_gets_share_one_sequence_of_attempts(api, fresh, monkeypatch):

@@ -23,6 +23,7 @@ from functions.shared.latest import (
     LatestConflictError,
     LatestUpdateError,
     latest_blob_name,
+    read_latest,
     update_latest,
     update_symbol,
 )
@@ -100,6 +101,19 @@ def test_window_and_idempotence(container):
     update_symbol(container, "AAPL", bars(minutes(0, 10)), 4, 4, "a-again")
     assert stored(container) == first
     assert [t for _, t, _, _ in first] == [T0 + 60 * i for i in range(6, 10)]
+
+
+def test_a_read_with_the_current_etag_downloads_nothing_and_a_changed_blob_is_read(container):
+    """With the ETag it knows: unchanged blob → unchanged, no table; after a write → the new bars and ETag."""
+    update_symbol(container, "AAPL", bars(minutes(0, 3)), 10, 4, "a")
+    first = read_latest(container, "AAPL", 10, 4, "r-1")
+    assert first.etag is not None and not first.unchanged and first.table.num_rows == 3
+    again = read_latest(container, "AAPL", 10, 4, "r-2", known_etag=first.etag)
+    assert (again.unchanged, again.table, again.etag) == (True, None, first.etag)
+    update_symbol(container, "AAPL", bars(minutes(3, 1)), 10, 4, "b")
+    changed = read_latest(container, "AAPL", 10, 4, "r-3", known_etag=first.etag)
+    assert not changed.unchanged and changed.etag not in (None, first.etag)
+    assert [t for _, t, _, _ in key_values(changed.table)] == [T0 + 60 * i for i in range(4)]
 
 
 # --- repair: raw/ is the truth, latest/ a view of it ---
@@ -211,7 +225,7 @@ def test_predict_read_path_rebuilds_a_corrupt_blob(container):
     everything = seed_raw(container)
     container.upload_blob(latest_blob_name("AAPL"), b"\x00garbage", overwrite=True)
     settings = replace(get_settings(), latest_window=14)
-    records = forecasts._read_latest(settings, "AAPL", 5)
+    records, _ = forecasts._read_latest(settings, "AAPL", 5)
     truth = last_bars(only(everything, "AAPL"), 14)
     assert [(r["ts"], r["close"]) for r in records] == [(T0 + 60 * i, 100.0 + i) for i in range(25, 30)]
     assert stored(container) == key_values(truth)
