@@ -156,6 +156,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         feed_every=args.feed_every,
         mlflow_ui=not args.no_mlflow_ui,
         mlflow_port=args.mlflow_port,
+        first_tick=not args.no_first_tick,
         seed=args.seed,
     )
     stop = threading.Event()
@@ -247,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (any free one if taken)")
     p.add_argument("--no-mlflow-ui", action="store_true")
+    p.add_argument(
+        "--no-first-tick",
+        action="store_true",
+        help="keep to the schedule even while nothing is served (by default the first tick fires at start)",
+    )
     p.add_argument("--seed", type=int, default=7, help="seed of the backfill and the live market")
     p.set_defaults(run=_cmd_up)
 

@@ -45,6 +45,7 @@ class UpOptions:
     feed_every: float = 60.0  # seconds per simulated market minute; 0 turns the feed off
     mlflow_ui: bool = True
     mlflow_port: int = MLFLOW_UI_PORT
+    first_tick: bool = True  # while nothing is served, fire the timer at start rather than a period later
     backfill_days: int = 3
     seed: int = 7
 
@@ -155,7 +156,7 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         )
         say(f"scoring:     http://127.0.0.1:{get_settings().scoring_port}/score")
         # with nothing to serve, the first model should not wait out a whole period (15 min by default)
-        first_now = serving_state(home) is None
+        first_now = options.first_tick and serving_state(home) is None
         say(f"timer:       {schedule} (NCRONTAB){', first tick now' if first_now else ''}; Ctrl-C stops everything")
         for thread in threads:
             if thread.ident is None:  # the consumer already runs

@@ -169,7 +169,7 @@ def test_up_no_feed_ingests_published_truth_and_survives_a_broker_restart(home, 
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*command, "--schedule", NEVER], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [*command, "--schedule", NEVER, "--no-first-tick"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         state = _wait_for(
@@ -211,6 +211,7 @@ def test_up_no_feed_ingests_published_truth_and_survives_a_broker_restart(home, 
         _wait_for(lambda: _status(env)["kafka"]["lag"] == 0, 120, "lag 0 after the restart")
         stored, rows, _ = _stored(env, home)
         assert stored == oracle(first + more) and rows == len(stored)
+        assert not (home / "jobs").exists()  # --no-first-tick and a schedule that never fires: no training
         broker_pid = _status(env)["kafka"]["pid"]
     finally:
         proc.send_signal(signal.SIGINT)
