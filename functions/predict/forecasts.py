@@ -190,9 +190,9 @@ def forecast_latest(symbol: str, settings: Settings, request_id: str) -> tuple[b
     A forecast is a function of the bars and the model, and the bars change once a minute, so the
     GETs of one period share one read of ``latest/`` and one endpoint call, or the one error they
     ended in; ``PREDICT_CACHE_SECONDS`` (default 2 s) bounds how stale an answer can be. After
-    the period the blob is read again, but only if its ETag changed (``If-None-Match``): while it
-    has not, and the endpoint serves the same model, the last forecast is still the answer, and
-    no endpoint call is made.
+    the period the blob is asked for again with ``If-None-Match``: while it keeps its ETag and the
+    endpoint serves the same model (as last heard, at most ``SERVED_TTL_S`` ago), the last
+    forecast is still the answer, and nothing is downloaded or scored.
     """
     flight, owner = _join(symbol, settings, request_id)
     if owner:
