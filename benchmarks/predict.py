@@ -156,8 +156,8 @@ def main() -> None:
 
     def start_up(port: int, extra: dict[str, str]) -> subprocess.Popen:
         """``devhost up`` serving the request path only: no timer tick, no live feed, no MLflow UI."""
-        command = ["up", "--port", str(port), "--schedule", "0 0 0 1 1 *", "--no-first-tick", "--feed-every", "0"]
-        command.append("--no-mlflow-ui")
+        command = ["up", "--port", str(port), "--schedule", "0 0 0 1 1 *", "--no-first-tick"]
+        command += ["--feed-every", "0", "--no-mlflow-ui"]
         return subprocess.Popen(
             [sys.executable, "-m", "devhost", *command],
             env={**env, **extra},

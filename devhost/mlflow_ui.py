@@ -15,7 +15,6 @@ import orjson
 from devhost.processes import alive, live_record, stop_group
 
 MLFLOW_UI_PORT = 5000
-_children: dict[int, subprocess.Popen] = {}
 
 
 def mlflow_ui_state_file(home: Path) -> Path:
@@ -62,7 +61,6 @@ def start_mlflow_ui(home: Path, tracking_uri: str, port: int = MLFLOW_UI_PORT) -
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    _children[proc.pid] = proc  # reaped here, so a UI that dies is seen as gone, not as a zombie
     state = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}"}
     mlflow_ui_state_file(home).write_bytes(orjson.dumps(state))
     return state
@@ -74,12 +72,12 @@ def wait_for_mlflow_ui(home: Path, state: dict, timeout: float = 60.0, stop: thr
     A UI that exits, or does not answer within ``timeout``, is stopped and raises.
     """
     log_path = home / "run" / "mlflow-ui.log"
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if stop is not None and stop.is_set():
+        if stop.is_set():
             return False
-        proc = _children.get(state["pid"])
-        if (proc.poll() is not None) if proc else not alive(state["pid"]):
+        if not alive(state["pid"]):  # an exited child not yet reaped is a zombie: not alive
             mlflow_ui_state_file(home).unlink(missing_ok=True)
             raise RuntimeError(f"mlflow ui exited; see {log_path}")
         try:
@@ -87,7 +85,7 @@ def wait_for_mlflow_ui(home: Path, state: dict, timeout: float = 60.0, stop: thr
                 return True
         except httpx.TransportError:
             pass
-        time.sleep(0.25)
+        stop.wait(0.25)
     stop_group(state["pid"])
     mlflow_ui_state_file(home).unlink(missing_ok=True)
     raise TimeoutError(f"mlflow ui did not answer on port {state['port']} within {timeout:.0f}s; see {log_path}")

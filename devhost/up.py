@@ -183,10 +183,9 @@ def _watch_ui(home: Path, ui: dict, stop: threading.Event, say: Callable[[str], 
 
 
 def _fire_timers(host: Host, stop: threading.Event, say: Callable[[str], None], first_now: bool = False) -> None:
-    now = first_now
     while not stop.is_set():
-        due = dt.datetime.now(dt.UTC) if now else next_fire(host, dt.datetime.now(dt.UTC))
-        now = False
+        due = dt.datetime.now(dt.UTC) if first_now else next_fire(host, dt.datetime.now(dt.UTC))
+        first_now = False
         if stop.wait(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds())):
             return
         try:

@@ -182,22 +182,16 @@ def _start_champion_server(trained: Trained, folder: Path, port: int) -> tuple[i
 
 @pytest.fixture(scope="session")
 def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Azmlinfsrv serving the trained champion (v2) on SCORING_PORT.
+    """Azmlinfsrv serving the trained champion (v2); SCORING_PORT points at it.
 
     Under pytest-xdist the workers share one server (each costs ~11 s of CPU, most of it
-    TensorFlow): a worker starts it unless one answers, points its SCORING_PORT at it, and the
-    last worker to finish stops it. Tests only read from it.
+    TensorFlow): a worker starts it unless one answers, and the last worker to finish stops it.
+    Tests only read from it.
     """
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
-        port = int(os.environ["SCORING_PORT"])
-        pid, info = _start_champion_server(trained, tmp_path_factory.mktemp("serving"), port)
-        try:
-            yield Served(f"http://127.0.0.1:{port}/score", port, info)
-        finally:
-            stop_group(pid)
-        return
-    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, shared by its workers
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    shared = tmp_path_factory.getbasetemp()
+    if worker != "main":
+        shared = shared.parent  # one folder per run, shared by its workers
     folder, users = shared / "champion-server", shared / "champion-server" / "users"
     with home_lock(shared, "champion-server"):
         users.mkdir(parents=True, exist_ok=True)

@@ -191,7 +191,8 @@ def input_example(bars: pd.DataFrame, windows: Windows, meta: ForecasterMeta) ->
     backfill), which no model scores, and the signature is inferred by scoring the example.
     """
     i = int(np.argmax(windows.as_of))
-    rows = bars[(bars["symbol"] == windows.symbol[i]) & (data.epoch_seconds(bars["ts"]) <= windows.as_of[i])]
+    rows = bars[bars["symbol"] == windows.symbol[i]]
+    rows = rows[data.epoch_seconds(rows["ts"]) <= windows.as_of[i]]
     return data.model_input(rows.tail(meta.bars_needed))
 
 

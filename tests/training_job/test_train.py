@@ -142,8 +142,6 @@ def test_no_usable_data_exits_nonzero_with_how_many_bars_are_needed(tmp_path, ba
 @pytest.mark.slow
 def test_skill_travels_inside_the_served_model(trained):
     """The registered version carries its decision-slice skill and interval scale for the endpoint."""
-    from training_job.forecaster import Forecaster
-
     client = MlflowClient(trained.tracking_uri)
     run_id = client.get_model_version(trained.config.model_name, "2").run_id
     folder = Path(client.download_artifacts(run_id, "model/artifacts/forecaster"))
