@@ -91,6 +91,26 @@ def _bar(bar: Any, index: int, symbol: str) -> dict[str, Any]:
     return {"symbol": symbol, "ts": bar["ts"], "open": o, "high": h, "low": lo, "close": c, "volume": v}
 
 
+def _plain_bar(bar: Any, symbol: str, latest: float) -> tuple[int, dict[str, Any]] | None:
+    """(seconds, record) of a bar with unix-seconds ``ts`` that passes every check, else None.
+
+    A client sends 90 such bars per POST, and the full checks cost 4 µs a bar, as much as the
+    rest of the request; this accepts exactly what they accept, and leaves anything else (an ISO
+    time, a string price, a bound crossed) to them and their messages. NaN fails every comparison.
+    """
+    if type(bar) is not dict:
+        return None
+    ts, o, h, lo, c, v = (bar.get(k) for k in BAR_FIELDS)
+    if type(ts) is not int or not MIN_TS <= ts <= latest:
+        return None
+    if not all(type(x) is float or type(x) is int for x in (o, h, lo, c, v)):
+        return None
+    o, h, lo, c, v = float(o), float(h), float(lo), float(c), float(v)
+    if not (0 < lo <= o <= h <= MAX_PRICE and lo <= c <= h and 0 <= v <= MAX_VOLUME):
+        return None
+    return ts, {"symbol": symbol, "ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v}
+
+
 def parse_post(
     body: bytes, max_bars: int, max_bytes: int, now: float | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -113,11 +133,15 @@ def parse_post(
     if len(bars) > max_bars:
         raise ApiError(413, "too_large", f"at most {max_bars} bars per request, got {len(bars)}")
     now = time.time() if now is None else now
+    latest = now + MAX_TS_AHEAD_S
     timed = []
     for i, bar in enumerate(bars):
-        if not isinstance(bar, dict):
-            raise ApiError(400, "invalid_bar", f"bars[{i}] must be an object")
-        timed.append((_bar_seconds(bar.get("ts"), i, now), _bar(bar, i, symbol)))
+        pair = _plain_bar(bar, symbol, latest)
+        if pair is None:  # not the plain case: the full checks, which name what is wrong
+            if not isinstance(bar, dict):
+                raise ApiError(400, "invalid_bar", f"bars[{i}] must be an object")
+            pair = (_bar_seconds(bar.get("ts"), i, now), _bar(bar, i, symbol))
+        timed.append(pair)
     # sent in time order; a stable sort keeps bars of the same time in the order sent (the later one wins)
     timed.sort(key=lambda pair: pair[0])
     return symbol, [bar for _, bar in timed]

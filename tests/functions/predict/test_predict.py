@@ -334,9 +334,9 @@ def test_endpoint_down_concurrent_gets_share_one_sequence_of_attempts(api, fresh
     url = f"http://127.0.0.1:{free_port()}/score"  # bound once, now closed: connections are refused
     fresh(SCORING_URL=url, PREDICT_CACHE_SECONDS="30")
     scores = _recording(monkeypatch, ScoringClient, "score", delay_s=0.3)
-    attempts = _recording(monkeypatch, httpx.Client, "request")
+    attempts = _recording(monkeypatch, httpx.HTTPTransport, "handle_request")
     responses, elapsed = _concurrent_gets(api, "AAA", 8)
-    posts = [args for args in attempts if args[1:3] == ("POST", url)]
+    posts = [args[1] for args in attempts if (args[1].method, str(args[1].url)) == ("POST", url)]
     assert [r.status_code for r in responses] == [503] * 8
     assert {r.headers["retry-after"] for r in responses} == {"5"}
     assert {r.content for r in responses} == {responses[0].content}

@@ -8,6 +8,8 @@ import time
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
@@ -16,6 +18,9 @@ from azure.core.exceptions import (
 )
 
 from functions.predict.api import (
+    _bar as _full_bar,
+    _bar_seconds,
+    _plain_bar,
     MAX_PRICE,
     MAX_TS_AHEAD_S,
     MAX_VOLUME,
@@ -303,6 +308,46 @@ def test_parse_post_orders_bars_by_time_keeping_the_sent_order_of_equal_times():
         _bar("2026-11-02T09:31:00-05:00", 4.0),
     ]
     assert [bar["close"] for bar in _parse(bars)] == [1.0, 2.0, 4.0, 3.0]
+
+
+_EDGE_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 0.0, -0.0, 1, 1.0, MAX_PRICE, MAX_VOLUME, MAX_PRICE * 1.0001, 10**19, -1, True, False]),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+)
+_VALUES = st.one_of(st.sampled_from([0.5, 1, 1.5, 2.0]), _EDGE_NUMBERS, st.none(), st.text(max_size=3))
+_TIMES = st.one_of(
+    st.sampled_from([MIN_TS - 1, MIN_TS, int(NOW) + MAX_TS_AHEAD_S, int(NOW) + MAX_TS_AHEAD_S + 1]),
+    st.integers(min_value=MIN_TS - 2, max_value=int(NOW) + MAX_TS_AHEAD_S + 2),
+    st.sampled_from(["2026-11-02T14:30:00Z", True, 1.5, None, 10**19]),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    ts=_TIMES,
+    prices=st.one_of(
+        st.tuples(_VALUES, _VALUES, _VALUES, _VALUES),
+        st.floats(min_value=1e-9, max_value=MAX_PRICE).map(lambda p: (p, p * 1.01, p * 0.99, p)),
+    ),
+    volume=_VALUES,
+)
+def test_the_plain_bar_path_accepts_exactly_what_the_full_checks_accept(ts, prices, volume):
+    """Every bar the fast path takes, the full checks take with the same time and record; the rest it leaves to them."""
+    bar = {"ts": ts, **dict(zip(("open", "high", "low", "close"), prices, strict=True)), "volume": volume}
+    plain = _plain_bar(bar, "AAA", NOW + MAX_TS_AHEAD_S)
+    try:
+        body = orjson.dumps({"symbol": "AAA", "bars": [bar]})
+    except orjson.JSONEncodeError:  # no client can send this bar
+        return
+    sent = orjson.loads(body)["bars"][0]
+    try:
+        full = (_bar_seconds(sent.get("ts"), 0, NOW), _full_bar(sent, 0, "AAA"))
+    except ApiError:
+        assert plain is None
+        return
+    if plain is not None:
+        assert plain == full and all(type(full[1][k]) is float for k in ("open", "high", "low", "close", "volume"))
 
 
 def _http_error(status: int | None) -> HttpResponseError:
