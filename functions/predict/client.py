@@ -365,7 +365,8 @@ class ScoringClient:
         headers = {**base, **self.auth.headers()}
         started = time.perf_counter()
         try:
-            request = httpx.Request(method, self.url, content=body, headers=headers, extensions={"timeout": self._timeout})
+            extensions = {"timeout": self._timeout}
+            request = httpx.Request(method, self.url, content=body, headers=headers, extensions=extensions)
             response = self.http.handle_request(request)
             try:
                 content = response.read()

@@ -8,29 +8,31 @@ import time
 import httpx
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestTimeoutError,
     ServiceResponseError,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from functions.predict.api import (
-    _bar as _full_bar,
-    _bar_seconds,
-    _plain_bar,
     MAX_PRICE,
     MAX_TS_AHEAD_S,
     MAX_VOLUME,
     MIN_TS,
     ApiError,
+    _bar_seconds,
+    _plain_bar,
     dependency_error,
     forecast_body,
     newest_close,
     parse_post,
     ts_seconds,
+)
+from functions.predict.api import (
+    _bar as _full_bar,
 )
 from functions.predict.client import (
     SERVED_RETRY_S,
