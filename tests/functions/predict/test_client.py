@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from functions.predict.api import ApiError
-from functions.predict.client import ScoringClient, served_from_info
+from functions.predict.client import ScoringClient, _Batcher, served_from_info
 from functions.settings import load_settings
 from tests.factories import LOCAL_APP_SETTINGS
 
@@ -197,3 +197,45 @@ def test_an_endpoint_without_batches_gets_one_request_per_call(endpoint):
 def test_the_endpoints_max_batch_is_read_from_its_get(info, expected):
     """GET's max_batch turns batching on; absent or malformed, requests go one per call."""
     assert served_from_info({"bars_needed": 40, **info}, 90, 0.0).max_batch == expected
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt or SystemExit inside a scoring call."""
+
+
+def test_an_interrupted_call_answers_its_requests_and_hands_the_worker_to_the_queue():
+    """A call that dies with a BaseException raises in its requests, and the queued ones still go, in one batch."""
+    release, sent = threading.Event(), []
+
+    def send(batch):
+        sent.append([p.request_id for p in batch])
+        if batch[0].request_id == "first":
+            release.wait(5)
+            raise _Interrupt
+        return [({"id": p.request_id}, 0.01) for p in batch]
+
+    batcher = _Batcher(send, 1)
+    outcomes: dict[str, object] = {}
+
+    def submit(request_id: str) -> None:
+        try:
+            outcomes[request_id] = batcher.submit([], request_id, 64)
+        except _Interrupt as exc:
+            outcomes[request_id] = exc
+
+    first = threading.Thread(target=submit, args=("first",))
+    first.start()
+    while not sent:
+        time.sleep(0.005)
+    queued = [threading.Thread(target=submit, args=(f"q{i}",)) for i in range(3)]
+    for i, thread in enumerate(queued):
+        thread.start()
+        while len(batcher._queue) <= i:  # queued in this order
+            time.sleep(0.005)
+    release.set()
+    for thread in (first, *queued):
+        thread.join(5)
+    assert isinstance(outcomes["first"], _Interrupt)
+    assert {k: v for k, v in outcomes.items() if k != "first"} == {f"q{i}": ({"id": f"q{i}"}, 0.01) for i in range(3)}
+    assert sent == [["first"], ["q0", "q1", "q2"]]
+    assert (batcher._in_flight, batcher._queue) == (0, [])

@@ -229,6 +229,11 @@ def _bar(ts, close: float) -> dict:
             id="same-time-last-sent-wins",
         ),
         pytest.param([_bar("2026-11-02T14:30:00Z", 9.0)], 9.0, id="one-bar"),
+        pytest.param(
+            [_bar(1_793_629_860, 7.0), _bar(1_793_629_800, 1.0), _bar(1_793_629_860, 8.0), _bar(1_793_629_800, 2.0)],
+            8.0,
+            id="unix-same-time-last-sent-wins",
+        ),
     ],
 )
 def test_newest_close_is_the_newest_bar_by_time(bars, close):
