@@ -1,4 +1,4 @@
-"""Client of the scoring endpoint: one pooled httpx client per process, timeouts, retries through stamina.
+"""Client of the scoring endpoint: one pooled httpx transport per process, timeouts, retries through stamina.
 
 In Azure the endpoint's key (or Azure ML token) is fetched with the app's managed identity,
 cached, and fetched again when it expires or the endpoint answers 401; it is never an app setting.
