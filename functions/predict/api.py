@@ -16,6 +16,7 @@ from functions.shared.bars import MAX_PRICE, MAX_TS_AHEAD_S, MAX_VOLUME, MIN_TS,
 
 BAR_FIELDS = ("ts", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = ("open", "high", "low", "close")
+_NUMBER = frozenset({int, float})  # exact types: bool is an int subclass, and not a price
 # Bounds of a plausible 1-minute bar. Ingest should hold stored bars to the same ones (they belong in
 # functions/shared/bars.py, shared by both); until then they are defined here, for POSTed bars.
 UNAVAILABLE = (("Retry-After", "5"),)  # a dependency failed: the same request may succeed shortly
@@ -100,10 +101,13 @@ def _plain_bar(bar: Any, symbol: str, latest: float) -> tuple[int, dict[str, Any
     """
     if type(bar) is not dict:
         return None
-    ts, o, h, lo, c, v = (bar.get(k) for k in BAR_FIELDS)
+    get = bar.get  # spelled out, not a loop over BAR_FIELDS: this runs for every bar of every POST
+    ts, o, h, lo, c, v = get("ts"), get("open"), get("high"), get("low"), get("close"), get("volume")
     if type(ts) is not int or not MIN_TS <= ts <= latest:
         return None
-    if not all(type(x) is float or type(x) is int for x in (o, h, lo, c, v)):
+    if not (type(o) in _NUMBER and type(h) in _NUMBER and type(lo) in _NUMBER and type(c) in _NUMBER):
+        return None
+    if type(v) not in _NUMBER:
         return None
     o, h, lo, c, v = float(o), float(h), float(lo), float(c), float(v)
     if not (0 < lo <= o <= h <= MAX_PRICE and lo <= c <= h and 0 <= v <= MAX_VOLUME):
