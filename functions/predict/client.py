@@ -122,8 +122,8 @@ class _Batcher:
     request still gets its own answer, 4xx or forecast.
 
     A call that returns hands its worker straight to the oldest queued request (with the batch it
-    sends) and wakes exactly the requests it answered: waking every waiter on each return cost
-    the predict process a sixth of its CPU under load, in the one core its requests queue for.
+    sends) and wakes exactly the requests it answered: waking every waiter on each return was
+    14 % of the predict process's CPU under 8 concurrent POSTs, in the one core they queue for.
     """
 
     def __init__(
