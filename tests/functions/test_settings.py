@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from functions.settings import Settings, SettingsError, load_settings, setting_specs
+from functions.settings import Settings, SettingsError, http_from_environment, load_settings, setting_specs
 from tests.factories import LOCAL_APP_SETTINGS
 
 BASE = LOCAL_APP_SETTINGS
@@ -142,3 +142,22 @@ def test_predict_settings_parse_or_are_named(key, value, field, expected):
             load_settings(environ)
     else:
         assert getattr(load_settings(environ), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, False),
+        ({"PATH": "/usr/bin", "HOME": "/root", "BarsStorage": "x"}, False),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, True),
+        ({"https_proxy": "http://proxy:3128"}, True),
+        ({"ALL_PROXY": "socks5://proxy:1080"}, True),
+        ({"NO_PROXY": "localhost"}, True),
+        ({"REQUESTS_CA_BUNDLE": "/etc/ssl/corp.pem"}, True),
+        ({"curl_ca_bundle": "/etc/ssl/corp.pem"}, True),
+        ({"HTTPS_PROXY": ""}, False),
+    ],
+)
+def test_http_from_environment_sees_proxies_and_ca_bundles(environ, expected):
+    """Any non-empty *_proxy variable or requests' CA bundle variables count; other variables do not."""
+    assert http_from_environment(environ) is expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -90,3 +91,16 @@ def test_silent_endpoint_times_out_as_configured():
             client.get_container_client("bars").get_container_properties()
         elapsed = time.perf_counter() - started
     assert 1.0 <= elapsed < 3.0
+
+
+@pytest.mark.parametrize(("proxy", "reads_environment"), [(None, False), ("http://127.0.0.1:9", True)])
+def test_the_transport_reads_proxy_variables_only_where_some_are_set(monkeypatch, proxy, reads_environment):
+    """No proxy or CA bundle in the environment: requests is told not to look for them on every call."""
+    for key in [k for k in os.environ if k.lower().endswith("_proxy") or k.upper().endswith("CA_BUNDLE")]:
+        monkeypatch.delenv(key)
+    if proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+    settings = load_settings({**BASE, "BarsStorage": _connection_string(free_port())})
+    assert client_options(settings)["use_env_settings"] is reads_environment
+    container = connection_string_client(settings.bars_storage_connection_string, settings).get_container_client("c")
+    assert container._pipeline._transport._transport._use_env_settings is reads_environment  # the SDK keeps it private
