@@ -164,11 +164,8 @@ def ts_seconds(value: str | int) -> int:
 
 def newest_close(bars: list[dict[str, Any]]) -> float:
     """The close of the newest bar by time; of bars with the same time, the last sent (as the endpoint keeps)."""
-    stamps = [bar["ts"] for bar in bars]
-    if all(type(t) is int for t in stamps):  # unix seconds, as stored bars and most clients have them
-        return float(bars[len(stamps) - 1 - stamps[::-1].index(max(stamps))]["close"])
-    newest = max(range(len(bars)), key=lambda i: (ts_seconds(bars[i]["ts"]), i))
-    return float(bars[newest]["close"])
+    stamps = [ts_seconds(bar["ts"]) for bar in bars]
+    return float(bars[len(stamps) - 1 - stamps[::-1].index(max(stamps))]["close"])  # the last of the newest
 
 
 def _model(scored: dict[str, Any]) -> dict[str, str]:

@@ -150,7 +150,7 @@ def _fly(flight: _Flight, symbol: str, settings: Settings, request_id: str) -> t
         if known is not None and (served is None or (served.version, served.bars_needed) != (known.version, count)):
             known = None  # another model, or another window: the forecast it made says nothing now
         read = _read_latest(settings, symbol, count, known.etag if known else None)
-        if read is None and known is not None:  # latest/ kept its ETag: the same bars, the same model
+        if read is None:  # latest/ kept the ETag it was asked with: the same bars, the same model
             log.debug("request=%s latest/%s unchanged; the forecast stands", request_id, symbol)
             body, endpoint_s = known.body, 0.0
         else:
