@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 import mlflow.pyfunc  # noqa: E402
 
 from training_job.config import TrainConfig  # noqa: E402
-from training_job.forecaster import Forecaster, ForecasterMeta, ForecasterModel  # noqa: E402
+from training_job.forecaster import MODEL_CONFIG, Forecaster, ForecasterMeta, ForecasterModel  # noqa: E402
 from training_job.model import FitResult  # noqa: E402
 from training_job.train import fit_model, prepare  # noqa: E402
 
@@ -31,6 +31,7 @@ def save_pyfunc(result: FitResult, cfg: TrainConfig, folder: Path) -> Path:
         model_dir,
         python_model=ForecasterModel(),
         artifacts={"forecaster": str(forecaster)},
+        model_config=MODEL_CONFIG,
         code_paths=[str(ROOT / "training_job")],
         pip_requirements=["mlflow"],
     )

@@ -160,6 +160,7 @@ class Served:
     url: str
     port: int
     info: dict
+    pid: int  # azmlinfsrv's, which leads the process group of its workers
 
 
 def _start_champion_server(trained: Trained, folder: Path, port: int) -> tuple[int, dict]:
@@ -206,7 +207,7 @@ def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest
     os.environ["SCORING_PORT"] = str(state["port"])
     get_settings.cache_clear()
     try:
-        yield Served(f"http://127.0.0.1:{state['port']}/score", state["port"], state["info"])
+        yield Served(f"http://127.0.0.1:{state['port']}/score", state["port"], state["info"], state["pid"])
     finally:
         with home_lock(shared, "champion-server"):
             (users / worker).unlink(missing_ok=True)

@@ -5,9 +5,11 @@ change"), its window settings, its conformal interval scale, the skill it showed
 evaluated and the feature code. Batches of windows (evaluation) run through a ``tf.function``
 traced once with a fixed input signature (``model.predict`` costs tens of milliseconds of
 per-call setup; a single request must not). One window (a live request) runs through the model
-converted to TensorFlow Lite when it is loaded (~0.1 ms for three members on a CPU core), else
-XLA-compiled (~0.5 ms). :class:`ForecasterModel` wraps it as an MLflow pyfunc; the
-``training_job`` package travels inside the model as its code.
+converted to TensorFlow Lite (~0.1 ms for three members on a CPU core), else XLA-compiled
+(~0.5 ms). Training converts it once and saves the flatbuffer beside the Keras file, with the
+graph's returns on probe windows; the endpoint serves that flatbuffer through LiteRT and never
+imports TensorFlow. :class:`ForecasterModel` wraps it as an MLflow pyfunc; the ``training_job``
+package travels inside the model as its code.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from training_job.features import FEATURES, Windows, bars_needed, concat, symbol
 
 META_FILE = "forecaster.json"
 KERAS_FILE = "model.keras"
+LITE_FILE = "model.tflite"  # one window, converted and checked at training (absent where that failed)
+# the pyfunc's model_config: MLflow passes a key at load only where the model was saved with it
+MODEL_CONFIG = {"serving": False}  # score.py loads with {"serving": True}: the flatbuffer, without TensorFlow
+LITE_CHECK_FILE = "model.tflite.json"  # the graph's returns on probe_windows(meta), which the flatbuffer must give
 OUTPUT_COLUMNS = [
     "symbol",
     "as_of",
@@ -130,6 +136,28 @@ def probe_windows(meta: ForecasterMeta, n: int = 8) -> np.ndarray:
     return symbol_windows("PROBE", ts, ohlcv, meta.window, meta.horizon, meta.max_gap_minutes, False).x
 
 
+def _check_lite(lite: _LiteWindow, x: np.ndarray, expected: np.ndarray) -> None:
+    """Raise ValueError unless ``lite`` gives ``expected`` for each window of ``x`` alone (rtol 1e-4)."""
+    got = np.concatenate([lite(x[i : i + 1]) for i in range(len(x))])
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-6):
+        raise ValueError(f"it differs from the graph by up to {np.max(np.abs(got - expected)):.3g}")
+
+
+def convert_lite(model: Any, meta: ForecasterMeta) -> tuple[bytes, np.ndarray]:
+    """``model`` for one window as a TensorFlow Lite flatbuffer, and the graph's returns it was checked against.
+
+    Raises whatever the converter raises, or ValueError where the flatbuffer forecasts other
+    returns than the batched graph on :func:`probe_windows`.
+    """
+    from training_job.model import single_window_tflite
+
+    flatbuffer = single_window_tflite(model, meta.window, len(meta.features))
+    x = probe_windows(meta)
+    expected = np.asarray(model(x, training=False), dtype=np.float32).reshape(-1)
+    _check_lite(_LiteWindow(flatbuffer), x, expected)
+    return flatbuffer, expected
+
+
 class Forecaster:
     """Inference over raw bars, through a compiled forward pass.
 
@@ -141,6 +169,7 @@ class Forecaster:
         self.model = model
         self.meta = meta
         self.single_window = "none"  # how one window (a live request) runs: "tflite", "xla" or "none"
+        self._forward_one: Any = None  # XLA compiled on first use: training and evaluation never score one window
         sessions.warm(("SPY",))  # build the US calendar (the common case) now, not on the first request
         if model is None:  # persistence: no network, no TensorFlow
             return
@@ -148,7 +177,6 @@ class Forecaster:
 
         spec = tf.TensorSpec([None, meta.window, len(meta.features)], tf.float32)
         self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
-        self._forward_one: Any = None  # XLA compiled on first use: training and evaluation never score one window
         self.single_window = "xla"
         if lite:
             self.use_lite()
@@ -184,21 +212,34 @@ class Forecaster:
 
     def _lite_forward(self) -> _LiteWindow | None:
         """One window through TensorFlow Lite, checked against the batched graph; None (logged) if that fails."""
-        from training_job.model import single_window_tflite
-
-        m, start = self.meta, time.perf_counter()
+        start = time.perf_counter()
         try:
-            lite = _LiteWindow(single_window_tflite(self.model, m.window, len(m.features)))
-            x = probe_windows(m)
-            expected = self._forward(x).numpy().reshape(-1)
-            got = np.concatenate([lite(x[i : i + 1]) for i in range(len(x))])
-            if not np.allclose(got, expected, rtol=1e-4, atol=1e-6):
-                raise ValueError(f"it differs from the graph by up to {np.max(np.abs(got - expected)):.3g}")
+            lite = _LiteWindow(convert_lite(self.model, self.meta)[0])
         except Exception as exc:  # any failure of the converter or the check: serve as before
             log.warning("single windows run XLA-compiled: TensorFlow Lite conversion failed: %s", exc)
             return None
         log.info("single windows run in TensorFlow Lite (converted and checked in %.1f s)", time.perf_counter() - start)
         return lite
+
+    @classmethod
+    def _saved_lite(cls, directory: Path, meta: ForecasterMeta) -> Forecaster | None:
+        """The flatbuffer training saved, served on LiteRT alone; None (logged) where none checks out.
+
+        The flatbuffer must give the returns the graph gave on the probe windows when it was
+        saved: that holds this interpreter to what training checked, without TensorFlow.
+        """
+        if not (directory / LITE_FILE).exists():
+            return None  # saved before training converted, or its conversion failed: load the Keras model
+        try:
+            lite = _LiteWindow((directory / LITE_FILE).read_bytes())
+            expected = np.array(orjson.loads((directory / LITE_CHECK_FILE).read_bytes())["returns"], dtype=np.float32)
+            _check_lite(lite, probe_windows(meta), expected)
+        except Exception as exc:  # a flatbuffer this interpreter cannot run as checked: serve from Keras
+            log.warning("the saved TensorFlow Lite model is not served (%s): loading the Keras model", exc)
+            return None
+        forecaster = cls(None, meta)
+        forecaster._forward_one, forecaster.single_window = lite, "tflite"
+        return forecaster
 
     @classmethod
     def persistence(cls, meta: ForecasterMeta) -> Forecaster:
@@ -207,11 +248,13 @@ class Forecaster:
 
     @classmethod
     def load(cls, directory: str | Path, lite: bool = False) -> Forecaster:
-        """Load a forecaster saved by :meth:`save`; ``lite``: one window runs converted to TensorFlow Lite.
+        """Load a forecaster saved by :meth:`save`; ``lite``: for serving, one window in TensorFlow Lite.
 
-        The conversion (a few seconds) happens here, from the saved Keras model: the artifact stays
-        as it was logged, and a model that does not convert, or converts to different outputs, keeps
-        the XLA-compiled path (with a warning in the log).
+        With ``lite``, the flatbuffer saved at training is served alone (LiteRT, no TensorFlow,
+        several windows one by one). Where there is none, or it does not reproduce its checked
+        returns, the Keras model is loaded and converted here (a few seconds); a model that does
+        not convert, or converts to different outputs, keeps the XLA-compiled path (with a
+        warning in the log). Without ``lite`` (evaluation), the Keras model is loaded.
         """
         directory = Path(directory)
         meta = orjson.loads((directory / META_FILE).read_bytes())
@@ -221,6 +264,9 @@ class Forecaster:
         forecaster_meta = ForecasterMeta(**meta)
         if forecaster_meta.kind == PERSISTENCE:  # no network: serving it never imports TensorFlow (~6 s of CPU)
             return cls(None, forecaster_meta)
+        served = cls._saved_lite(directory, forecaster_meta) if lite else None
+        if served is not None:
+            return served
         import keras
 
         import training_job.model  # noqa: F401  (registers the attention layer for deserialisation)
@@ -229,11 +275,22 @@ class Forecaster:
 
     @staticmethod
     def save(model: Any, meta: ForecasterMeta, directory: str | Path) -> Path:
-        """Write the Keras model and its settings into ``directory``."""
+        """Write the Keras model, its one-window TensorFlow Lite flatbuffer and its settings into ``directory``.
+
+        A model that does not convert, or converts to other returns, is saved without the
+        flatbuffer (logged): serving then loads the Keras model, as :meth:`load` says.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if model is not None:
             model.save(directory / KERAS_FILE)
+            try:
+                flatbuffer, returns = convert_lite(model, meta)
+            except Exception as exc:  # the model still serves, from Keras: never lose a trained model to this
+                log.warning("saved without TensorFlow Lite: conversion failed: %s", exc)
+            else:
+                (directory / LITE_FILE).write_bytes(flatbuffer)
+                (directory / LITE_CHECK_FILE).write_bytes(orjson.dumps({"returns": returns.tolist()}))
         fields = dict(meta.__dict__)
         if not np.isfinite(fields["interval_q"]):
             fields["interval_q"] = None
@@ -242,13 +299,15 @@ class Forecaster:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Predicted log returns for windows ``x`` (n, window, features)."""
-        if len(x) == 0 or self.model is None:
+        if len(x) == 0 or (self.model is None and self._forward_one is None):  # persistence
             return np.zeros(len(x), dtype=np.float32)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) == 1:
             if self._forward_one is None:
                 self._forward_one = self._xla_forward()
             return self._forward_one(x)
+        if self.model is None:  # served from the saved flatbuffer alone, which takes one window
+            return np.concatenate([self._forward_one(x[i : i + 1]) for i in range(len(x))])
         return self._forward(x).numpy().reshape(-1)
 
     def windows(self, series: Mapping[str, SeriesArrays], latest_only: bool) -> Windows:
@@ -461,8 +520,12 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc: ``predict(bars_df, params={"mode": "latest"|"all"})``."""
 
     def load_context(self, context: Any) -> None:
-        """Load the Keras model and settings from the model's artifacts."""
-        self.forecaster = Forecaster.load(context.artifacts["forecaster"])
+        """Load the model and settings from the model's artifacts; ``model_config={"serving": True}``: as served.
+
+        Served, the flatbuffer saved at training runs without TensorFlow (see :meth:`Forecaster.load`).
+        """
+        serving = bool((context.model_config or {}).get("serving"))
+        self.forecaster = Forecaster.load(context.artifacts["forecaster"], lite=serving)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Forecast the next close of every symbol in ``model_input``."""

@@ -48,7 +48,8 @@ def init() -> None:
 
     model_dir = Path(os.environ["AZUREML_MODEL_DIR"])
     mlmodel = next(model_dir.rglob("MLmodel")).parent
-    pyfunc = mlflow.pyfunc.load_model(str(mlmodel))
+    # served: the flatbuffer saved at training, without TensorFlow (older models' code ignores the setting)
+    pyfunc = mlflow.pyfunc.load_model(str(mlmodel), model_config={"serving": True})
     # the model's own copy of the feature code, put on sys.path by the pyfunc loader
     from training_job.forecaster import ForecastInputError, series_from_records
 

@@ -31,6 +31,7 @@ from training_job.config import TrainConfig, parse_args
 from training_job.features import WARMUP, Windows, concat, symbol_windows
 from training_job.forecaster import (
     LSTM_ATTENTION,
+    MODEL_CONFIG,
     PERSISTENCE,
     Forecaster,
     ForecasterMeta,
@@ -49,7 +50,17 @@ class NotEnoughDataError(SystemExit):
     """No symbol has enough bars: the job exits non-zero with how many it needs."""
 
 
-SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "ta-lib", "pandas", "numpy", "orjson", "pyarrow", "exchange-calendars")
+SERVING_PACKAGES = (
+    "mlflow",
+    "tensorflow-cpu",
+    "ai-edge-litert",
+    "ta-lib",
+    "pandas",
+    "numpy",
+    "orjson",
+    "pyarrow",
+    "exchange-calendars",
+)
 
 
 def serving_requirements() -> list[str]:
@@ -204,6 +215,7 @@ def save_pyfunc(forecaster: Forecaster, example: pd.DataFrame, out: Path) -> Pat
         out,
         python_model=ForecasterModel(),
         artifacts={"forecaster": str(forecaster_dir)},
+        model_config=MODEL_CONFIG,
         code_paths=[str(CODE_DIR)],
         signature=signature,
         input_example=example,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,12 +13,15 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import orjson
 import pytest
 from keras import layers
 
 from training_job import model as model_module
 from training_job import score
 from training_job.forecaster import (
+    LITE_CHECK_FILE,
+    LITE_FILE,
     Forecaster,
     ForecasterMeta,
     ForecastInputError,
@@ -71,8 +75,16 @@ def saved(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lite(saved):
-    """The forecaster as the endpoint serves it (TensorFlow Lite for one window)."""
+    """The forecaster as the endpoint serves it: the flatbuffer saved with the model, on LiteRT alone."""
     return Forecaster.load(saved, lite=True)
+
+
+@pytest.fixture(scope="module")
+def converted(saved, tmp_path_factory):
+    """Served from a model saved without a flatbuffer (an older one): converted to TensorFlow Lite at load."""
+    folder = tmp_path_factory.mktemp("keras-only") / "forecaster"
+    shutil.copytree(saved, folder, ignore=shutil.ignore_patterns(LITE_FILE, LITE_CHECK_FILE))
+    return Forecaster.load(folder, lite=True)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +95,9 @@ def xla(saved):
 
 @pytest.mark.slow
 def test_served_forecasts_equal_the_xla_paths_within_1e_5(lite, xla):
-    """Loaded for serving, one window runs in TensorFlow Lite and forecasts what the XLA path forecast."""
+    """Served from the saved flatbuffer (no Keras model), a forecast equals the XLA path's within 1e-5."""
     assert (lite.single_window, xla.single_window) == ("tflite", "xla")
+    assert lite.model is None and xla.model is not None
     bars = records(NEED + 40)
     diffs, returns = [], []
     for end in range(NEED, NEED + 41):
@@ -101,34 +114,52 @@ def test_served_forecasts_equal_the_xla_paths_within_1e_5(lite, xla):
 
 
 @pytest.mark.slow
-def test_one_window_agrees_with_the_batched_graph_of_evaluation(lite):
-    """Every window alone through TensorFlow Lite gives the batched graph's return for it."""
+def test_served_windows_agree_with_the_batched_graph_of_evaluation(lite, xla):
+    """Several windows served from the flatbuffer (one at a time) give the batched graph's returns."""
     x = probe_windows(META, 32)
-    batched = lite.forward(x)
+    batched = xla.forward(x)
+    served = lite.forward(x)
     single = np.concatenate([lite.forward(x[i : i + 1]) for i in range(len(x))])
-    assert batched.shape == single.shape == (32,)
-    assert np.max(np.abs(single - batched)) <= 1e-6
-    assert np.max(np.abs(batched - lite.model.predict(x, verbose=0).reshape(-1))) <= 1e-6
+    assert batched.shape == served.shape == single.shape == (32,)
+    assert np.max(np.abs(served - batched)) <= 1e-6 and np.array_equal(served, single)
+    assert np.max(np.abs(batched - xla.model.predict(x, verbose=0).reshape(-1))) <= 1e-6
 
 
 @pytest.mark.slow
-def test_conversion_leaves_the_keras_model_with_its_loops(lite):
-    """Only the converted trace is unrolled: the loaded Keras model, used for batches, keeps its LSTM loops."""
-    rnns = [layer for layer in model_module._all_layers(lite.model) if isinstance(layer, layers.RNN)]
+def test_save_keeps_the_flatbuffer_and_the_graph_returns_it_was_checked_against(saved, xla):
+    """Beside the Keras file, save writes the one-window flatbuffer and the graph's returns on the probe windows."""
+    recorded = np.array(orjson.loads((saved / LITE_CHECK_FILE).read_bytes())["returns"])
+    assert (saved / LITE_FILE).read_bytes()[4:8] == b"TFL3"  # the TensorFlow Lite flatbuffer identifier
+    assert recorded.shape == (8,) and np.std(recorded) > 1e-6
+    assert np.max(np.abs(recorded - xla.forward(probe_windows(META)))) <= 1e-6
+
+
+@pytest.mark.slow
+def test_an_older_model_converts_at_load_and_keeps_its_keras_loops(converted, lite):
+    """Without a saved flatbuffer, serving converts at load; only the trace unrolls, Keras keeps its loops."""
+    assert converted.single_window == "tflite" and converted.model is not None
+    rnns = [layer for layer in model_module._all_layers(converted.model) if isinstance(layer, layers.RNN)]
     assert len(rnns) == 2
     assert [layer.unroll for layer in rnns] == [False, False]
+    x = probe_windows(META, 4)[:1]
+    assert abs(float(converted.forward(x)[0]) - float(lite.forward(x)[0])) <= 1e-6
 
 
 @pytest.mark.slow
-def test_a_model_that_does_not_convert_is_served_xla_compiled(saved, lite, monkeypatch, caplog):
-    """A converter failure is logged and the forecaster serves one window XLA-compiled, with the same returns."""
+def test_a_model_that_does_not_convert_is_saved_without_a_flatbuffer_and_served_xla_compiled(
+    xla, lite, tmp_path, monkeypatch, caplog
+):
+    """A converter failure at training is logged, the model is saved without a flatbuffer and served XLA-compiled."""
 
     def broken(*args: object) -> bytes:
         raise RuntimeError("no converter here")
 
     monkeypatch.setattr(model_module, "single_window_tflite", broken)
     with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
-        fallback = Forecaster.load(saved, lite=True)
+        folder = Forecaster.save(xla.model, META, tmp_path / "forecaster")
+        fallback = Forecaster.load(folder, lite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["forecaster.json", "model.keras"]
+    assert "saved without TensorFlow Lite: conversion failed: no converter here" in caplog.text
     assert fallback.single_window == "xla"
     assert "TensorFlow Lite conversion failed: no converter here" in caplog.text
     x = probe_windows(META, 4)[:1]
@@ -137,12 +168,42 @@ def test_a_model_that_does_not_convert_is_served_xla_compiled(saved, lite, monke
 
 @pytest.mark.slow
 def test_a_converted_model_with_other_outputs_is_not_served(saved, monkeypatch, caplog):
-    """The load-time check compares TensorFlow Lite with the graph: a wrong conversion falls back to XLA."""
+    """Both checks compare TensorFlow Lite with the graph: the saved flatbuffer is refused, then the conversion."""
     monkeypatch.setattr(_LiteWindow, "__call__", lambda self, x: np.array([0.01], dtype=np.float32))
     with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
         fallback = Forecaster.load(saved, lite=True)
-    assert fallback.single_window == "xla"
-    assert "differs from the graph by up to" in caplog.text
+    assert fallback.single_window == "xla" and fallback.model is not None
+    assert "the saved TensorFlow Lite model is not served (it differs from the graph by up to" in caplog.text
+    assert "TensorFlow Lite conversion failed: it differs from the graph by up to" in caplog.text
+
+
+def _altered_returns(folder: Path) -> None:
+    returns = orjson.loads((folder / LITE_CHECK_FILE).read_bytes())["returns"]
+    (folder / LITE_CHECK_FILE).write_bytes(orjson.dumps({"returns": [r + 1e-3 for r in returns]}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        pytest.param(_altered_returns, "it differs from the graph by up to 0.001", id="other-recorded-returns"),
+        pytest.param(lambda f: (f / LITE_CHECK_FILE).unlink(), "[Errno 2] No such file", id="no-recorded-returns"),
+        pytest.param(lambda f: (f / LITE_FILE).write_bytes(b"not a flatbuffer"), "", id="not-a-flatbuffer"),
+    ],
+)
+def test_a_saved_flatbuffer_that_does_not_check_out_is_replaced_by_the_keras_model(
+    saved, xla, tmp_path, damage, reason, caplog
+):
+    """A flatbuffer or recorded returns that disagree are not served: the Keras model loads and converts as before."""
+    folder = tmp_path / "forecaster"
+    shutil.copytree(saved, folder)
+    damage(folder)
+    with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
+        served = Forecaster.load(folder, lite=True)
+    assert served.model is not None and served.single_window == "tflite"
+    assert f"the saved TensorFlow Lite model is not served ({reason}" in caplog.text
+    x = probe_windows(META, 4)[:1]
+    assert abs(float(served.forward(x)[0]) - float(xla.forward(x)[0])) <= 1e-6
 
 
 @pytest.mark.parametrize(
@@ -302,3 +363,23 @@ def test_serving_persistence_never_imports_tensorflow(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.stdout.split() == ["persistence", "none", "none", "False"], done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_serving_a_saved_flatbuffer_never_imports_tensorflow(saved, xla):
+    """The endpoint's load of a trained model runs its flatbuffer on LiteRT and never imports TensorFlow."""
+    bars = records()
+    code = (
+        "import sys, orjson\n"
+        "from training_job.forecaster import Forecaster, series_from_records\n"
+        f"f = Forecaster.load({str(saved)!r}, lite=True)\n"
+        "[row] = f.forecast(series_from_records(orjson.loads(sys.stdin.buffer.read())))\n"
+        "print(f.single_window, 'tensorflow' in sys.modules, 'keras' in sys.modules, row['predicted_return'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=orjson.dumps(bars), capture_output=True, cwd=ROOT, timeout=120
+    )
+    runs, tensorflow, keras_imported, served = done.stdout.decode().split()
+    assert (runs, tensorflow, keras_imported) == ("tflite", "False", "False"), done.stderr[-2000:]
+    [expected] = xla.forecast(series_from_records(bars))
+    assert abs(float(served) - expected["predicted_return"]) <= 1e-6

@@ -27,6 +27,29 @@ def server(champion_server):
     return champion_server.url, champion_server.info
 
 
+def _libraries(pgid: int) -> list[set[str]]:
+    """The shared libraries mapped by each process of process group ``pgid`` (azmlinfsrv and its workers)."""
+    mapped = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            lines = (proc / "maps").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):  # a process that ended while we read
+            continue
+        mapped.append({Path(line.split()[-1]).name for line in lines if ".so" in line})
+    return mapped
+
+
+def test_the_scoring_worker_serves_the_saved_flatbuffer_without_tensorflow(champion_server, server, bars_dir):
+    """The champion's scoring worker runs LiteRT's interpreter and never loads TensorFlow's library."""
+    assert httpx.post(server[0], json={"bars": recent_bars(bars_dir, "AAA", 80)}, timeout=30).status_code == 200
+    processes = _libraries(champion_server.pid)
+    assert len(processes) >= 2  # azmlinfsrv and its worker
+    assert any(any("litert" in name for name in libs) for libs in processes)
+    assert not [name for libs in processes for name in libs if "tensorflow" in name]
+
+
 def recent_bars(bars_dir: Path, symbol: str, n: int) -> list[dict]:
     table = pq.read_table(sorted(bars_dir.glob("*.parquet"))[-1]).to_pandas()
     rows = table[table.symbol == "AAA"].tail(n)
