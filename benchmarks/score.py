@@ -4,8 +4,9 @@ Next to it, Keras ``model.predict`` (the replaced system's scoring path) and a p
 ``model(x, training=False)`` (what Keras advises for a single input) on the same model and window.
 
 A small model is trained on generated bars first (a few seconds). Prints the figures, then one
-JSON object as the last line; ``init_s`` is score.init's time (the TensorFlow Lite conversion
-included) and ``single_window`` how one window ran ("tflite", or "xla" where conversion failed).
+JSON object as the last line; ``init_s`` is score.init's time (loading the pyfunc and the
+TensorFlow Lite flatbuffer training saved) and ``single_window`` how one window ran ("tflite",
+or "xla" where conversion failed).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
         import score  # the entry script, as azmlinfsrv imports it
 
         start = time.perf_counter()
-        score.init()  # loads the pyfunc and converts the model to TensorFlow Lite for single windows
+        score.init()  # loads the pyfunc and the TensorFlow Lite flatbuffer saved with it
         init_s = time.perf_counter() - start
         single_window = score._state["forecaster"].single_window  # "tflite", or "xla" where that failed
         for _ in range(20):
@@ -117,7 +118,7 @@ def main() -> None:
     r50, r99 = percentiles(keras_predict)
     c50, c99 = percentiles(keras_call)
     print(f"request: 1 symbol, {len(payload['bars'])} bars (window {cfg.window} + indicator warm-up)")
-    print(f"score.py init (load + convert for single windows):  {init_s:.1f} s; one window runs {single_window}")
+    print(f"score.py init (load the pyfunc and its flatbuffer):  {init_s:.1f} s; one window runs {single_window}")
     print(f"score.py in-process (JSON -> features -> {single_window:6s}):  p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     print(f"score.py over HTTP (azmlinfsrv, keep-alive):         p50 {h50:.3f} ms, p99 {h99:.3f} ms")
     print(f"reference: Keras model.predict on the same window:   p50 {r50:.3f} ms, p99 {r99:.3f} ms")
