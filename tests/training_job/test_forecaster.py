@@ -182,7 +182,6 @@ def _altered_returns(folder: Path) -> None:
     (folder / LITE_CHECK_FILE).write_bytes(orjson.dumps({"returns": [r + 1e-3 for r in returns]}))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
@@ -191,17 +190,27 @@ def _altered_returns(folder: Path) -> None:
         pytest.param(lambda f: (f / LITE_FILE).write_bytes(b"not a flatbuffer"), "", id="not-a-flatbuffer"),
     ],
 )
-def test_a_saved_flatbuffer_that_does_not_check_out_is_replaced_by_the_keras_model(
-    saved, xla, tmp_path, damage, reason, caplog
-):
-    """A flatbuffer or recorded returns that disagree are not served: the Keras model loads and converts as before."""
+def test_a_saved_flatbuffer_that_does_not_check_out_is_refused_with_its_reason(saved, tmp_path, damage, reason, caplog):
+    """A flatbuffer or recorded returns that disagree are refused (logged), so serving loads the Keras model."""
     folder = tmp_path / "forecaster"
     shutil.copytree(saved, folder)
+    assert Forecaster._saved_lite(folder, META) is not None  # the copy as saved checks out
     damage(folder)
+    with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
+        assert Forecaster._saved_lite(folder, META) is None
+    assert f"the saved TensorFlow Lite model is not served ({reason}" in caplog.text
+
+
+@pytest.mark.slow
+def test_refused_recorded_returns_serve_the_keras_model_converted_at_load(saved, xla, tmp_path, caplog):
+    """Where the saved flatbuffer is refused, the Keras model loads and converts as before, with the same returns."""
+    folder = tmp_path / "forecaster"
+    shutil.copytree(saved, folder)
+    _altered_returns(folder)
     with caplog.at_level(logging.WARNING, logger="training_job.forecaster"):
         served = Forecaster.load(folder, lite=True)
     assert served.model is not None and served.single_window == "tflite"
-    assert f"the saved TensorFlow Lite model is not served ({reason}" in caplog.text
+    assert "the saved TensorFlow Lite model is not served (it differs from the graph" in caplog.text
     x = probe_windows(META, 4)[:1]
     assert abs(float(served.forward(x)[0]) - float(xla.forward(x)[0])) <= 1e-6
 
