@@ -37,9 +37,10 @@ from training_job.features import FEATURES, Windows, bars_needed, concat, symbol
 META_FILE = "forecaster.json"
 KERAS_FILE = "model.keras"
 LITE_FILE = "model.tflite"  # one window, converted and checked at training (absent where that failed)
-# the pyfunc's model_config: MLflow passes a key at load only where the model was saved with it
-MODEL_CONFIG = {"serving": False}  # score.py loads with {"serving": True}: the flatbuffer, without TensorFlow
 LITE_CHECK_FILE = "model.tflite.json"  # the graph's returns on probe_windows(meta), which the flatbuffer must give
+# the pyfunc's model_config (MLflow passes a key at load only where the model was saved with it):
+# score.py loads with {"serving": True}, which serves the flatbuffer without TensorFlow
+MODEL_CONFIG = {"serving": False}
 OUTPUT_COLUMNS = [
     "symbol",
     "as_of",
