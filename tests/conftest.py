@@ -185,9 +185,9 @@ def _start_champion_server(trained: Trained, folder: Path, port: int) -> tuple[i
 def champion_server(runtime: Runtime, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Azmlinfsrv serving the trained champion (v2); SCORING_PORT points at it.
 
-    Under pytest-xdist the workers share one server (each costs ~11 s of CPU, most of it
-    TensorFlow): a worker starts it unless one answers, and the last worker to finish stops it.
-    Tests only read from it.
+    Under pytest-xdist the workers share one server (a start costs ~3 s of CPU; ~11 s while it
+    imported TensorFlow): a worker starts it unless one answers, and the last worker to finish
+    stops it. Tests only read from it.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     shared = tmp_path_factory.getbasetemp()
