@@ -7,10 +7,13 @@ function's time and the endpoint's, so the function's own overhead is their diff
 scores a symbol's latest bars once per read of ``latest/`` (``PREDICT_CACHE_SECONDS``), so the
 same number of ``POST /api/predict`` requests, which always call the endpoint, is measured too
 (``post_*``, also reported as ``uncached_*``), and the GETs again against a second ``devhost up``
-with ``PREDICT_CACHE_SECONDS=0`` (``get_uncached_*``: every GET reads ``latest/`` and scores,
-only requests in flight at the same moment share a call). ``cache_hit_ratio`` is the share of
-cached-phase GETs answered without an endpoint call. Prints the figures, then one JSON object as
-the last line.
+with ``PREDICT_CACHE_SECONDS=0`` (``get_uncached_*``: every GET reads ``latest/`` by ETag and
+scores unless the blob is unchanged since its last forecast; ``get_uncached_scored_ratio`` is the
+share that called the endpoint). ``cache_hit_ratio`` is the share of cached-phase GETs answered
+without an endpoint call. The POSTs are then sent once more through a third ``devhost up`` to an
+``azmlinfsrv`` running ``benchmarks/memo_score.py``, which answers a request it has scored before
+from memory (``post_memo_*``): the same path with no model work left, the floor that no change to
+the model or its features can go below. Prints the figures, then one JSON object as the last line.
 
 The load comes from 8 threads with one keep-alive ``http.client`` connection each. One shared
 ``httpx.Client`` (the first version of this script) spends 1.3–1.8 ms of CPU per request in its
@@ -177,7 +180,7 @@ def main() -> None:
                 time.sleep(0.2)
 
     up = start_up(http_port, {})
-    uncached_up = None
+    uncached_up = memo = memo_up = None
     try:
         wait_healthy(scoring_port, scorer)
         base = f"http://127.0.0.1:{http_port}/api/predict"
@@ -190,6 +193,18 @@ def main() -> None:
         wall = time.perf_counter() - started
         posts = _phase(load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
         stop_group(up.pid)
+        memo_port, memo_http = free_port(), free_port()
+        memo = start_scoring_server(
+            model_dir, memo_port, "bench", "1", home / "memo.log", workers, ROOT / "benchmarks" / "memo_score.py"
+        )
+        memo_up = start_up(memo_http, {"SCORING_PORT": str(memo_port)})
+        wait_healthy(memo_port, memo)
+        wait_answers(f"http://127.0.0.1:{memo_http}/api/predict")
+        memo_load = _Connections(memo_http)
+        _warm(memo_load)
+        memo_posts = _phase(memo_load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
+        stop_group(memo_up.pid)
+        stop_group(memo.pid)
         uncached_port = free_port()
         uncached_up = start_up(uncached_port, {"PREDICT_CACHE_SECONDS": "0"})
         wait_answers(f"http://127.0.0.1:{uncached_port}/api/predict")
@@ -198,13 +213,15 @@ def main() -> None:
         uncached_gets = _phase(uncached, lambda i: ("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}", None))
         floor_get, floor_post = _floor(bodies[0])
     finally:
-        for proc in (up, uncached_up, scorer):
+        for proc in (up, uncached_up, memo_up, memo, scorer):
             if proc is not None:
                 stop_group(proc.pid)
         azurite.stop(runtime.home)
     p50, p99, o50, errors = _figures(results)
     u50, u99, uo50, post_errors = _figures(posts)
     g50, g99, go50, get_errors = _figures(uncached_gets)
+    m50, m99, mo50, memo_errors = _figures(memo_posts)
+    scored = sum(1 for r in uncached_gets if r[3]) / len(uncached_gets)
     hits = sum(1 for r in results if r[2] is not None and r[3] == 0.0) / len(results)
     print(
         f"{REQUESTS} requests, {CONCURRENCY} at a time, GET /api/predict/{{symbol}} over loopback: "
@@ -220,6 +237,11 @@ def main() -> None:
     print(
         f"uncached GET (PREDICT_CACHE_SECONDS=0: read latest/ and score): p50 {g50:.2f} ms, "
         f"p99 {g99:.2f} ms, function overhead p50 {go50:.2f} ms; errors: {get_errors}"
+    )
+    print(f"uncached GETs that called the endpoint (latest/ changed, or another model): {scored:.1%}")
+    print(
+        f"POST with every answer from memory (benchmarks/memo_score.py: no model work): p50 {m50:.2f} ms, "
+        f"p99 {m99:.2f} ms, function overhead p50 {mo50:.2f} ms; errors: {memo_errors}"
     )
     print(f"the same load against a server that does no work: GET p50 {floor_get:.2f} ms, POST p50 {floor_post:.2f} ms")
     print(
@@ -239,6 +261,10 @@ def main() -> None:
                 "get_uncached_p50_ms": round(g50, 2),
                 "get_uncached_p99_ms": round(g99, 2),
                 "get_uncached_errors": get_errors,
+                "get_uncached_scored_ratio": round(scored, 3),
+                "post_memo_p50_ms": round(m50, 2),
+                "post_memo_p99_ms": round(m99, 2),
+                "post_memo_errors": memo_errors,
                 "cache_hit_ratio": round(hits, 3),
                 "floor_get_p50_ms": round(floor_get, 2),
                 "floor_post_p50_ms": round(floor_post, 2),

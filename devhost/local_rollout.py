@@ -27,11 +27,18 @@ ENTRY_SCRIPT = Path(__file__).resolve().parents[1] / "training_job" / "score.py"
 
 
 def start_scoring_server(
-    model_dir: Path, port: int, name: str, version: str, log_path: Path, workers: int = 1
+    model_dir: Path,
+    port: int,
+    name: str,
+    version: str,
+    log_path: Path,
+    workers: int = 1,
+    entry_script: Path = ENTRY_SCRIPT,
 ) -> subprocess.Popen:
     """Start ``azmlinfsrv`` with ``workers`` workers for the MLflow model in ``model_dir``; returns at once.
 
     The workers get the environment the Azure deployment sets (one TensorFlow thread each).
+    ``entry_script``: the scoring script (benchmarks swap in their own).
     """
     env = child_environment(
         {
@@ -48,7 +55,7 @@ def start_scoring_server(
             [
                 str(Path(sys.executable).with_name("azmlinfsrv")),
                 "--entry_script",
-                str(ENTRY_SCRIPT),
+                str(entry_script),
                 "--port",
                 str(port),
                 "--worker_count",
