@@ -11,14 +11,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from devhost import feed, publish, views
+from devhost import feed, publish
 from devhost.home import stockcast_home
 from devhost.kafka import CLIENT_LOG as KAFKA_CLIENT_LOG
+
+if TYPE_CHECKING:  # pyarrow and the views (httpx, rich's progress) load with the commands that use them
+    import pyarrow as pa
 
 # a log file or CI gets lines wide enough for the tables instead of rich's 80-column default
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -39,6 +42,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from devhost import views
     from devhost.replay import read_lines
     from devhost.runtime import prepare
 
@@ -60,6 +64,8 @@ def _export(bars: pa.Table, path: Path) -> None:
 
 
 def _cmd_bars(args: argparse.Namespace) -> int:
+    from devhost import views
+
     stored = views.show_bars(console, args.symbol)
     if args.out:
         _export(stored.bars, Path(args.out))
@@ -69,7 +75,7 @@ def _cmd_bars(args: argparse.Namespace) -> int:
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from devhost.home import running_up
-    from devhost.up import stop_children
+    from devhost.services import stop_children
 
     home = stockcast_home()
     up = running_up(home)
@@ -109,6 +115,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from devhost import views
     from devhost.home import running_up
     from devhost.host import Host
     from devhost.http import HttpHost, route_prefix
@@ -168,6 +175,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from devhost import views
     from devhost.runtime import prepare
 
     prepare()

@@ -75,7 +75,7 @@ def split_last_day(bodies: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 def reset(console: Console, keep: bool) -> None:
     """Start clean (stop what runs for the home, remove its state) unless ``keep``; say which."""
     from devhost.home import running_up
-    from devhost.up import stop_children
+    from devhost.services import stop_children
 
     home = stockcast_home()
     up = running_up(home)

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 
 from devhost.processes import child_environment, listening, live_record, stop_group
@@ -71,6 +70,8 @@ def start_scoring_server(
 
 def scoring_info(port: int, timeout: float = 2.0) -> dict | None:
     """What the scoring server on ``port`` serves (``GET /score``), or None if it does not answer."""
+    import httpx  # imported here: `devhost status` and `stop` load this module but never call it
+
     try:
         response = httpx.get(f"http://127.0.0.1:{port}/score", timeout=timeout)
     except httpx.TransportError:

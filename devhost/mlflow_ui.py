@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 
 from devhost.processes import alive, live_record, stop_group
@@ -73,6 +72,8 @@ def wait_for_mlflow_ui(home: Path, state: dict, timeout: float = 60.0, stop: thr
     """
     log_path = home / "run" / "mlflow-ui.log"
     stop = stop or threading.Event()
+    import httpx  # imported here: `devhost status` and `stop` load this module but never call it
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stop.is_set():

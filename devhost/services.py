@@ -1,7 +1,9 @@
-"""The background processes devhost starts for a home, and what ``python -m devhost status`` shows.
+"""The background processes devhost starts for a home: what ``python -m devhost status`` shows, and stopping them.
 
 Each service records ``{"pid", "port", ...}`` in a state file under ``$STOCKCAST_HOME``, so any
-later command can find, show or stop it; a record whose process is gone counts as stopped.
+later command can find, show or stop it; a record whose process is gone counts as stopped. Only
+the records' readers and stoppers are imported here, not the host or the services' clients, so
+``status`` and ``stop`` start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 from devhost import azurite, kafka
 from devhost.home import running_up
 from devhost.local_jobs import running_job
-from devhost.local_rollout import serving_state
-from devhost.mlflow_ui import mlflow_ui
+from devhost.local_rollout import serving_state, stop_serving
+from devhost.mlflow_ui import mlflow_ui, stop_mlflow_ui
+from devhost.processes import stop_group
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,21 @@ def status_json(home: Path) -> dict[str, Any]:
         "kafka": kafka_status(home),
         "services": {s.name: {"running": s.running, "pid": s.pid, "detail": s.detail} for s in status(home)},
     }
+
+
+def stop_children(home: Path) -> list[str]:
+    """Stop every process devhost started for ``home``; return what was stopped."""
+    stopped = []
+    if stop_mlflow_ui(home):
+        stopped.append("mlflow ui")
+    if stop_serving(home):
+        stopped.append("scoring server")
+    job = running_job(home)
+    if job:
+        stop_group(job["pid"])
+        stopped.append(f"training job {job['name']}")
+    if kafka.stop(home):
+        stopped.append("kafka broker")
+    if azurite.stop(home):
+        stopped.append("azurite")
+    return stopped

@@ -25,12 +25,13 @@ from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.kafka_trigger import KafkaTrigger
 from devhost.local_jobs import running_job
-from devhost.local_rollout import LocalRollout, serving_state, stop_serving
-from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, stop_mlflow_ui, wait_for_mlflow_ui
+from devhost.local_rollout import LocalRollout, serving_state
+from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, wait_for_mlflow_ui
 from devhost.orchestrate import fire_timer, next_fire
-from devhost.processes import preferred_or_free, stop_group
+from devhost.processes import preferred_or_free
 from devhost.publish import publish_local
 from devhost.runtime import Runtime, keep_connected
+from devhost.services import stop_children
 from functions.settings import get_settings
 
 log = logging.getLogger("devhost")
@@ -48,24 +49,6 @@ class UpOptions:
     first_tick: bool = True  # while nothing is served, fire the timer at start rather than a period later
     backfill_days: int = 3
     seed: int = 7
-
-
-def stop_children(home: Path) -> list[str]:
-    """Stop every process devhost started for ``home``; return what was stopped."""
-    stopped = []
-    if stop_mlflow_ui(home):
-        stopped.append("mlflow ui")
-    if stop_serving(home):
-        stopped.append("scoring server")
-    job = running_job(home)
-    if job:
-        stop_group(job["pid"])
-        stopped.append(f"training job {job['name']}")
-    if kafka.stop(home):
-        stopped.append("kafka broker")
-    if azurite.stop(home):
-        stopped.append("azurite")
-    return stopped
 
 
 def keep_broker(
