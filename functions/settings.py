@@ -184,20 +184,24 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return Settings(**values)
 
 
-CA_BUNDLE_VARIABLES = frozenset({"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"})  # what requests reads besides proxies
+# what requests reads for certificates, in its order of precedence, besides the *_proxy variables
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-def http_from_environment(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the process environment configures HTTP clients: any ``*_proxy`` variable, or a CA bundle.
+def http_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """How the storage SDK's transport honours the process's HTTP variables: keyword arguments for its clients.
 
-    Not an app setting: the storage SDK's transport (requests) reads these itself, on every call,
-    by walking every variable of the process twice. Where none is set there is nothing to find,
-    and the storage clients skip the lookups (a fifth of a conditional read's CPU, measured).
+    Not an app setting. requests reads these itself on every call, by walking every variable of the
+    process twice: a fifth of a conditional read's CPU, measured. Proxies need that reading, since
+    ``no_proxy`` decides per URL, so any non-empty ``*_proxy`` variable keeps it. A CA bundle alone is
+    read here, once, and handed to the transport as requests would use it; with neither, there is
+    nothing to find and the lookups are skipped.
     """
     env = os.environ if environ is None else environ
-    return any(
-        value and (key.lower().endswith("_proxy") or key.upper() in CA_BUNDLE_VARIABLES) for key, value in env.items()
-    )
+    if any(value and key.lower().endswith("_proxy") for key, value in env.items()):
+        return {"use_env_settings": True}
+    bundle = next((env[key] for key in CA_BUNDLE_VARIABLES if env.get(key)), None)
+    return {"use_env_settings": False, **({"connection_verify": bundle} if bundle else {})}
 
 
 @cache

@@ -13,19 +13,19 @@ from typing import Any
 
 from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 
-from functions.settings import Settings, http_from_environment
+from functions.settings import Settings, http_environment
 from functions.shared.identity import azure_credential
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments that bound a storage client's timeouts and retries.
 
-    The transport reads proxy and CA-bundle variables only where the environment sets some:
-    otherwise requests walks the whole environment on every call and finds nothing.
+    The transport reads proxy variables on every call only where the environment sets some, and a
+    CA bundle variable once (:func:`functions.settings.http_environment`).
     """
     backoff = settings.storage_retry_backoff_s
     return {
-        "use_env_settings": http_from_environment(),
+        **http_environment(),
         "connection_timeout": settings.storage_connect_timeout_s,
         "read_timeout": settings.storage_timeout_s,
         # retry_total caps every kind of retry; the jitter keeps retrying callers from moving in step

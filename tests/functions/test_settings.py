@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from functions.settings import Settings, SettingsError, http_from_environment, load_settings, setting_specs
+from functions.settings import Settings, SettingsError, http_environment, load_settings, setting_specs
 from tests.factories import LOCAL_APP_SETTINGS
 
 BASE = LOCAL_APP_SETTINGS
@@ -144,20 +144,27 @@ def test_predict_settings_parse_or_are_named(key, value, field, expected):
         assert getattr(load_settings(environ), field) == expected
 
 
+OFF = {"use_env_settings": False}
+
+
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({}, False),
-        ({"PATH": "/usr/bin", "HOME": "/root", "BarsStorage": "x"}, False),
-        ({"HTTPS_PROXY": "http://proxy:3128"}, True),
-        ({"https_proxy": "http://proxy:3128"}, True),
-        ({"ALL_PROXY": "socks5://proxy:1080"}, True),
-        ({"NO_PROXY": "localhost"}, True),
-        ({"REQUESTS_CA_BUNDLE": "/etc/ssl/corp.pem"}, True),
-        ({"curl_ca_bundle": "/etc/ssl/corp.pem"}, True),
-        ({"HTTPS_PROXY": ""}, False),
+        ({}, OFF),
+        ({"PATH": "/usr/bin", "HOME": "/root", "BarsStorage": "x"}, OFF),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, {"use_env_settings": True}),
+        ({"https_proxy": "http://proxy:3128"}, {"use_env_settings": True}),
+        ({"ALL_PROXY": "socks5://proxy:1080"}, {"use_env_settings": True}),
+        ({"NO_PROXY": "localhost"}, {"use_env_settings": True}),
+        ({"HTTPS_PROXY": "http://p:3128", "REQUESTS_CA_BUNDLE": "/r.pem"}, {"use_env_settings": True}),
+        ({"HTTPS_PROXY": ""}, OFF),
+        ({"REQUESTS_CA_BUNDLE": "/etc/ssl/corp.pem"}, {**OFF, "connection_verify": "/etc/ssl/corp.pem"}),
+        ({"CURL_CA_BUNDLE": "/c.pem"}, {**OFF, "connection_verify": "/c.pem"}),
+        ({"CURL_CA_BUNDLE": "/c.pem", "REQUESTS_CA_BUNDLE": "/r.pem"}, {**OFF, "connection_verify": "/r.pem"}),
+        ({"REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": "/c.pem"}, {**OFF, "connection_verify": "/c.pem"}),
+        ({"curl_ca_bundle": "/c.pem"}, OFF),  # requests reads the upper-case names only
     ],
 )
-def test_http_from_environment_sees_proxies_and_ca_bundles(environ, expected):
-    """Any non-empty *_proxy variable or requests' CA bundle variables count; other variables do not."""
-    assert http_from_environment(environ) is expected
+def test_http_environment_reads_proxies_per_call_and_a_ca_bundle_once(environ, expected):
+    """A *_proxy variable keeps requests' per-call reading; a CA bundle alone is passed once, as requests picks it."""
+    assert http_environment(environ) == expected

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
 import socket
+import ssl
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob import LinearRetry
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from devhost.processes import free_port
 from functions.settings import load_settings
@@ -93,14 +102,100 @@ def test_silent_endpoint_times_out_as_configured():
     assert 1.0 <= elapsed < 3.0
 
 
-@pytest.mark.parametrize(("proxy", "reads_environment"), [(None, False), ("http://127.0.0.1:9", True)])
-def test_the_transport_reads_proxy_variables_only_where_some_are_set(monkeypatch, proxy, reads_environment):
-    """No proxy or CA bundle in the environment: requests is told not to look for them on every call."""
+def _clear_http_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in [k for k in os.environ if k.lower().endswith("_proxy") or k.upper().endswith("CA_BUNDLE")]:
         monkeypatch.delenv(key)
-    if proxy:
-        monkeypatch.setenv("HTTPS_PROXY", proxy)
+
+
+@pytest.mark.parametrize(
+    ("variable", "reads_environment", "verify"),
+    [
+        (None, False, True),
+        (("HTTPS_PROXY", "http://127.0.0.1:9"), True, True),
+        (("REQUESTS_CA_BUNDLE", "/etc/ssl/corp.pem"), False, "/etc/ssl/corp.pem"),
+    ],
+)
+def test_the_transport_reads_the_environment_per_call_only_for_proxies(
+    monkeypatch, variable, reads_environment, verify
+):
+    """No proxy: requests is told not to walk the environment on every call; a CA bundle is passed to it once."""
+    _clear_http_environment(monkeypatch)
+    if variable:
+        monkeypatch.setenv(*variable)
     settings = load_settings({**BASE, "BarsStorage": _connection_string(free_port())})
     assert client_options(settings)["use_env_settings"] is reads_environment
     container = connection_string_client(settings.bars_storage_connection_string, settings).get_container_client("c")
-    assert container._pipeline._transport._transport._use_env_settings is reads_environment  # the SDK keeps it private
+    transport = container._pipeline._transport._transport  # the SDK keeps it private
+    assert (transport._use_env_settings, transport.connection_config.verify) == (reads_environment, verify)
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An HTTPS server on loopback whose certificate no system store trusts: (port, its certificate's path).
+
+    It answers every GET as Blob Storage answers for a missing container.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+    class MissingContainer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ContainerNotFound</Code></Error>'
+            self.send_response(404)
+            self.send_header("x-ms-error-code", "ContainerNotFound")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MissingContainer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], cert_path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_ca_bundle_variable_still_decides_which_certificates_are_trusted(monkeypatch, tls_server, trusted):
+    """REQUESTS_CA_BUNDLE naming the server's certificate lets the call through (a 404); without it, TLS fails."""
+    port, cert = tls_server
+    _clear_http_environment(monkeypatch)
+    if trusted:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    connection = (
+        "DefaultEndpointsProtocol=https;AccountName=stockcast;AccountKey=c3RvY2tjYXN0;"
+        f"BlobEndpoint=https://127.0.0.1:{port}/stockcast;"
+    )
+    settings = load_settings({**BASE, "BarsStorage": connection, "STORAGE_RETRIES": "0"})
+    container = connection_string_client(connection, settings).get_container_client("bars")
+    if trusted:
+        with pytest.raises(ResourceNotFoundError):
+            container.get_container_properties()
+    else:
+        with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+            container.get_container_properties()
