@@ -70,10 +70,10 @@ def wait_for_mlflow_ui(home: Path, state: dict, timeout: float = 60.0, stop: thr
 
     A UI that exits, or does not answer within ``timeout``, is stopped and raises.
     """
-    log_path = home / "run" / "mlflow-ui.log"
-    stop = stop or threading.Event()
     import httpx  # imported here: `devhost status` and `stop` load this module but never call it
 
+    log_path = home / "run" / "mlflow-ui.log"
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stop.is_set():
