@@ -202,8 +202,10 @@ class Forecaster:
         """Run one window through TensorFlow Lite from now on, if it converts and checks out; returns the path in use.
 
         The endpoint calls this once at init; training and evaluation, which score batches, never pay for it.
+        The path is chosen once: after a load for serving has chosen it (a failed conversion included),
+        a second call converts nothing again.
         """
-        if self.model is not None and self.single_window != "tflite":
+        if self.model is not None and self._forward_one is None:
             lite = self._lite_forward()
             if lite is not None:
                 self._forward_one, self.single_window = lite, "tflite"

@@ -162,6 +162,8 @@ def test_a_model_that_does_not_convert_is_saved_without_a_flatbuffer_and_served_
     assert "saved without TensorFlow Lite: conversion failed: no converter here" in caplog.text
     assert fallback.single_window == "xla"
     assert "TensorFlow Lite conversion failed: no converter here" in caplog.text
+    assert fallback.use_lite() == "xla"  # what score.init calls next: no second conversion
+    assert caplog.text.count("TensorFlow Lite conversion failed: no converter here") == 1
     x = probe_windows(META, 4)[:1]
     assert abs(float(fallback.forward(x)[0]) - float(lite.forward(x)[0])) <= 1e-6
 
