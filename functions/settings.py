@@ -121,14 +121,28 @@ class Settings:
     )
     aml_endpoint: str | None = setting("AML_ENDPOINT", default=None)
     aml_instance_type: str = setting("AML_INSTANCE_TYPE", default="stockcast-scoring")  # bicep/hooks/instancetype.yaml
+    # the training job's run-time limit: Azure ML cancels it after this long, so a tick that cannot read the
+    # last job's state waits at most this (and an hour's grace) before it submits another
+    training_timeout_s: int = setting("TRAINING_TIMEOUT_SECONDS", _positive_int, default=7200)
+    # where the timer keeps the name of the last job it submitted (in the bars container)
+    training_record_blob: str = setting("TRAINING_RECORD_BLOB", default="state/training-job.json")
     azure_client_id: str | None = setting("AZURE_CLIENT_ID", default=None)
     # telemetry: custom metrics and events go to App Insights only when this is set
     applicationinsights_connection_string: str | None = setting("APPLICATIONINSIGHTS_CONNECTION_STRING", default=None)
 
     @property
     def scoring_endpoint(self) -> str:
-        """Where predict sends scoring requests: SCORING_URL, else the local scoring server."""
+        """Where predict sends scoring requests when no endpoint is read: SCORING_URL, else the local server."""
         return self.scoring_url or f"http://127.0.0.1:{self.scoring_port}/score"
+
+    @property
+    def reads_scoring_uri(self) -> bool:
+        """Whether the scoring address is the Azure ML endpoint's ``scoring_uri``, read at run time.
+
+        In Azure (key or token auth) the endpoint says where it listens, and that address can change
+        (an extension reinstall, an AKS stop and start); SCORING_URL, when set, overrides it.
+        """
+        return self.scoring_url is None and self.scoring_auth != "none"
 
     @property
     def uses_identity(self) -> bool:

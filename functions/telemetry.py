@@ -35,9 +35,11 @@ INGEST_LAG = "stockcast.ingest.lag"
 DEADLETTERS = "stockcast.deadletters"
 PREDICT_DURATION = "stockcast.predict.duration"
 TRAINING_SUBMISSIONS = "stockcast.training.submissions"
+ROLLOUT = "stockcast.rollout"
 MODEL_RMSE = "stockcast.model.rmse"
 TRAINING_DECISION = "training decision"
 SUBMISSION_OUTCOMES = ("submitted", "active", "failed")
+ROLLOUT_OUTCOMES = ("succeeded", "failed")
 
 # Records of this logger go to App Insights through OpenTelemetry, with their extras as
 # customDimensions; the host forwards only the message of a record, so it gets none of them.
@@ -62,6 +64,7 @@ class _Instruments:
     deadletters: Counter
     predict_duration: Histogram
     training_submissions: Counter
+    rollouts: Counter
     model_rmse: _Gauge
 
 
@@ -156,6 +159,9 @@ def _get() -> _Instruments:
                 training_submissions=meter.create_counter(
                     TRAINING_SUBMISSIONS, unit="{tick}", description="what each tick did about training"
                 ),
+                rollouts=meter.create_counter(
+                    ROLLOUT, unit="{tick}", description="whether each tick's rollout reconcile succeeded"
+                ),
                 model_rmse=meter.create_gauge(
                     MODEL_RMSE, description="decision-slice RMSE of the champion and of persistence"
                 ),
@@ -197,6 +203,13 @@ def training_submission(outcome: str) -> None:
     if outcome not in SUBMISSION_OUTCOMES:
         raise ValueError(f"outcome must be one of {SUBMISSION_OUTCOMES}, not {outcome!r}")
     _get().training_submissions.add(1, {"outcome": outcome})
+
+
+def rollout(outcome: str) -> None:
+    """Count a tick's rollout reconcile: succeeded (a step taken or nothing to do) or failed (it raised)."""
+    if outcome not in ROLLOUT_OUTCOMES:
+        raise ValueError(f"outcome must be one of {ROLLOUT_OUTCOMES}, not {outcome!r}")
+    _get().rollouts.add(1, {"outcome": outcome})
 
 
 def model_rmse(version: str, champion: float | None, persistence: float | None) -> None:

@@ -1,7 +1,9 @@
 """Azure ML submitter: the training command job, and single-flight submission.
 
 :func:`build_training_job` is pure (it builds the azure-ai-ml request, sends nothing), so the
-job spec is tested as it will be sent.
+job spec is tested as it will be sent. Single-flight costs one blob read and one ``jobs.get`` a
+tick, whatever the workspace holds: the timer records the name of each job before submitting it
+(:mod:`functions.train_trigger.job_record`) and asks Azure ML about that job alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.settings import Settings
+from functions.train_trigger.job_record import RECORD_CONFLICTS, JobRecord, JobRecordStore, job_name
 from functions.train_trigger.ports import Submission
 
 log = logging.getLogger(__name__)
@@ -26,18 +29,37 @@ TRAIN_COMMAND = (
     "--bars ${{inputs.bars}} --model-name ${{inputs.model_name}} --experiment ${{inputs.experiment}} "
     "--summary-out ${{outputs.summary}}/summary.json"
 )
+# Azure ML's JobStatus values: a job in a terminal state no longer holds the single flight; any
+# other state (active, paused, not responding, or one this code does not know) still may
+TERMINAL_STATES = frozenset({"Completed", "Failed", "Canceled"})
 ACTIVE_STATES = frozenset(
-    {"NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Running", "Finalizing", "CancelRequested"}
+    {
+        "NotStarted",
+        "Starting",
+        "Provisioning",
+        "Preparing",
+        "Queued",
+        "Running",
+        "Finalizing",
+        "CancelRequested",
+        "NotResponding",
+        "Paused",
+        "Scheduled",
+    }
 )
+MISSING = "<missing>"  # Azure ML has no job of the recorded name: the tick that recorded it died first
+# a job whose state cannot be read is taken as active until its time limit and this much more have passed
+UNREADABLE_GRACE = dt.timedelta(hours=1)
 
 
-def build_training_job(settings: Settings, tick_id: str, now: dt.datetime) -> Any:
-    """The azure-ai-ml command job the timer submits."""
+def build_training_job(settings: Settings, tick_id: str, now: dt.datetime, name: str | None = None) -> Any:
+    """The azure-ai-ml command job the timer submits, named ``name`` (the name its tick recorded)."""
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.constants import AssetTypes, InputOutputModes
     from azure.ai.ml.entities import Environment, ManagedIdentityConfiguration
 
     return command(
+        name=name,
         code=str(TRAINING_CODE),
         command=TRAIN_COMMAND,
         inputs={
@@ -57,29 +79,70 @@ def build_training_job(settings: Settings, tick_id: str, now: dt.datetime) -> An
         description="LSTM-Attention forecaster: train on stored bars, compare with the champion",
         tags={"app": "stockcast", "trigger": "timer", "tick": tick_id, "model_name": settings.model_name},
         identity=ManagedIdentityConfiguration(),
+        timeout=settings.training_timeout_s,
     )
 
 
-class AmlSubmitter:
-    """Submits the training job unless one of the experiment is already active."""
+def should_submit(record: JobRecord | None, status: str | None, now: dt.datetime, timeout_s: int) -> tuple[bool, str]:
+    """Whether a tick submits, given the recorded job and its state; returns (submit, reason).
 
-    def __init__(self, ml_client: Any, settings: Settings) -> None:
+    ``status`` is Azure ML's state of the recorded job, :data:`MISSING` when Azure ML has no such
+    job, or None when it could not be read (an unparseable job). A job in a state that is not
+    terminal holds the single flight; an unreadable one holds it until its time limit has passed.
+    """
+    if record is None:
+        return True, "no job recorded"
+    name = record.job_name
+    if status == MISSING:
+        return True, f"job {name} was recorded but never created"
+    if status in TERMINAL_STATES:
+        return True, f"job {name} ended {status}"
+    if status in ACTIVE_STATES:
+        return False, f"job {name} is still active ({status})"
+    deadline = record.submitted_at + dt.timedelta(seconds=timeout_s) + UNREADABLE_GRACE
+    if now >= deadline:
+        return True, f"job {name}'s state ({status}) is unknown and its time limit has passed"
+    return False, f"job {name}'s state ({status}) is unknown; it counts as active until {deadline:%Y-%m-%dT%H:%MZ}"
+
+
+class AmlSubmitter:
+    """Submits the training job unless the last one it submitted is still active: one record read, one ``jobs.get``."""
+
+    def __init__(self, ml_client: Any, settings: Settings, records: JobRecordStore) -> None:
         self.ml_client = ml_client
         self.settings = settings
+        self.records = records
 
-    def active_jobs(self) -> list[str]:
-        """Names of this experiment's jobs that are not finished."""
-        return [
-            job.name
-            for job in self.ml_client.jobs.list()
-            if job.experiment_name == self.settings.experiment and job.status in ACTIVE_STATES
-        ]
+    def job_status(self, name: str, tick_id: str) -> str | None:
+        """Azure ML's state of job ``name``; :data:`MISSING` if it has none, None if the job cannot be read."""
+        from azure.ai.ml.exceptions import JobException, JobParsingError
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            job = self.ml_client.jobs.get(name)
+        except ResourceNotFoundError:
+            return MISSING
+        except (JobParsingError, JobException) as exc:  # the SDK cannot read what the service sent
+            log.warning("tick=%s job %s cannot be read: %s", tick_id, name, exc)
+            return None
+        status = getattr(job, "status", None)
+        return status if isinstance(status, str) and status else None
 
     def submit_unless_active(self, tick_id: str, now: dt.datetime) -> Submission:
-        """Single-flight submission."""
-        active = self.active_jobs()
-        if active:
-            return Submission(False, active[0], f"job {active[0]} is still active")
-        job = self.ml_client.jobs.create_or_update(build_training_job(self.settings, tick_id, now))
+        """Single-flight submission: record the new job's name, then submit it under that name."""
+        stored = self.records.read(tick_id)
+        record = stored.record
+        status = None if record is None else self.job_status(record.job_name, tick_id)
+        submit, reason = should_submit(record, status, now, self.settings.training_timeout_s)
+        log.info("tick=%s last job %s: %s", tick_id, record.job_name if record else None, reason)
+        if not submit:
+            return Submission(False, record.job_name if record else None, reason)
+        name = job_name(now, tick_id)
+        try:
+            self.records.write(JobRecord(name, tick_id, now), stored.etag)
+        except RECORD_CONFLICTS:  # another tick recorded its job in between: that one submits
+            log.warning("tick=%s the job record changed under this tick; another tick is submitting", tick_id)
+            return Submission(False, None, "another tick recorded a job first")
+        job = self.ml_client.jobs.create_or_update(build_training_job(self.settings, tick_id, now, name))
         log.info("tick=%s submitted Azure ML job %s", tick_id, job.name)
         return Submission(True, job.name, "submitted")

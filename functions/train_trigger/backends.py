@@ -11,8 +11,10 @@ from collections.abc import Callable
 
 from functions.settings import Settings, SettingsError
 from functions.shared.identity import ml_client
+from functions.shared.storage import bars_container
 from functions.train_trigger.aml_jobs import AmlSubmitter
 from functions.train_trigger.aml_rollout import AmlModels, AmlRollout
+from functions.train_trigger.job_record import JobRecordStore
 from functions.train_trigger.ports import Backend
 
 BackendFactory = Callable[[Settings], Backend]
@@ -21,7 +23,8 @@ BackendFactory = Callable[[Settings], Backend]
 def aml_backend(settings: Settings) -> Backend:
     """Azure ML: the command job, the managed online endpoint and the registry, through one MLClient."""
     client = ml_client(settings)
-    return Backend(AmlSubmitter(client, settings), AmlRollout(client, settings), AmlModels(client, settings))
+    records = JobRecordStore(bars_container(settings), settings.training_record_blob)
+    return Backend(AmlSubmitter(client, settings, records), AmlRollout(client, settings), AmlModels(client, settings))
 
 
 _factories: dict[str, BackendFactory] = {"aml": aml_backend}

@@ -89,10 +89,15 @@ def test_helpers_record_the_contract_names(recorded, caplog):
     telemetry.predict_duration(4.0, 200, "predict")
     telemetry.predict_duration(6.0, 200, "predict")
     telemetry.training_submission("active")
+    telemetry.rollout("succeeded")
+    telemetry.rollout("failed")
+    telemetry.rollout("failed")
     telemetry.model_rmse("3", 0.25, 0.5)
     telemetry.model_rmse("4", 0.2, None)
     with pytest.raises(ValueError, match="outcome"):
         telemetry.training_submission("maybe")
+    with pytest.raises(ValueError, match="outcome"):
+        telemetry.rollout("submitted")
     assert [p.value for p in recorded.points("stockcast.bars.ingested")] == [5]
     [lag] = recorded.points("stockcast.ingest.lag")
     assert (lag.count, lag.sum, lag.min, lag.max) == (3, 40.0, 0.0, 30.0)
@@ -104,6 +109,7 @@ def test_helpers_record_the_contract_names(recorded, caplog):
         10.0,
     )
     assert recorded.values("stockcast.training.submissions", "outcome") == {"active": 1}
+    assert recorded.values("stockcast.rollout", "outcome") == {"succeeded": 1, "failed": 2}
     assert recorded.values("stockcast.model.rmse", "predictor", "version") == {
         ("champion", "3"): 0.25,
         ("persistence", "3"): 0.5,

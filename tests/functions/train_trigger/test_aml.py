@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from functions.settings import load_settings
-from functions.train_trigger.aml_jobs import TRAIN_COMMAND, AmlSubmitter, build_training_job
+from functions.train_trigger.aml_jobs import MISSING, TRAIN_COMMAND, AmlSubmitter, build_training_job, should_submit
 from functions.train_trigger.aml_rollout import (
     MAX_DEPLOYMENTS,
     AmlRollout,
@@ -23,6 +23,7 @@ from functions.train_trigger.aml_rollout import (
     smoke_passed,
     smoke_request,
 )
+from functions.train_trigger.job_record import JobRecord, JobRecordStore, decode_record, encode_record, job_name
 from tests.factories import AML_APP_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,6 +48,7 @@ def test_training_job_spec():
     assert (spec["compute"], spec["experiment_name"]) == ("azureml:cpu-cluster", "stockcast")
     assert spec["display_name"] == "stockcast-train-20261103-1530Z"
     assert spec["identity"] == {"type": "managed_identity"}
+    assert spec["limits"] == {"timeout": 7200}  # Azure ML cancels a job this old: an unreadable one never blocks
     assert spec["tags"] == {
         "app": "stockcast",
         "trigger": "timer",
@@ -63,32 +65,217 @@ def test_job_yml_runs_the_same_command():
 
 
 class FakeJobs:
-    """The jobs operations of an MLClient: records submissions, reports them as running."""
+    """The jobs operations of an MLClient: jobs by name with a state; ``list`` is never needed."""
 
     def __init__(self) -> None:
-        self.created = []
+        self.created: list = []
+        self.states: dict[str, object] = {}  # name -> status, or an exception jobs.get raises
+        self.gets: list[str] = []
 
-    def list(self):
-        return [SimpleNamespace(name=j.name, experiment_name="stockcast", status="Running") for j in self.created] + [
-            SimpleNamespace(name="old", experiment_name="stockcast", status="Completed"),
-            SimpleNamespace(name="other", experiment_name="elsewhere", status="Running"),
-        ]
+    def list(self, **kwargs):
+        raise AssertionError("a tick must not walk the workspace's jobs")
+
+    def get(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self.gets.append(name)
+        state = self.states.get(name)
+        if state is None:
+            raise ResourceNotFoundError(f"job {name} not found")
+        if isinstance(state, Exception):
+            raise state
+        return SimpleNamespace(name=name, status=state)
 
     def create_or_update(self, job):
-        job.name = f"job-{len(self.created) + 1}"
+        assert job.name, "the job is submitted under the name its tick recorded"
         self.created.append(job)
+        self.states[job.name] = "Queued"
         return job
 
 
-def test_two_ticks_submit_one_job():
-    """Single-flight: the second tick sees the first job active and submits nothing."""
+@pytest.fixture
+def records(container):
+    """The job record in the real (Azurite) bars container, empty."""
+    return JobRecordStore(container, SETTINGS.training_record_blob)
+
+
+def _submitter(jobs: FakeJobs, records: JobRecordStore) -> AmlSubmitter:
+    return AmlSubmitter(SimpleNamespace(jobs=jobs), SETTINGS, records)
+
+
+@pytest.mark.integration
+def test_two_ticks_submit_one_job(records):
+    """Single-flight: the second tick reads the recorded job, finds it active, and submits nothing."""
     jobs = FakeJobs()
-    submitter = AmlSubmitter(SimpleNamespace(jobs=jobs), SETTINGS)
-    first = submitter.submit_unless_active("t1", NOW)
-    second = submitter.submit_unless_active("t2", NOW)
-    assert (first.submitted, first.job_name) == (True, "job-1")
-    assert (second.submitted, second.job_name) == (False, "job-1")
-    assert len(jobs.created) == 1
+    submitter = _submitter(jobs, records)
+    first = submitter.submit_unless_active("tick-aaaa", NOW)
+    second = submitter.submit_unless_active("tick-bbbb", NOW + dt.timedelta(minutes=15))
+    assert (first.submitted, first.job_name) == (True, "stockcast-train-20261103-153000-aaaa")
+    assert (second.submitted, second.job_name, second.reason) == (
+        False,
+        first.job_name,
+        f"job {first.job_name} is still active (Queued)",
+    )
+    assert [j.name for j in jobs.created] == [first.job_name]
+    assert jobs.gets == [first.job_name]  # one jobs.get a tick, whatever the workspace holds
+
+
+@pytest.mark.integration
+def test_a_finished_job_lets_the_next_tick_submit(records):
+    """Once the recorded job ends, the next tick submits a new one and records it."""
+    jobs = FakeJobs()
+    submitter = _submitter(jobs, records)
+    first = submitter.submit_unless_active("tick-aaaa", NOW)
+    jobs.states[first.job_name] = "Failed"
+    second = submitter.submit_unless_active("tick-bbbb", NOW + dt.timedelta(minutes=15))
+    assert (second.submitted, second.job_name) == (True, "stockcast-train-20261103-154500-bbbb")
+    assert records.read("t").record.job_name == second.job_name
+
+
+@pytest.mark.integration
+def test_a_tick_killed_between_record_and_submit_is_finished_by_the_next(records):
+    """The record names a job Azure ML never got (the tick died): the next tick sees a 404 and submits."""
+    records.write(JobRecord("stockcast-train-20261103-150000-dead", "tick-dead", NOW), None)
+    jobs = FakeJobs()
+    found = _submitter(jobs, records).submit_unless_active("tick-cccc", NOW)
+    assert found.submitted and [j.name for j in jobs.created] == ["stockcast-train-20261103-153000-cccc"]
+
+
+@pytest.mark.integration
+def test_a_failed_submission_is_retried_by_the_next_tick(records):
+    """create_or_update raises after the record was written: the error surfaces and the next tick submits."""
+    jobs = FakeJobs()
+
+    def refused(job):
+        raise ConnectionError("503")
+
+    submitter = AmlSubmitter(
+        SimpleNamespace(jobs=SimpleNamespace(get=jobs.get, create_or_update=refused)), SETTINGS, records
+    )
+    with pytest.raises(ConnectionError):
+        submitter.submit_unless_active("tick-aaaa", NOW)
+    retried = _submitter(jobs, records).submit_unless_active("tick-bbbb", NOW + dt.timedelta(minutes=15))
+    assert retried.submitted and retried.job_name.endswith("-bbbb")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "stored", [b"{not json", b"[]", b'{"job_name": "x"}', b'{"job_name": "x", "submitted_at": "no"}']
+)
+def test_an_unreadable_record_is_replaced(records, stored):
+    """A corrupt record blob never blocks training: the tick submits and writes a good record over it."""
+    records.blob.upload_blob(stored, overwrite=True)
+    jobs = FakeJobs()
+    found = _submitter(jobs, records).submit_unless_active("tick-aaaa", NOW)
+    assert found.submitted and records.read("t").record == JobRecord(found.job_name, "tick-aaaa", NOW)
+
+
+@pytest.mark.integration
+def test_a_tick_that_loses_the_record_race_submits_nothing(records):
+    """Another tick replaced the record between this tick's read and write: only the other submits."""
+    jobs = FakeJobs()
+    submitter = _submitter(jobs, records)
+    real_read = records.read
+
+    def read_then_overtaken(tick_id):
+        stored = real_read(tick_id)
+        records.blob.upload_blob(encode_record(JobRecord("other", "tick-other", NOW)), overwrite=True)
+        return stored
+
+    records.read = read_then_overtaken
+    found = submitter.submit_unless_active("tick-aaaa", NOW)
+    assert (found.submitted, jobs.created) == (False, [])
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("Running", "Running"),
+        (None, MISSING),  # FakeJobs raises ResourceNotFoundError for a job it has no state for
+        ("", None),  # a job without a status
+        ("parse", None),  # the SDK cannot read the job it got
+        ("unknown type", None),  # a job type this SDK does not know
+    ],
+)
+def test_job_status_reads_one_job(state, expected):
+    """jobs.get's answer as a state: a status, MISSING for a 404, None when the job cannot be read."""
+    from azure.ai.ml.exceptions import ErrorCategory, JobException, JobParsingError
+
+    errors = {
+        "parse": JobParsingError(
+            message="bad", no_personal_data_message="bad", error_category=ErrorCategory.SYSTEM_ERROR
+        ),
+        "unknown type": JobException(message="Unsupported job type", no_personal_data_message="x"),
+    }
+    jobs = FakeJobs()
+    if state is not None:
+        jobs.states["j"] = errors.get(state, state)
+    assert AmlSubmitter(SimpleNamespace(jobs=jobs), SETTINGS, None).job_status("j", "tick-1") == expected
+
+
+RECORD = JobRecord("j", "tick-1", NOW)
+LIMIT = 7200
+
+
+@pytest.mark.parametrize(
+    ("record", "status", "now", "expected"),
+    [
+        (None, None, NOW, (True, "no job recorded")),
+        (RECORD, MISSING, NOW, (True, "job j was recorded but never created")),
+        (RECORD, "Completed", NOW, (True, "job j ended Completed")),
+        (RECORD, "Failed", NOW, (True, "job j ended Failed")),
+        (RECORD, "Canceled", NOW, (True, "job j ended Canceled")),
+        (RECORD, "Running", NOW, (False, "job j is still active (Running)")),
+        (RECORD, "NotResponding", NOW, (False, "job j is still active (NotResponding)")),
+        (RECORD, "CancelRequested", NOW, (False, "job j is still active (CancelRequested)")),
+        # unreadable or unknown: active until the limit and the grace have passed, then submit
+        (
+            RECORD,
+            None,
+            NOW + dt.timedelta(seconds=LIMIT + 3599),
+            (False, "job j's state (None) is unknown; it counts as active until 2026-11-03T18:30Z"),
+        ),
+        (
+            RECORD,
+            None,
+            NOW + dt.timedelta(seconds=LIMIT + 3600),
+            (True, "job j's state (None) is unknown and its time limit has passed"),
+        ),
+        (
+            RECORD,
+            "Unknown",
+            NOW,
+            (False, "job j's state (Unknown) is unknown; it counts as active until 2026-11-03T18:30Z"),
+        ),
+    ],
+)
+def test_should_submit(record, status, now, expected):
+    """The single-flight decision from the recorded job and its state."""
+    assert should_submit(record, status, now, LIMIT) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", "not JSON"),
+        (b"3", "not a JSON object"),
+        (b'{"job_name": "", "submitted_at": "2026-11-03T15:30:00+00:00"}', "job_name missing"),
+        (b'{"job_name": "j"}', "submitted_at missing"),
+        (b'{"job_name": "j", "submitted_at": "yesterday"}', "not an ISO time"),
+        (b'{"job_name": "j", "submitted_at": "2026-11-03T15:30:00"}', "no time zone"),
+    ],
+)
+def test_decode_record_rejects(data, error):
+    """Each malformed record names what is wrong."""
+    with pytest.raises(ValueError, match=error):
+        decode_record(data)
+
+
+def test_record_round_trips_and_names_are_unique_per_tick():
+    """What is written reads back; two ticks in the same second get different job names."""
+    assert decode_record(encode_record(RECORD)) == RECORD
+    assert job_name(NOW, "tick-0123456789abcdef") == "stockcast-train-20261103-153000-0123456789ab"
+    assert job_name(NOW, "tick-a") != job_name(NOW, "tick-b")
 
 
 def test_deployment_spec():

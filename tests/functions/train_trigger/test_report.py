@@ -14,6 +14,7 @@ from devhost.orchestrate import fire_timer
 from functions.settings import get_settings, load_settings
 from functions.train_trigger import backends
 from functions.train_trigger.aml_rollout import AmlModels
+from functions.train_trigger.blueprint import TickFailedError
 from functions.train_trigger.ports import Backend, ModelSnapshot, ModelVersion, Submission
 from functions.train_trigger.report import ModelReport, report_models
 from tests.factories import AML_APP_SETTINGS
@@ -153,9 +154,10 @@ def test_timer_ticks_count_outcomes_and_report_the_registry(runtime, trained, re
     host = Host()
     fire_timer(host)
     fire_timer(host)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(TickFailedError, match="training submission: ConnectionError: job service unreachable"):
         fire_timer(host)
     assert recorded.values("stockcast.training.submissions", "outcome") == {"submitted": 1, "active": 1, "failed": 1}
+    assert recorded.values("stockcast.rollout", "outcome") == {"succeeded": 3}
     first, second = trained.first["metrics"], trained.second["metrics"]
     assert recorded.values("stockcast.model.rmse", "predictor", "version") == {
         ("champion", "2"): pytest.approx(first["model"]["rmse"], rel=1e-5),

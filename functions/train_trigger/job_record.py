@@ -1,0 +1,103 @@
+"""The last training job the timer submitted: its name, kept in one blob, so a tick asks Azure ML about one job.
+
+The record is written *before* the job is submitted, under the name the job will have, with ETag
+concurrency. A tick that dies between the two leaves a record naming a job Azure ML never saw:
+the next tick gets a 404 for it and submits again. A record that names a job Azure ML has is
+never lost, so single-flight holds across restarts without listing the workspace's jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import orjson
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import ContainerClient
+
+log = logging.getLogger(__name__)
+
+# a conditional write that lost: another tick wrote the record in between
+RECORD_CONFLICTS = (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """The job a tick submitted (or was about to): its name, the tick and when."""
+
+    job_name: str
+    tick: str
+    submitted_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """What the blob holds: the record (None if absent or unreadable) and the ETag to replace it with."""
+
+    record: JobRecord | None
+    etag: str | None
+
+
+def encode_record(record: JobRecord) -> bytes:
+    """The blob's bytes: a small JSON document."""
+    return orjson.dumps(
+        {"job_name": record.job_name, "tick": record.tick, "submitted_at": record.submitted_at.isoformat()}
+    )
+
+
+def decode_record(data: bytes) -> JobRecord:
+    """Parse the blob's bytes; raise ValueError naming what is wrong."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    name, tick, when = doc.get("job_name"), doc.get("tick"), doc.get("submitted_at")
+    if not isinstance(name, str) or not name:
+        raise ValueError("job_name missing")
+    if not isinstance(when, str):
+        raise ValueError("submitted_at missing")
+    try:
+        submitted_at = dt.datetime.fromisoformat(when)
+    except ValueError:
+        raise ValueError(f"submitted_at {when!r} is not an ISO time") from None
+    if submitted_at.tzinfo is None:
+        raise ValueError("submitted_at has no time zone")
+    return JobRecord(name, tick if isinstance(tick, str) else "", submitted_at)
+
+
+def job_name(now: dt.datetime, tick_id: str) -> str:
+    """The name a tick gives its job: when, and the tick, so two ticks never pick the same one."""
+    return f"stockcast-train-{now:%Y%m%d-%H%M%S}-{tick_id.removeprefix('tick-')[:12]}"
+
+
+class JobRecordStore:
+    """Reads and conditionally replaces the record blob."""
+
+    def __init__(self, container: ContainerClient, blob_name: str) -> None:
+        self.blob = container.get_blob_client(blob_name)
+
+    def read(self, tick_id: str) -> StoredRecord:
+        """The record and its ETag; an unreadable record is reported and then replaced by the next write."""
+        try:
+            downloader = self.blob.download_blob()
+        except ResourceNotFoundError:
+            return StoredRecord(None, None)
+        data, etag = downloader.readall(), downloader.properties.etag
+        try:
+            return StoredRecord(decode_record(data), etag)
+        except ValueError as exc:
+            log.warning("tick=%s %s is unreadable (%s); it will be replaced", tick_id, self.blob.blob_name, exc)
+            return StoredRecord(None, etag)
+
+    def write(self, record: JobRecord, etag: str | None) -> None:
+        """Create the record, or replace it only if it still has ``etag``; raises one of RECORD_CONFLICTS if not."""
+        if etag is None:
+            self.blob.upload_blob(encode_record(record), overwrite=False)
+        else:
+            self.blob.upload_blob(
+                encode_record(record), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
