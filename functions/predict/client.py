@@ -2,6 +2,9 @@
 
 In Azure the endpoint's key (or Azure ML token) is fetched with the app's managed identity,
 cached, and fetched again when it expires or the endpoint answers 401; it is never an app setting.
+Its address is the endpoint's own ``scoring_uri``, read the same way and read again when a
+connection fails (the inference router's address changes when the AzureML extension is
+reinstalled or the cluster is stopped and started); ``SCORING_URL`` overrides it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from functions.shared.identity import ml_client
 log = logging.getLogger(__name__)
 SERVED_TTL_S = 60.0  # how long what the endpoint said it serves is trusted before asking again
 SERVED_RETRY_S = 5.0  # after a failed info call, how long the fallback bar count is used
+# a connection failure reads the endpoint's address again at most this often (one ARM call each)
+ADDRESS_REFRESH_S = 30.0
 CONNECT_TIMEOUT_S = 1.0
 # batches: what an endpoint that has not said its max_batch is tried with, and score.py's MAX_BARS
 DEFAULT_MAX_BATCH = 64
@@ -230,12 +235,72 @@ class EndpointAuth:
         return _Credential(keys.access_token, float(keys.expiry_time_utc))
 
 
+def valid_scoring_uri(uri: Any) -> str:
+    """The endpoint's ``scoring_uri`` if it is an http(s) URL; ValueError otherwise (an endpoint being created)."""
+    if not isinstance(uri, str) or not uri.startswith(("https://", "http://")) or len(uri) < 10:
+        raise ValueError(f"the endpoint has no scoring URI yet ({uri!r})")
+    return uri
+
+
+class ScoringAddress:
+    """Where scoring requests go: SCORING_URL or the local server as set, or the Azure ML endpoint's ``scoring_uri``.
+
+    The endpoint's address is read on first use and read again after a connection failure (at most
+    every :data:`ADDRESS_REFRESH_S`); a read that fails keeps the address already known.
+    """
+
+    def __init__(self, settings: Settings, lookup: Callable[[], Any] | None = None) -> None:
+        self.settings = settings
+        self._lookup = lookup or self._endpoint_scoring_uri
+        self._lock = threading.Lock()
+        self._url: str | None = None if settings.reads_scoring_uri else settings.scoring_endpoint
+        self._read_at = -ADDRESS_REFRESH_S
+
+    def url(self, request_id: str) -> str:
+        """The address to call; reads the endpoint's on first use. Raises 503 if it cannot be read."""
+        url = self._url
+        if url is not None:
+            return url
+        with self._lock:
+            if self._url is None:
+                self._url = self._read(request_id)
+            return self._url
+
+    def refresh(self, request_id: str) -> None:
+        """A connection failed: read the endpoint's address again, unless it was read moments ago."""
+        if not self.settings.reads_scoring_uri:
+            return
+        with self._lock:
+            if time.monotonic() - self._read_at < ADDRESS_REFRESH_S:
+                return
+            try:
+                found = self._read(request_id)
+            except ApiError:
+                return  # keep what is known; the retry or the next request tries again
+            if found != self._url:
+                log.warning("request=%s the endpoint's scoring URI changed: %s -> %s", request_id, self._url, found)
+            self._url = found
+
+    def _read(self, request_id: str) -> str:
+        self._read_at = time.monotonic()
+        try:
+            return valid_scoring_uri(self._lookup())
+        except Exception as exc:  # ARM unreachable, the endpoint missing or still being created
+            log.warning("request=%s cannot read the endpoint's scoring URI: %s", request_id, exc)
+            raise ApiError(
+                503, "endpoint_unavailable", "the scoring endpoint's address is unavailable; retry later", UNAVAILABLE
+            ) from exc
+
+    def _endpoint_scoring_uri(self) -> Any:
+        return ml_client(self.settings).online_endpoints.get(self.settings.aml_endpoint).scoring_uri
+
+
 class ScoringClient:
     """Calls the endpoint (POST ``{"bars": [...]}`` to score, GET for what it serves), maps failures to API errors."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.url = settings.scoring_endpoint
+        self.address = ScoringAddress(settings)
         self.auth = EndpointAuth(settings)
         self._timeout = httpx.Timeout(settings.scoring_timeout_s, connect=CONNECT_TIMEOUT_S).as_dict()
         # httpx's pooled transport without the Client around it: redirects, cookies, auth flows and
@@ -380,10 +445,11 @@ class ScoringClient:
         self, method: str, body: bytes | None, base: dict[str, str], request_id: str, num: int, attempts: int
     ) -> tuple[dict[str, Any], float]:
         headers = {**base, **self.auth.headers()}
+        url = self.address.url(request_id)
         started = time.perf_counter()
         try:
             extensions = {"timeout": self._timeout}
-            request = httpx.Request(method, self.url, content=body, headers=headers, extensions=extensions)
+            request = httpx.Request(method, url, content=body, headers=headers, extensions=extensions)
             response = self.http.handle_request(request)
             try:
                 content = response.read()
@@ -391,6 +457,8 @@ class ScoringClient:
                 response.close()
         except httpx.TransportError as exc:
             log.warning("request=%s scoring %s %d/%d failed: %s", request_id, method, num, attempts, exc)
+            if isinstance(exc, httpx.ConnectError):  # nothing listens there any more: the address may have moved
+                self.address.refresh(request_id)
             raise _RetryableError(str(exc)) from exc
         elapsed = time.perf_counter() - started
         if response.status_code == 401 and num < attempts:

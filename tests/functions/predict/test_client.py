@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from functions.predict.api import ApiError
-from functions.predict.client import ScoringClient, _Batcher, served_from_info
+from functions.predict.client import ADDRESS_REFRESH_S, ScoringAddress, ScoringClient, _Batcher, served_from_info
 from functions.settings import load_settings
-from tests.factories import LOCAL_APP_SETTINGS
+from tests.factories import AML_APP_SETTINGS, LOCAL_APP_SETTINGS
 
 OK = (200, {"forecasts": [], "model": {"version": "1"}})
 
@@ -239,3 +239,90 @@ def test_an_interrupted_call_answers_its_requests_and_hands_the_worker_to_the_qu
     assert {k: v for k, v in outcomes.items() if k != "first"} == {f"q{i}": ({"id": f"q{i}"}, 0.01) for i in range(3)}
     assert sent == [["first"], ["q0", "q1", "q2"]]
     assert (batcher._in_flight, batcher._queue) == (0, [])
+
+
+class _Lookups:
+    """The endpoint's scoring_uri as Azure ML answers it, one answer (or error) per read."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.reads = 0
+
+    def __call__(self) -> object:
+        answer = self.answers[min(self.reads, len(self.answers) - 1)]
+        self.reads += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class _KeyAuth:
+    """The endpoint key, as EndpointAuth would have fetched it with the identity."""
+
+    def headers(self) -> dict[str, str]:
+        """A fixed bearer key."""
+        return {"Authorization": "Bearer k"}
+
+    def invalidate(self) -> None:
+        """Nothing cached to drop."""
+
+
+def _azure_settings(**extra: str):
+    return load_settings({**AML_APP_SETTINGS, "SCORING_AUTH": "key", "SCORING_RETRIES": "2", **extra})
+
+
+@pytest.mark.parametrize(
+    ("extra", "reads"),
+    [
+        ({"SCORING_AUTH": "key"}, True),
+        ({"SCORING_AUTH": "aml_token"}, True),
+        ({"SCORING_AUTH": "key", "SCORING_URL": "https://override.example/score"}, False),
+        ({"SCORING_AUTH": "none"}, False),
+    ],
+)
+def test_the_address_is_read_from_the_endpoint_unless_overridden(extra, reads):
+    """In Azure the endpoint's scoring_uri is the address; SCORING_URL overrides it; locally the local server."""
+    assert load_settings({**AML_APP_SETTINGS, **extra}).reads_scoring_uri is reads
+
+
+def test_the_address_is_read_once_and_again_only_after_a_pause():
+    """First use reads the endpoint; a refresh soon after asks nothing; a failed read keeps the address."""
+    lookups = _Lookups("https://a.example/api/v1/endpoint/ep/score", RuntimeError("ARM 503"), "https://b.example/score")
+    address = ScoringAddress(_azure_settings(), lookups)
+    assert address.url("r") == address.url("r") == "https://a.example/api/v1/endpoint/ep/score"
+    address.refresh("r")
+    assert lookups.reads == 1  # read moments ago
+    address._read_at -= ADDRESS_REFRESH_S
+    address.refresh("r")
+    assert (lookups.reads, address.url("r")) == (2, "https://a.example/api/v1/endpoint/ep/score")
+    address._read_at -= ADDRESS_REFRESH_S
+    address.refresh("r")
+    assert (lookups.reads, address.url("r")) == (3, "https://b.example/score")
+
+
+@pytest.mark.parametrize("answer", [None, "", "ftp://x/score", RuntimeError("endpoint not found")])
+def test_an_endpoint_without_an_address_is_a_503(answer):
+    """No scoring_uri yet (or no endpoint): the request gets 503 endpoint_unavailable, and the next one reads again."""
+    lookups = _Lookups(answer)
+    address = ScoringAddress(_azure_settings(), lookups)
+    for _ in range(2):
+        with pytest.raises(ApiError) as err:
+            address.url("r")
+        assert (err.value.status, err.value.code) == (503, "endpoint_unavailable")
+    assert lookups.reads == 2
+
+
+def test_a_moved_endpoint_is_found_again_after_a_connection_failure(endpoint):
+    """The router moved: the refused connection reads the scoring_uri again and the retry reaches the new address."""
+    old, new = endpoint([OK]), endpoint([OK])
+    urls = [f"http://{h}:{p}/score" for h, p in (old.server_address, new.server_address)]
+    lookups = _Lookups(*urls)
+    client = ScoringClient(_azure_settings())
+    client.auth, client.address = _KeyAuth(), ScoringAddress(client.settings, lookups)
+    assert client.score([{"symbol": "A"}], "req-1")[0] == OK[1]
+    old.shutdown()
+    old.server_close()
+    client.http.close()  # the pooled keep-alive connection to the old address goes with it
+    client.address._read_at -= ADDRESS_REFRESH_S  # the address was read long ago
+    assert client.score([{"symbol": "A"}], "req-2")[0] == OK[1]
+    assert (lookups.reads, old.seen, new.seen) == (2, 1, 1)
