@@ -3,12 +3,19 @@
 Every role is also written as a version tag ``role=champion|challenger|retired``: where the
 registry refuses aliases (the Azure ML registry may) the tags alone carry the roles, and the
 Function App's Azure ML rollout reads them through azure-ai-ml, which does not see MLflow aliases.
+
+Only calls that Azure ML's MLflow registry supports are made (its support matrix:
+https://learn.microsoft.com/azure/machine-learning/how-to-manage-models-mlflow): get and create the
+registered model, create a version from the run's own artifacts, get a version, set version tags,
+and search versions by name alone. It refuses searches by tag, so versions are found by name and
+their tags compared here; aliases are not in the matrix, so each alias call may be refused.
 """
 
 from __future__ import annotations
 
 import logging
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -71,10 +78,7 @@ class ModelRegistry:
 
     def persistence_version(self) -> str | None:
         """The newest version tagged ``kind=persistence``, if any."""
-        if not self._exists():
-            return None
-        found = self.client.search_model_versions(f"name='{self.name}' and tag.{KIND_TAG}='{PERSISTENCE}'")
-        return max((str(v.version) for v in found), key=int, default=None)
+        return max(self._tagged(KIND_TAG, PERSISTENCE), key=int, default=None)
 
     def role_of(self, version: str) -> str | None:
         """The role tag of ``version`` (tag mode)."""
@@ -88,7 +92,21 @@ class ModelRegistry:
             return False
 
     def _with_role(self, role: str) -> list[str]:
+        return self._tagged(ROLE_TAG, role)
+
+    def _tagged(self, key: str, value: str) -> list[str]:
+        """The versions whose tag ``key`` is ``value``, compared here: Azure ML refuses tag filters."""
+        return [str(v.version) for v in self._versions() if v.tags.get(key) == value]
+
+    def _versions(self) -> list[ModelVersion]:
+        """Every version of the model, searched by name alone and read page by page."""
         if not self._exists():
             return []
-        found = self.client.search_model_versions(f"name='{self.name}' and tag.{ROLE_TAG}='{role}'")
-        return [str(v.version) for v in found]
+        found: list[ModelVersion] = []
+        token = None
+        while True:
+            page = self.client.search_model_versions(f"name='{self.name}'", page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
