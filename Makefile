@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: setup lock lint format test test-fast demo up train predict status bench stop clean
+.PHONY: setup lock aml-env lint format test test-fast demo up train predict status bench stop clean
 
 # the two venvs and Azurite install side by side
 setup:
@@ -39,6 +39,13 @@ lock:
 	  "# and tested with it: every package pinned, transitive ones included. \`make setup\` installs exactly this."; \
 	  $(PY) -m pip freeze --exclude uv; } > requirements-dev.lock
 	touch $(STAMP)
+
+# the Azure ML environment: training_job/environment/conda.yaml's pip list resolved as Azure ML's image build
+# resolves it (Python 3.11, Linux x86_64 wheels), and a venv of exactly that resolution, both cached outside
+# the clone under ${XDG_CACHE_HOME:-~/.cache}/stockcast/aml-env (tests/aml_env.py). The tests in
+# tests/training_job/test_environment.py build them when missing; this builds them ahead
+aml-env: $(STAMP)
+	$(PY) -m tests.aml_env
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

@@ -102,11 +102,11 @@ def champion_version(tracking_uri: str, model_name: str) -> str | None:
         return str(client.get_model_version_by_alias(model_name, "champion").version)
     except MlflowException:
         pass
-    try:
-        found = client.search_model_versions(f"name='{model_name}' and tag.role='champion'")
+    try:  # by name, tags compared here: the same registry subset as the job keeps to (Azure ML's)
+        found = client.search_model_versions(f"name='{model_name}'")
     except MlflowException:
         return None
-    return max((str(v.version) for v in found), key=int, default=None)
+    return max((str(v.version) for v in found if (v.tags or {}).get("role") == "champion"), key=int, default=None)
 
 
 class LocalModels:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import logging
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -44,6 +45,9 @@ from training_job.registry import CHALLENGER, CHAMPION, KIND_TAG, ModelRegistry
 
 log = logging.getLogger("training_job")
 CODE_DIR = Path(__file__).resolve().parent
+# the name of the model's copy of CODE_DIR: the pickled model and score.py import it as this package, while
+# in Azure ML CODE_DIR is the uploaded working directory, named otherwise (job.yml links it as training_job)
+CODE_PACKAGE = "training_job"
 
 
 class NotEnoughDataError(SystemExit):
@@ -209,14 +213,16 @@ def input_example(bars: pd.DataFrame, windows: Windows, meta: ForecasterMeta) ->
 
 def save_pyfunc(forecaster: Forecaster, example: pd.DataFrame, out: Path) -> Path:
     """Write ``forecaster`` as an MLflow pyfunc folder (model, settings and this package as code)."""
-    forecaster_dir = Forecaster.save(forecaster.model, forecaster.meta, out.parent / f"{out.name}-parts" / "forecaster")
+    parts = out.parent / f"{out.name}-parts"
+    forecaster_dir = Forecaster.save(forecaster.model, forecaster.meta, parts / "forecaster")
+    code = shutil.copytree(CODE_DIR, parts / CODE_PACKAGE, ignore=shutil.ignore_patterns("__pycache__", "mlruns"))
     signature = infer_signature(example, forecaster.predict_frame(example), params={"mode": "latest"})
     mlflow.pyfunc.save_model(
         out,
         python_model=ForecasterModel(),
         artifacts={"forecaster": str(forecaster_dir)},
         model_config=MODEL_CONFIG,
-        code_paths=[str(CODE_DIR)],
+        code_paths=[str(code)],  # MLflow names the copy after the folder
         signature=signature,
         input_example=example,
         pip_requirements=serving_requirements(),
