@@ -1,9 +1,11 @@
 // Stockcast on Azure: `azd up` provisions this template (subscription scope), then deploys the
 // Function App tagged azd-service-name=api. Every resource lives in one resource group; the modules
 // are plain resource blocks so the offline scan (pycep-parser + checkov, tests/infra) sees them all.
-// What Bicep cannot do is in bicep/hooks/: the preprovision hook says which resources exist already,
-// postprovision adds the Kubernetes instance type and prints the Airbyte settings, and postdeploy
-// stores the Function App's key in API Management once the app has its code.
+// What Bicep cannot do is in bicep/hooks/: the preprovision hook says which resources exist already
+// (those Azure will not PUT again are created only when missing, so a second `azd up` changes nothing),
+// postprovision applies the Kubernetes instance type, then attaches AKS as Kubernetes compute and
+// creates the online endpoint, and prints the Airbyte settings; postdeploy stores the Function App's
+// key in API Management once the app has its code.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -58,8 +60,14 @@ param amlComputeVmSize string = 'Standard_DS3_v2'
 @description('Maximum node count of the Azure ML CPU compute cluster (it scales to 0 between jobs).')
 param amlComputeMaxNodes int = 1
 
-@description('Whether the Kubernetes online endpoint exists already (AML_ENDPOINT_EXISTS, set by the preprovision hook): an existing endpoint is read, never PUT again, so the rollout\'s traffic and tags survive a re-provision.')
-param amlEndpointExists bool = false
+@description('Whether the AKS cluster exists already (AKS_EXISTS, set by the preprovision hook): an existing cluster is read, never PUT again (a stopped cluster refuses updates; its pool size is fixed).')
+param aksExists bool = false
+
+@description('Whether the AzureML extension exists on the cluster already (AML_EXTENSION_EXISTS, set by the preprovision hook): then the postprovision hook checks it instead of a PUT that would reset its settings.')
+param amlExtensionExists bool = false
+
+@description('Whether the Azure ML CPU compute cluster exists already (AML_COMPUTE_EXISTS, set by the preprovision hook): a compute PUT overwrites the cluster, so an existing one is left as it is.')
+param amlComputeExists bool = false
 
 @description('Whether API Management\'s function-key named value exists already (APIM_NAMED_VALUE_EXISTS, set by the preprovision hook): an existing one keeps the key the postdeploy hook stored.')
 param apimNamedValueExists bool = false
@@ -84,8 +92,10 @@ var barsContainerName = 'bars'
 var eventHubName = 'stock_bars'
 var consumerGroupName = 'ingest'
 var amlComputeName = 'cpu-cluster'
+// the postprovision hook attaches AKS under this name (Azure ML compute names: at most 16 characters)
 var amlKubernetesComputeName = 'aks-inference'
 var amlBarsDatastoreName = 'bars'
+// the postprovision hook creates it (online endpoint names: at most 32 characters, unique in the region)
 var amlEndpointName = 'stockcast-${resourceToken}'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -160,12 +170,12 @@ module ml 'modules/ml.bicep' = {
     computeName: amlComputeName
     computeVmSize: amlComputeVmSize
     computeMaxNodes: amlComputeMaxNodes
-    kubernetesComputeName: amlKubernetesComputeName
+    computeExists: amlComputeExists
     aksNodeVmSize: aksNodeVmSize
     aksNodeCount: aksNodeCount
+    aksExists: aksExists
+    amlExtensionExists: amlExtensionExists
     barsDatastoreName: amlBarsDatastoreName
-    endpointName: amlEndpointName
-    endpointExists: amlEndpointExists
     publicNetworkAccess: publicNetworkAccess
   }
 }
@@ -208,8 +218,7 @@ module functionApp 'modules/functionapp.bicep' = {
     workspaceName: ml.outputs.workspaceName
     computeName: ml.outputs.computeName
     barsDatastoreName: ml.outputs.barsDatastoreName
-    endpointName: ml.outputs.endpointName
-    scoringUrl: ml.outputs.scoringUri
+    endpointName: amlEndpointName
     trainSchedule: trainSchedule
   }
   // the host starts with its identity: storage, Event Hubs and Azure ML access must exist first
@@ -278,14 +287,14 @@ output AML_WORKSPACE string = ml.outputs.workspaceName
 @description('Azure ML CPU compute cluster of the training job.')
 output AML_COMPUTE string = ml.outputs.computeName
 
-@description('Kubernetes online endpoint serving the champion.')
-output AML_ENDPOINT string = ml.outputs.endpointName
+@description('Kubernetes online endpoint serving the champion (the postprovision hook creates it; the app reads its scoring URI from Azure ML).')
+output AML_ENDPOINT string = amlEndpointName
 
 @description('AKS cluster attached to the workspace.')
 output AKS_CLUSTER_NAME string = ml.outputs.aksName
 
-@description('Name of the AKS cluster as Azure ML Kubernetes compute.')
-output AML_KUBERNETES_COMPUTE string = ml.outputs.kubernetesComputeName
+@description('Name of the AKS cluster as Azure ML Kubernetes compute (the postprovision hook attaches it).')
+output AML_KUBERNETES_COMPUTE string = amlKubernetesComputeName
 
 @description('Container registry of the workspace (admin user disabled).')
 output AZURE_CONTAINER_REGISTRY_NAME string = ml.outputs.containerRegistryName

@@ -3,13 +3,14 @@
 #   1. the AzureML extension on AKS: installed if missing with the settings `az k8s-extension create`
 #      computes (as bicep/modules/ml.bicep declares them); if present it must be Succeeded, and any of
 #      those settings it lacks are added;
-#   2. AKS attached as Kubernetes compute, if missing;
-#   3. the Kubernetes instance type of the deployments (bicep/hooks/instancetype.yaml), applied with
+#   2. the Kubernetes instance type of the deployments (bicep/hooks/instancetype.yaml), applied with
 #      `az aks command invoke`;
+#   3. AKS attached as Kubernetes compute, if missing (after the instance type: see postprovision.sh);
 #   4. the online endpoint, if missing;
 #   5. the Airbyte destination settings and the command that fetches the Send-only connection string.
-# The connection string itself is never fetched, printed or logged here. Nothing is registered as an
-# environment: the job and the deployments define theirs inline and Azure ML caches the build.
+# A stopped cluster skips steps 1-4 with a note. The connection string itself is never fetched,
+# printed or logged here. Nothing is registered as an environment: the job and the deployments define
+# theirs inline and Azure ML caches the build.
 $ErrorActionPreference = 'Stop'
 Set-StrictMode -Version Latest
 
@@ -62,96 +63,104 @@ if (-not (Test-Az account show --subscription $env:AZURE_SUBSCRIPTION_ID)) {
 $Tmp = Join-Path ([IO.Path]::GetTempPath()) ("stockcast-" + [Guid]::NewGuid().ToString('N'))
 New-Item -ItemType Directory -Path $Tmp | Out-Null
 try {
-    # 1. The AzureML extension on AKS (inference only), looked up by type so it is never duplicated.
-    $aks = @(& az aks show @Scope --name $env:AKS_CLUSTER_NAME --query '[id, location]' --output tsv --only-show-errors)
+    $aks = @(& az aks show @Scope --name $env:AKS_CLUSTER_NAME --query '[id, location, powerState.code]' --output tsv --only-show-errors)
     if ($LASTEXITCODE -ne 0 -or $aks.Count -lt 2) { Fail "cannot read AKS $($env:AKS_CLUSTER_NAME)" }
     $aksId = $aks[0]
     $aksLocation = $aks[1].ToLowerInvariant()
-    # What `az k8s-extension create` would send for this cluster, as bicep/modules/ml.bicep declares it.
-    $settings = @(
-        'enableTraining=False', 'enableInference=True', 'inferenceRouterServiceType=LoadBalancer',
-        'allowInsecureConnections=True', 'inferenceRouterHA=False', 'clusterPurpose=DevTest',
-        'installNvidiaDevicePlugin=False', 'installDcgmExporter=False', 'installVolcano=False',
-        "cluster_name=$aksId", "clusterId=$aksId", "prometheus.prometheusSpec.externalLabels.cluster_name=$aksId",
-        "cluster_name_friendly=$($env:AKS_CLUSTER_NAME)", "location=$aksLocation", "jobSchedulerLocation=$aksLocation",
-        "domain=$aksLocation.cloudapp.azure.com", 'servicebus.enabled=false', 'relayserver.enabled=false',
-        'nginxIngress.enabled=true'
-    )
-    $extension = @('--cluster-type', 'managedClusters', '--cluster-name', $env:AKS_CLUSTER_NAME)
-    $rows = @(& az k8s-extension list @Scope @extension --query '[].[name, extensionType, provisioningState]' `
-            --output tsv --only-show-errors)
-    if ($LASTEXITCODE -ne 0) { Fail "cannot list the extensions of AKS $($env:AKS_CLUSTER_NAME)" }
-    $found = $null
-    foreach ($row in $rows) {
-        $cells = $row -split "`t"
-        if ($cells.Count -ge 3 -and $cells[1] -ieq 'microsoft.azureml.kubernetes') { $found = $cells }
-    }
-    if (-not $found) {
-        Log "AzureML extension on AKS $($env:AKS_CLUSTER_NAME): installing (about 10 minutes)"
-        Invoke-Az k8s-extension create @Scope @extension --name azureml --extension-type Microsoft.AzureML.Kubernetes `
-            --scope cluster --release-namespace azureml --config @settings `
-            --auto-upgrade-minor-version true --only-show-errors --output none
-    }
-    elseif ($found[2] -ne 'Succeeded') {
-        Fail ("AzureML extension $($found[0]) on AKS $($env:AKS_CLUSTER_NAME) is $($found[2]), not Succeeded: see " +
-            "'az k8s-extension show --resource-group $($env:AZURE_RESOURCE_GROUP) --cluster-type managedClusters " +
-            "--cluster-name $($env:AKS_CLUSTER_NAME) --name $($found[0])', delete it with 'az k8s-extension delete' " +
-            "(same options) and run 'azd provision' again")
+    $aksPower = if ($aks.Count -ge 3) { $aks[2] } else { '' }
+    if ($aksPower -eq 'Stopped') {
+        Log ("AKS $($env:AKS_CLUSTER_NAME) is stopped: the extension, instance type, Kubernetes compute and endpoint " +
+            "were left as they are; after 'az aks start --resource-group $($env:AZURE_RESOURCE_GROUP) --name " +
+            "$($env:AKS_CLUSTER_NAME)', run 'azd hooks run postprovision'")
     }
     else {
-        $present = @(& az k8s-extension show @Scope @extension --name $found[0] `
-                --query 'keys(configurationSettings || `{}`)' --output tsv --only-show-errors)
-        if ($LASTEXITCODE -ne 0) { Fail "cannot read the AzureML extension $($found[0])" }
-        $missing = @($settings | Where-Object { $present -notcontains ($_ -split '=', 2)[0] })
-        if ($missing.Count -gt 0) {
-            Log "AzureML extension $($found[0]) on AKS $($env:AKS_CLUSTER_NAME): adding the settings it lacks: $(($missing | ForEach-Object { ($_ -split '=', 2)[0] }) -join ' ')"
-            Invoke-Az k8s-extension update @Scope @extension --name $found[0] --config @missing --yes --only-show-errors --output none
+        # 1. The AzureML extension on AKS (inference only), looked up by type so it is never duplicated.
+        # What `az k8s-extension create` would send for this cluster, as bicep/modules/ml.bicep declares it.
+        $settings = @(
+            'enableTraining=False', 'enableInference=True', 'inferenceRouterServiceType=LoadBalancer',
+            'allowInsecureConnections=True', 'inferenceRouterHA=False', 'clusterPurpose=DevTest',
+            'installNvidiaDevicePlugin=False', 'installDcgmExporter=False', 'installVolcano=False',
+            "cluster_name=$aksId", "clusterId=$aksId", "prometheus.prometheusSpec.externalLabels.cluster_name=$aksId",
+            "cluster_name_friendly=$($env:AKS_CLUSTER_NAME)", "location=$aksLocation", "jobSchedulerLocation=$aksLocation",
+            "domain=$aksLocation.cloudapp.azure.com", 'servicebus.enabled=false', 'relayserver.enabled=false',
+            'nginxIngress.enabled=true'
+        )
+        $extension = @('--cluster-type', 'managedClusters', '--cluster-name', $env:AKS_CLUSTER_NAME)
+        $rows = @(& az k8s-extension list @Scope @extension --query '[].[name, extensionType, provisioningState]' `
+                --output tsv --only-show-errors)
+        if ($LASTEXITCODE -ne 0) { Fail "cannot list the extensions of AKS $($env:AKS_CLUSTER_NAME)" }
+        $found = $null
+        foreach ($row in $rows) {
+            $cells = $row -split "`t"
+            if ($cells.Count -ge 3 -and $cells[1] -ieq 'microsoft.azureml.kubernetes') { $found = $cells }
+        }
+        if (-not $found) {
+            Log "AzureML extension on AKS $($env:AKS_CLUSTER_NAME): installing (about 10 minutes)"
+            Invoke-Az k8s-extension create @Scope @extension --name azureml --extension-type Microsoft.AzureML.Kubernetes `
+                --scope cluster --release-namespace azureml --config @settings `
+                --auto-upgrade-minor-version true --only-show-errors --output none
+        }
+        elseif ($found[2] -ne 'Succeeded') {
+            Fail ("AzureML extension $($found[0]) on AKS $($env:AKS_CLUSTER_NAME) is $($found[2]), not Succeeded: see " +
+                "'az k8s-extension show --resource-group $($env:AZURE_RESOURCE_GROUP) --cluster-type managedClusters " +
+                "--cluster-name $($env:AKS_CLUSTER_NAME) --name $($found[0])', delete it with 'az k8s-extension delete' " +
+                "(same options) and run 'azd provision' again")
         }
         else {
-            Log "AzureML extension $($found[0]) on AKS $($env:AKS_CLUSTER_NAME): present, Succeeded, every setting in place"
+            $present = @(& az k8s-extension show @Scope @extension --name $found[0] `
+                    --query 'keys(configurationSettings || `{}`)' --output tsv --only-show-errors)
+            if ($LASTEXITCODE -ne 0) { Fail "cannot read the AzureML extension $($found[0])" }
+            $missing = @($settings | Where-Object { $present -notcontains ($_ -split '=', 2)[0] })
+            if ($missing.Count -gt 0) {
+                Log "AzureML extension $($found[0]) on AKS $($env:AKS_CLUSTER_NAME): adding the settings it lacks: $(($missing | ForEach-Object { ($_ -split '=', 2)[0] }) -join ' ')"
+                Invoke-Az k8s-extension update @Scope @extension --name $found[0] --config @missing --yes --only-show-errors --output none
+            }
+            else {
+                Log "AzureML extension $($found[0]) on AKS $($env:AKS_CLUSTER_NAME): present, Succeeded, every setting in place"
+            }
         }
-    }
 
-    # 2. AKS attached to the workspace as Kubernetes compute.
-    if (Test-Az ml compute show @Ml --name $env:AML_KUBERNETES_COMPUTE) {
-        Log "Kubernetes compute $($env:AML_KUBERNETES_COMPUTE): present"
-    }
-    else {
-        Log "Kubernetes compute $($env:AML_KUBERNETES_COMPUTE): attaching AKS $($env:AKS_CLUSTER_NAME)"
-        Invoke-Az ml compute attach @Ml --type Kubernetes --name $env:AML_KUBERNETES_COMPUTE `
-            --resource-id $aksId --identity-type SystemAssigned --namespace azureml --only-show-errors --output none
-    }
+        # 2. The instance type of the deployments, applied in the cluster by command invoke (kubectl's exit code first).
+        $hooks = Join-Path $Root 'bicep/hooks'
+        Push-Location $hooks
+        try {
+            $applied = @(& az aks command invoke @Scope --name $env:AKS_CLUSTER_NAME --command 'kubectl apply -f instancetype.yaml' `
+                    --file instancetype.yaml --query '[to_string(exitCode), logs]' --output tsv --only-show-errors)
+        }
+        finally { Pop-Location }
+        if ($LASTEXITCODE -ne 0 -or $applied.Count -eq 0 -or $applied[0] -ne '0') {
+            Fail "instance type on AKS $($env:AKS_CLUSTER_NAME): kubectl apply failed: $($applied | Select-Object -Skip 1)"
+        }
+        Log "instance type on AKS $($env:AKS_CLUSTER_NAME): $($applied | Select-Object -Skip 1)"
 
-    # 3. The instance type of the deployments, applied in the cluster by command invoke (kubectl's exit code first).
-    $hooks = Join-Path $Root 'bicep/hooks'
-    Push-Location $hooks
-    try {
-        $applied = @(& az aks command invoke @Scope --name $env:AKS_CLUSTER_NAME --command 'kubectl apply -f instancetype.yaml' `
-                --file instancetype.yaml --query '[to_string(exitCode), logs]' --output tsv --only-show-errors)
-    }
-    finally { Pop-Location }
-    if ($LASTEXITCODE -ne 0 -or $applied.Count -eq 0 -or $applied[0] -ne '0') {
-        Fail "instance type on AKS $($env:AKS_CLUSTER_NAME): kubectl apply failed: $($applied | Select-Object -Skip 1)"
-    }
-    Log "instance type on AKS $($env:AKS_CLUSTER_NAME): $($applied | Select-Object -Skip 1)"
+        # 3. AKS attached to the workspace as Kubernetes compute, once the instance type is there.
+        if (Test-Az ml compute show @Ml --name $env:AML_KUBERNETES_COMPUTE) {
+            Log "Kubernetes compute $($env:AML_KUBERNETES_COMPUTE): present"
+        }
+        else {
+            Log "Kubernetes compute $($env:AML_KUBERNETES_COMPUTE): attaching AKS $($env:AKS_CLUSTER_NAME)"
+            Invoke-Az ml compute attach @Ml --type Kubernetes --name $env:AML_KUBERNETES_COMPUTE `
+                --resource-id $aksId --identity-type SystemAssigned --namespace azureml --only-show-errors --output none
+        }
 
-    # 4. The Kubernetes online endpoint; the train_trigger timer manages its deployments.
-    if (Test-Az ml online-endpoint show @Ml --name $env:AML_ENDPOINT) {
-        Log "online endpoint $($env:AML_ENDPOINT): present"
-    }
-    else {
-        Log "online endpoint $($env:AML_ENDPOINT): creating on $($env:AML_KUBERNETES_COMPUTE)"
-        $endpointFile = Join-Path $Tmp 'endpoint.yml'
-        @(
-            '$schema: https://azuremlschemas.azureedge.net/latest/kubernetesOnlineEndpoint.schema.json'
-            "name: $($env:AML_ENDPOINT)"
-            "compute: azureml:$($env:AML_KUBERNETES_COMPUTE)"
-            'auth_mode: key'
-            'description: Stockcast champion model; the train_trigger timer rolls deployments out blue/green.'
-            'tags:'
-            '  app: stockcast'
-        ) | Set-Content -Path $endpointFile -Encoding utf8
-        Invoke-Az ml online-endpoint create @Ml --file $endpointFile --only-show-errors --output none
+        # 4. The Kubernetes online endpoint; the train_trigger timer manages its deployments.
+        if (Test-Az ml online-endpoint show @Ml --name $env:AML_ENDPOINT) {
+            Log "online endpoint $($env:AML_ENDPOINT): present"
+        }
+        else {
+            Log "online endpoint $($env:AML_ENDPOINT): creating on $($env:AML_KUBERNETES_COMPUTE)"
+            $endpointFile = Join-Path $Tmp 'endpoint.yml'
+            @(
+                '$schema: https://azuremlschemas.azureedge.net/latest/kubernetesOnlineEndpoint.schema.json'
+                "name: $($env:AML_ENDPOINT)"
+                "compute: azureml:$($env:AML_KUBERNETES_COMPUTE)"
+                'auth_mode: key'
+                'description: Stockcast champion model; the train_trigger timer rolls deployments out blue/green.'
+                'tags:'
+                '  app: stockcast'
+            ) | Set-Content -Path $endpointFile -Encoding utf8
+            Invoke-Az ml online-endpoint create @Ml --file $endpointFile --only-show-errors --output none
+        }
     }
 }
 finally {

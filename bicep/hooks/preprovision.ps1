@@ -1,8 +1,8 @@
 #!/usr/bin/env pwsh
 # azd preprovision hook (Windows): the same checks as preprovision.sh. The hooks use the Azure CLI,
 # which needs its own `az login`, the ml and k8s-extension CLI extensions and az's Bicep CLI; then
-# AML_ENDPOINT_EXISTS and APIM_NAMED_VALUE_EXISTS tell Bicep which of the online endpoint and API
-# Management's function-key named value exist already (each is created only when missing).
+# AKS_EXISTS, AML_EXTENSION_EXISTS, AML_COMPUTE_EXISTS and APIM_NAMED_VALUE_EXISTS tell Bicep which of
+# the resources Azure will not PUT again exist already (each is created only when missing).
 $ErrorActionPreference = 'Stop'
 Set-StrictMode -Version Latest
 
@@ -53,21 +53,34 @@ function Test-Exists([string]$Id, [string]$ApiVersion) {
     Fail "cannot tell whether $Id exists: $errors"
 }
 
-$endpointExists = 'false'
+$aksExists = 'false'
+$extensionExists = 'false'
+$computeExists = 'false'
 $namedValueExists = 'false'
 if ($env:AZURE_SUBSCRIPTION_ID -and $env:AZURE_RESOURCE_GROUP) {
     $group = "/subscriptions/$($env:AZURE_SUBSCRIPTION_ID)/resourceGroups/$($env:AZURE_RESOURCE_GROUP)/providers"
-    if ($env:AML_WORKSPACE -and $env:AML_ENDPOINT) {
-        $endpointExists = Test-Exists "$group/Microsoft.MachineLearningServices/workspaces/$($env:AML_WORKSPACE)/onlineEndpoints/$($env:AML_ENDPOINT)" '2025-06-01'
+    if ($env:AKS_CLUSTER_NAME) {
+        $cluster = "$group/Microsoft.ContainerService/managedClusters/$($env:AKS_CLUSTER_NAME)"
+        $aksExists = Test-Exists $cluster '2024-09-01'
+        if ($aksExists -eq 'true') {
+            $extensionExists = Test-Exists "$cluster/providers/Microsoft.KubernetesConfiguration/extensions/azureml" '2023-05-01'
+        }
+    }
+    if ($env:AML_WORKSPACE -and $env:AML_COMPUTE) {
+        $computeExists = Test-Exists "$group/Microsoft.MachineLearningServices/workspaces/$($env:AML_WORKSPACE)/computes/$($env:AML_COMPUTE)" '2025-06-01'
     }
     if ($env:APIM_NAME) {
         $namedValueExists = Test-Exists "$group/Microsoft.ApiManagement/service/$($env:APIM_NAME)/namedValues/stockcast-function-key" '2024-05-01'
     }
 }
-azd env set AML_ENDPOINT_EXISTS $endpointExists
-if ($LASTEXITCODE -ne 0) { Fail 'azd env set AML_ENDPOINT_EXISTS failed' }
+azd env set AKS_EXISTS $aksExists
+if ($LASTEXITCODE -ne 0) { Fail 'azd env set AKS_EXISTS failed' }
+azd env set AML_EXTENSION_EXISTS $extensionExists
+if ($LASTEXITCODE -ne 0) { Fail 'azd env set AML_EXTENSION_EXISTS failed' }
+azd env set AML_COMPUTE_EXISTS $computeExists
+if ($LASTEXITCODE -ne 0) { Fail 'azd env set AML_COMPUTE_EXISTS failed' }
 azd env set APIM_NAMED_VALUE_EXISTS $namedValueExists
 if ($LASTEXITCODE -ne 0) { Fail 'azd env set APIM_NAMED_VALUE_EXISTS failed' }
 
 Write-Host 'preprovision: az is signed in; extensions ml and k8s-extension and the Bicep CLI are available'
-Write-Host "preprovision: online endpoint exists: $endpointExists; API Management function-key named value exists: $namedValueExists"
+Write-Host "preprovision: exists already (created only when missing): AKS $aksExists, its AzureML extension $extensionExists, compute cluster $computeExists, API Management function-key named value $namedValueExists"

@@ -3,10 +3,12 @@
 # provisioning, then tell Bicep which resources exist already. azd signs in on its own; the hooks use
 # the Azure CLI, which needs its own `az login`.
 #
-# AML_ENDPOINT_EXISTS and APIM_NAMED_VALUE_EXISTS (bicep/main.parameters.json) say whether the online
-# endpoint and API Management's function-key named value exist: Bicep creates each only when missing,
-# so a re-provision never resets the endpoint's traffic and tags (the rollout's smoke_failed) or the
-# function key the postdeploy hook stored. Only "not found" means false; any other error stops here.
+# The *_EXISTS values of bicep/main.parameters.json: Bicep creates what Azure will not PUT again
+# only when it is missing, so a second `azd up` changes nothing and fails nowhere
+# (tests/infra/test_reprovision.py lists them with the reasons): AKS_EXISTS (a stopped cluster refuses
+# any PUT), AML_EXTENSION_EXISTS (a PUT would reset the extension's settings), AML_COMPUTE_EXISTS (a
+# compute PUT overwrites the cluster) and APIM_NAMED_VALUE_EXISTS (the function key the postdeploy hook
+# stored). Only "not found" means false; any other error stops here.
 set -euo pipefail
 
 fail() {
@@ -59,14 +61,24 @@ exists() {
   fi
 }
 
-endpoint_exists=false
+aks_exists=false
+extension_exists=false
+compute_exists=false
 named_value_exists=false
 if [[ -n "${AZURE_SUBSCRIPTION_ID:-}" && -n "${AZURE_RESOURCE_GROUP:-}" ]]; then
   group="/subscriptions/$AZURE_SUBSCRIPTION_ID/resourceGroups/$AZURE_RESOURCE_GROUP/providers"
-  if [[ -n "${AML_WORKSPACE:-}" && -n "${AML_ENDPOINT:-}" ]]; then
-    endpoint_exists="$(exists \
-      "$group/Microsoft.MachineLearningServices/workspaces/$AML_WORKSPACE/onlineEndpoints/$AML_ENDPOINT" 2025-06-01)" ||
-      fail "could not check the online endpoint $AML_ENDPOINT"
+  if [[ -n "${AKS_CLUSTER_NAME:-}" ]]; then
+    cluster="$group/Microsoft.ContainerService/managedClusters/$AKS_CLUSTER_NAME"
+    aks_exists="$(exists "$cluster" 2024-09-01)" || fail "could not check AKS $AKS_CLUSTER_NAME"
+    if [[ "$aks_exists" == true ]]; then
+      extension_exists="$(exists "$cluster/providers/Microsoft.KubernetesConfiguration/extensions/azureml" 2023-05-01)" ||
+        fail "could not check the AzureML extension of AKS $AKS_CLUSTER_NAME"
+    fi
+  fi
+  if [[ -n "${AML_WORKSPACE:-}" && -n "${AML_COMPUTE:-}" ]]; then
+    compute_exists="$(exists \
+      "$group/Microsoft.MachineLearningServices/workspaces/$AML_WORKSPACE/computes/$AML_COMPUTE" 2025-06-01)" ||
+      fail "could not check the compute cluster $AML_COMPUTE"
   fi
   if [[ -n "${APIM_NAME:-}" ]]; then
     named_value_exists="$(exists \
@@ -75,9 +87,11 @@ if [[ -n "${AZURE_SUBSCRIPTION_ID:-}" && -n "${AZURE_RESOURCE_GROUP:-}" ]]; then
   fi
 fi
 command -v azd >/dev/null 2>&1 || fail "azd is not on PATH: run this hook through azd (azd provision, azd hooks run preprovision)"
-azd env set AML_ENDPOINT_EXISTS "$endpoint_exists"
+azd env set AKS_EXISTS "$aks_exists"
+azd env set AML_EXTENSION_EXISTS "$extension_exists"
+azd env set AML_COMPUTE_EXISTS "$compute_exists"
 azd env set APIM_NAMED_VALUE_EXISTS "$named_value_exists"
 
 printf 'preprovision: az is signed in; extensions ml and k8s-extension and the Bicep CLI are available\n'
-printf 'preprovision: online endpoint exists: %s; API Management function-key named value exists: %s\n' \
-  "$endpoint_exists" "$named_value_exists"
+printf 'preprovision: exists already (created only when missing): AKS %s, its AzureML extension %s, compute cluster %s, API Management function-key named value %s\n' \
+  "$aks_exists" "$extension_exists" "$compute_exists" "$named_value_exists"

@@ -53,11 +53,8 @@ param computeName string
 @description('Name of the bars datastore (AML_BARS_DATASTORE).')
 param barsDatastoreName string
 
-@description('Name of the Kubernetes online endpoint (AML_ENDPOINT).')
+@description('Name of the Kubernetes online endpoint (AML_ENDPOINT); the app reads its scoring URI and key from Azure ML at run time.')
 param endpointName string
-
-@description('Scoring URI of the endpoint (SCORING_URL); the key is fetched at run time with the identity.')
-param scoringUrl string
 
 @description('NCRONTAB schedule of the train_trigger timer (TRAIN_SCHEDULE).')
 param trainSchedule string
@@ -242,6 +239,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'AML_BARS_DATASTORE'
           value: barsDatastoreName
         }
+        // the endpoint the postprovision hook creates; predict reads its scoring_uri and key from Azure
+        // ML with the identity (no SCORING_URL: the address changes when the extension is reinstalled)
         {
           name: 'AML_ENDPOINT'
           value: endpointName
@@ -250,10 +249,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'AML_INSTANCE_TYPE'
           value: 'stockcast-scoring'
-        }
-        {
-          name: 'SCORING_URL'
-          value: scoringUrl
         }
         {
           name: 'SCORING_AUTH'

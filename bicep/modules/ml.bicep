@@ -1,7 +1,15 @@
 // Azure ML: the workspace (with Key Vault, Container Registry, App Insights and the shared storage
 // account), its diagnostics, the CPU cluster the training job runs on, the identity-based datastore
-// on the bars container, and serving: AKS with the Azure ML extension (inference only), attached as
-// Kubernetes compute, and the Kubernetes online endpoint whose deployments the timer rolls out.
+// on the bars container, and AKS with the Azure ML extension (inference only) for serving.
+//
+// A second `azd provision` must change nothing and fail nowhere, so what Azure will not PUT again is
+// created only when missing (an *Exists parameter the preprovision hook sets from `az resource show`;
+// tests/infra/test_reprovision.py holds the list and the reasons): the CPU cluster, AKS and its
+// extension. The Kubernetes compute and the online endpoint are not here at all: the postprovision
+// hook attaches the compute after it has applied the instance type (bicep/hooks/instancetype.yaml),
+// then creates the endpoint, each only when missing. A Kubernetes compute cannot be updated
+// (azureml-examples, infra/bootstrapping/sdk_helpers.sh, setup_compute: "Detach compute ... first,
+// as k8s compute doesn't support update"), and the endpoint's traffic and tags belong to the rollout.
 
 @description('Region of the Azure ML resources.')
 param location string
@@ -46,9 +54,8 @@ param computeVmSize string = 'Standard_DS3_v2'
 @description('Maximum node count of the CPU compute cluster.')
 param computeMaxNodes int = 1
 
-@maxLength(16)
-@description('Name of the AKS cluster as Azure ML Kubernetes compute.')
-param kubernetesComputeName string = 'aks-inference'
+@description('Whether the CPU compute cluster exists already (set by the preprovision hook): then it is left as it is, never PUT again.')
+param computeExists bool = false
 
 @description('VM size of the AKS system node pool (with a local disk: the OS disk is ephemeral).')
 param aksNodeVmSize string = 'Standard_D8ds_v5'
@@ -57,15 +64,14 @@ param aksNodeVmSize string = 'Standard_D8ds_v5'
 @description('Node count of the AKS system node pool.')
 param aksNodeCount int = 1
 
+@description('Whether the AKS cluster exists already (set by the preprovision hook): then it is read, never PUT again.')
+param aksExists bool = false
+
+@description('Whether the AzureML extension exists on the cluster already (set by the preprovision hook): then the postprovision hook checks it, Bicep does not PUT it again.')
+param amlExtensionExists bool = false
+
 @description('Name of the datastore on the bars container (AML_BARS_DATASTORE).')
 param barsDatastoreName string = 'bars'
-
-@maxLength(32)
-@description('Name of the Kubernetes online endpoint (AML_ENDPOINT); unique in the region.')
-param endpointName string
-
-@description('Whether the online endpoint exists already (set by the preprovision hook): then it is read, not PUT again.')
-param endpointExists bool = false
 
 @allowed([
   'Enabled'
@@ -173,7 +179,11 @@ resource workspaceDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-
   }
 }
 
-resource cpuCluster 'Microsoft.MachineLearningServices/workspaces/computes@2025-06-01' = {
+// Created only when missing: a compute PUT "will overwrite a compute if it exists. This is a
+// nonrecoverable operation" (azure-rest-api-specs, machinelearningservices, Compute_CreateOrUpdate),
+// and the only update Azure ML offers is the scale settings (Compute_Update, ClusterUpdateParameters).
+// AML_COMPUTE_VM_SIZE therefore applies when the cluster is created; docs/deploy.md says how to change it.
+resource cpuCluster 'Microsoft.MachineLearningServices/workspaces/computes@2025-06-01' = if (!computeExists) {
   parent: workspace
   name: computeName
   location: location
@@ -223,64 +233,29 @@ resource barsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@
   }
 }
 
-resource aks 'Microsoft.ContainerService/managedClusters@2024-09-01' = {
-  // checkov:skip=CKV_AZURE_141:The Azure ML extension does not support AKS with local accounts disabled (Azure ML "Deploy Kubernetes extension" limitations).
-  // checkov:skip=CKV_AZURE_6:Authorized API server IP ranges would have to list the Azure ML control plane ranges of two paired regions; not maintained in this template.
-  // checkov:skip=CKV_AZURE_8:The Kubernetes dashboard add-on no longer exists on supported AKS versions, so there is nothing to disable.
-  // checkov:skip=CKV_AZURE_227:Encryption at host needs the EncryptionAtHost feature registered on the subscription, which a fresh subscription does not have.
-  // checkov:skip=CKV_AZURE_172:No Secrets Store CSI driver is installed: no pod reads Key Vault (the endpoint key is fetched by the Function App).
+// AKS, in its own file (bicep/modules/aks.bicep) so that it can be deployed only when missing while the
+// scanners still read it as a plain resource (checkov does not look inside a conditional resource). It
+// is read otherwise: a stopped cluster (`az aks stop`, docs/deploy.md) takes no PUT ("You can only start
+// or delete a stopped AKS cluster. To perform any operation like scale or upgrade, start your cluster
+// first": AKS docs, start-stop-cluster), and an existing pool's vmSize and OS disk cannot change in place
+// (AKS docs, resize-node-pools: a new pool replaces it). So AKS_NODE_VM_SIZE and the node count apply
+// when the cluster is created.
+module aks 'aks.bicep' = if (!aksExists) {
+  name: 'aks'
+  params: {
+    location: location
+    tags: tags
+    aksName: aksName
+    aksNodeVmSize: aksNodeVmSize
+    aksNodeCount: aksNodeCount
+    logAnalyticsId: logAnalyticsId
+  }
+}
+
+// The cluster, created by the aks module above or found: the scope of its extension and data
+// collection rule association, and where its kubelet identity is read.
+resource cluster 'Microsoft.ContainerService/managedClusters@2024-09-01' existing = {
   name: aksName
-  location: location
-  tags: tags
-  sku: {
-    name: 'Base'
-    tier: 'Free'
-  }
-  identity: {
-    type: 'SystemAssigned'
-  }
-  properties: {
-    dnsPrefix: aksName
-    enableRBAC: true
-    // the Azure ML extension requires local accounts (see the checkov skip above)
-    disableLocalAccounts: false
-    agentPoolProfiles: [
-      {
-        name: 'system'
-        mode: 'System'
-        count: aksNodeCount
-        vmSize: aksNodeVmSize
-        osType: 'Linux'
-        osSKU: 'AzureLinux'
-        type: 'VirtualMachineScaleSets'
-        maxPods: 110
-        enableAutoScaling: false
-        // OS disk on the VM's local SSD (64 GB fits the local disk of a D8ds_v5): faster starts, no managed disk
-        osDiskType: 'Ephemeral'
-        osDiskSizeGB: 64
-      }
-    ]
-    networkProfile: {
-      networkPlugin: 'azure'
-      networkPluginMode: 'overlay'
-      networkDataplane: 'cilium'
-      networkPolicy: 'cilium'
-      loadBalancerSku: 'standard'
-    }
-    autoUpgradeProfile: {
-      upgradeChannel: 'patch'
-      nodeOSUpgradeChannel: 'NodeImage'
-    }
-    addonProfiles: {
-      omsagent: {
-        enabled: true
-        config: {
-          logAnalyticsWorkspaceResourceID: logAnalyticsId
-          useAADAuth: 'true'
-        }
-      }
-    }
-  }
 }
 
 // Container insights with managed-identity ingestion (useAADAuth) needs an explicit data collection
@@ -333,11 +308,14 @@ resource containerInsightsRule 'Microsoft.Insights/dataCollectionRules@2023-03-1
 
 resource containerInsightsAssociation 'Microsoft.Insights/dataCollectionRuleAssociations@2023-03-11' = {
   name: 'ContainerInsightsExtension'
-  scope: aks
+  scope: cluster
   properties: {
     description: 'Container insights of the Stockcast AKS cluster'
     dataCollectionRuleId: containerInsightsRule.id
   }
+  dependsOn: [
+    aks
+  ]
 }
 
 // Inference only (training runs on the CPU cluster); one node, so no router HA. The router serves
@@ -349,9 +327,14 @@ resource containerInsightsAssociation 'Microsoft.Insights/dataCollectionRuleAsso
 // name, its region (lower case) as location, jobSchedulerLocation and '<region>.cloudapp.azure.com',
 // Service Bus and Relay off, nginx ingress on. The CLI sends no identity for managedClusters.
 // bicep/hooks/postprovision.* passes the same settings (tests/infra/test_azd.py compares them).
-resource amlExtension 'Microsoft.KubernetesConfiguration/extensions@2023-05-01' = {
+// Created only when missing: afterwards the postprovision hook owns it (checks it is Succeeded, adds
+// settings it lacks with `az k8s-extension update`). A PUT replaces the whole configuration, protected
+// settings included (the CLI's AzureMLKubernetes.Update: settings not sent again "would be considered
+// obsolete and deleted"), so it would drop a TLS certificate configured later (docs/deploy.md, "Known
+// limits"), and a stopped cluster cannot apply it.
+resource amlExtension 'Microsoft.KubernetesConfiguration/extensions@2023-05-01' = if (!amlExtensionExists) {
   name: 'azureml'
-  scope: aks
+  scope: cluster
   properties: {
     extensionType: 'Microsoft.AzureML.Kubernetes'
     autoUpgradeMinorVersion: true
@@ -371,10 +354,10 @@ resource amlExtension 'Microsoft.KubernetesConfiguration/extensions@2023-05-01' 
       installNvidiaDevicePlugin: 'False'
       installDcgmExporter: 'False'
       installVolcano: 'False'
-      cluster_name: aks.id
-      clusterId: aks.id
-      'prometheus.prometheusSpec.externalLabels.cluster_name': aks.id
-      cluster_name_friendly: aks.name
+      cluster_name: cluster.id
+      clusterId: cluster.id
+      'prometheus.prometheusSpec.externalLabels.cluster_name': cluster.id
+      cluster_name_friendly: cluster.name
       location: toLower(location)
       jobSchedulerLocation: toLower(location)
       domain: '${toLower(location)}.cloudapp.azure.com'
@@ -383,79 +366,25 @@ resource amlExtension 'Microsoft.KubernetesConfiguration/extensions@2023-05-01' 
       'nginxIngress.enabled': 'true'
     }
   }
-}
-
-resource kubernetesCompute 'Microsoft.MachineLearningServices/workspaces/computes@2025-06-01' = {
-  parent: workspace
-  name: kubernetesComputeName
-  location: location
-  tags: tags
-  identity: {
-    type: 'SystemAssigned'
-  }
-  properties: {
-    computeType: 'Kubernetes'
-    computeLocation: location
-    description: 'AKS with the Azure ML extension: Stockcast model deployments'
-    resourceId: aks.id
-    properties: {
-      // the extension's release namespace; it exists once the extension is installed
-      namespace: 'azureml'
-    }
-  }
   dependsOn: [
-    amlExtension
+    aks
   ]
-}
-
-// Key auth: the predict function fetches the key with its identity (online_endpoints.get_keys),
-// caches it for an hour and re-reads it on 401 (functions/predict/client.py).
-// Created only when missing: the train_trigger rollout owns its traffic and tags (smoke_failed), which a
-// PUT on every `azd provision` would reset. The preprovision hook sets AML_ENDPOINT_EXISTS (main.bicep's
-// amlEndpointExists) from `az resource show`; the scoring URI is read from whichever exists.
-resource endpoint 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2025-06-01' = if (!endpointExists) {
-  parent: workspace
-  name: endpointName
-  location: location
-  tags: tags
-  identity: {
-    type: 'SystemAssigned'
-  }
-  properties: {
-    authMode: 'Key'
-    compute: kubernetesCompute.id
-    description: 'Stockcast champion model; the train_trigger timer rolls its deployments out blue/green'
-  }
-}
-
-resource existingEndpoint 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2025-06-01' existing = if (endpointExists) {
-  parent: workspace
-  name: endpointName
 }
 
 @description('Name of the workspace.')
 output workspaceName string = workspace.name
 
 @description('Name of the CPU compute cluster.')
-output computeName string = cpuCluster.name
+output computeName string = computeName
 
 @description('Name of the bars datastore.')
 output barsDatastoreName string = barsDatastore.name
 
 @description('Name of the AKS cluster.')
-output aksName string = aks.name
+output aksName string = aksName
 
 @description('Object id of the AKS kubelet identity (pulls images from the registry).')
-output kubeletPrincipalId string = aks.properties.identityProfile.kubeletidentity.objectId
-
-@description('Name of the Kubernetes compute.')
-output kubernetesComputeName string = kubernetesCompute.name
-
-@description('Name of the online endpoint.')
-output endpointName string = endpointName
-
-@description('Scoring URI of the online endpoint (SCORING_URL); a URL, no credential.')
-output scoringUri string = endpointExists ? existingEndpoint.properties.scoringUri : endpoint.properties.scoringUri
+output kubeletPrincipalId string = aksExists ? cluster.properties.identityProfile.kubeletidentity.objectId : aks.outputs.kubeletPrincipalId
 
 @description('Name of the container registry.')
 output containerRegistryName string = containerRegistry.name

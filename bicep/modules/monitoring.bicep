@@ -109,6 +109,14 @@ customMetrics
 | order by timestamp asc
 '''
 
+var queryRolloutOutcomes = '''
+customMetrics
+| where name == "stockcast.rollout"
+| extend outcome = tostring(customDimensions.outcome)
+| summarize ticks = sum(valueSum) by outcome, bin(timestamp, 1h)
+| order by timestamp asc
+'''
+
 var queryTrainingDecisions = '''
 traces
 | where message == "training decision"
@@ -213,6 +221,15 @@ var workbookContent = {
       content: union(appInsightsItem, {
         title: 'Training ticks by outcome (submitted, active, failed)'
         query: queryTrainingSubmissions
+        visualization: 'barchart'
+      })
+    }
+    {
+      type: 3
+      name: 'rollout-outcomes'
+      content: union(appInsightsItem, {
+        title: 'Rollout ticks by outcome (succeeded, failed)'
+        query: queryRolloutOutcomes
         visualization: 'barchart'
       })
     }
@@ -324,6 +341,15 @@ union
     | where Name == "stockcast.training.submissions"
     | where tostring(Properties.outcome) == "failed" and Sum > 0
     | project RunId = "submission")
+'''
+
+// A tick whose rollout reconcile raised (functions/telemetry.py, ROLLOUT with outcome failed): the
+// endpoint or a deployment could not be read, created, smoke-tested or given traffic.
+var queryAlertRolloutFailed = '''
+AppMetrics
+| where Name == "stockcast.rollout"
+| where tostring(Properties.outcome) == "failed" and Sum > 0
+| summarize failures = sum(Sum)
 '''
 
 resource alertDeadLetters 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
@@ -462,6 +488,42 @@ resource alertTrainingFailed 'Microsoft.Insights/scheduledQueryRules@2023-12-01'
         {
           query: queryAlertTrainingFailed
           timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    skipQueryValidation: true
+    actions: alertActions
+  }
+}
+
+resource alertRolloutFailed 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'stockcast-rollout-failed'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Stockcast: rollout failed'
+    description: 'A timer tick could not reconcile the endpoint (stockcast.rollout outcome failed): a deployment was not created, smoke-tested, given traffic or deleted. The next tick retries.'
+    severity: 2
+    enabled: true
+    scopes: [
+      logAnalytics.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          query: queryAlertRolloutFailed
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'failures'
           operator: 'GreaterThan'
           threshold: 0
           failingPeriods: {

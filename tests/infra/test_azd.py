@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from functions.settings import Settings
-from tests.infra.bicep_model import AZD_OUTPUTS, render
+from tests.infra.bicep_model import AZD_OUTPUTS, render, resources
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "bicep" / "hooks"
@@ -139,7 +139,7 @@ def test_azure_yaml_has_one_service_and_the_hooks():
 
 def test_hook_set_values_are_bicep_parameters():
     """What preprovision writes with `azd env set` is read by main.parameters.json, defaulting to false."""
-    assert hook_set_values() == {"AML_ENDPOINT_EXISTS", "APIM_NAMED_VALUE_EXISTS"}
+    assert hook_set_values() == {"AKS_EXISTS", "AML_EXTENSION_EXISTS", "AML_COMPUTE_EXISTS", "APIM_NAMED_VALUE_EXISTS"}
     defaults = parameter_defaults()
     assert {name: defaults.get(name) for name in hook_set_values()} == dict.fromkeys(hook_set_values(), "false")
 
@@ -253,6 +253,7 @@ case "$*" in
   "aks show"*)
     printf '%s\n' /subscriptions/s/resourceGroups/rg-dev/providers/Microsoft.ContainerService/managedClusters/aks-test
     printf 'EastUS2\n'
+    if [[ "$FAKE_AZ_MODE" == stopped ]]; then printf 'Stopped\n'; else printf 'Running\n'; fi
     exit 0 ;;
   "k8s-extension list"*)
     case "$FAKE_AZ_MODE" in
@@ -314,8 +315,7 @@ def run_hook(tmp_path: Path, ml_template: dict[str, Any]) -> Iterator[Any]:
     log, azd_log = tmp_path / "az.log", tmp_path / "azd.log"
     system_path = ":".join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
     keys = [
-        key.strip("'")
-        for key in ml_template["resources"]["amlExtension"]["config"]["properties"]["configurationSettings"]
+        key.strip("'") for key in resources(ml_template)["amlExtension"].config["properties"]["configurationSettings"]
     ]
 
     def run(
@@ -395,7 +395,7 @@ def test_postprovision_changes_nothing_when_everything_exists(run_postprovision)
 
 
 def test_postprovision_creates_what_is_missing(run_postprovision):
-    """On a bare cluster it installs the extension, attaches AKS, applies the instance type, creates the endpoint."""
+    """On a bare cluster it installs the extension, applies the instance type, attaches AKS, creates the endpoint."""
     result, calls, files = run_postprovision("missing")
     assert result.returncode == 0, result.stderr
     verb = {call: " ".join(call.split()[1:3] if call.startswith("ml ") else call.split()[:2]) for call in calls}
@@ -416,6 +416,28 @@ def test_postprovision_creates_what_is_missing(run_postprovision):
     assert "--name aks-test --command kubectl apply -f instancetype.yaml --file instancetype.yaml" in invoke
     assert all("--workspace-name mlw-test" in call for call in calls if call.startswith("ml "))
     assert not [call for call in calls if "keys list" in call or "ml environment" in call]
+
+
+def test_postprovision_applies_the_instance_type_before_it_attaches_the_compute(run_postprovision):
+    """Extension, instance type, compute, endpoint, in that order: the first deployment finds its instance type.
+
+    The compute and the endpoint are not in Bicep (tests/infra/test_reprovision.py), so nothing attaches AKS
+    before the hook has applied bicep/hooks/instancetype.yaml.
+    """
+    result, calls, _ = run_postprovision("missing")
+    assert result.returncode == 0, result.stderr
+    steps = ["k8s-extension create", "aks command invoke", "ml compute attach", "ml online-endpoint create"]
+    order = [next(i for i, call in enumerate(calls) if call.startswith(step)) for step in steps]
+    assert order == sorted(order)
+
+
+def test_postprovision_leaves_a_stopped_cluster_alone(run_postprovision):
+    """`az aks stop` (docs/deploy.md) then `azd up`: no cluster step is tried, the hook says how to finish, exit 0."""
+    result, calls, _ = run_postprovision("stopped")
+    assert result.returncode == 0, result.stderr
+    assert _verbs(calls) == {"account show --subscription", "aks show --subscription"}
+    assert "AKS aks-test is stopped" in result.stdout and "azd hooks run postprovision" in result.stdout
+    assert "Bootstrap servers  evhns-test.servicebus.windows.net:9093" in result.stdout
 
 
 def test_postprovision_installs_the_extension_with_what_the_cli_computes(run_postprovision):
@@ -442,24 +464,21 @@ def test_postprovision_settings_are_the_ones_bicep_declares(run_postprovision, m
     hook = _config(next(call for call in calls if call.startswith("k8s-extension create")))
     bicep = {
         key.strip("'"): render(value)
-        for key, value in ml_template["resources"]["amlExtension"]["config"]["properties"][
-            "configurationSettings"
-        ].items()
+        for key, value in resources(ml_template)["amlExtension"].config["properties"]["configurationSettings"].items()
     }
     assert set(hook) == set(bicep)
     derived = {
-        "aks.id": AKS_ID,
-        "aks.name": "aks-test",
+        "cluster.id": AKS_ID,
+        "cluster.name": "aks-test",
         "to_lower(location)": "eastus2",
         "${toLower(location)}.cloudapp.azure.com": "eastus2.cloudapp.azure.com",
     }
     assert {key: derived.get(value, value) for key, value in bicep.items()} == hook
-    text = (ROOT / "bicep" / "modules" / "ml.bicep").read_text()
+    # the Kubernetes compute's namespace is the extension's release namespace, whoever installed it
+    namespace = resources(ml_template)["amlExtension"].config["properties"]["scope"]["cluster"]["releaseNamespace"]
     attach = next(call for call in calls if call.startswith("ml compute attach"))
-    assert re.search(r"namespace: '([^']+)'", text).group(1) == attach.split("--namespace ")[1].split()[0]
-    assert "releaseNamespace: 'azureml'" in text and "--release-namespace azureml" in " ".join(calls)
-    endpoint = ml_template["resources"]["endpoint"]["config"]["config"]
-    assert endpoint["properties"]["authMode"] == "Key"
+    assert attach.split("--namespace ")[1].split()[0] == namespace == "azureml"
+    assert f"--release-namespace {namespace}" in " ".join(calls)
 
 
 def test_postprovision_completes_an_extension_that_lacks_settings(run_postprovision):
@@ -531,46 +550,65 @@ def test_postprovision_fails_naming_every_missing_value(run_postprovision):
 EXISTING_ENV = {
     **ENV_VALUES,
     "AML_WORKSPACE": "mlw-test",
+    "AML_COMPUTE": "cpu-cluster",
     "APIM_NAME": "apim-test",
 }
-ENDPOINT_ID = (
-    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-dev/providers/"
-    "Microsoft.MachineLearningServices/workspaces/mlw-test/onlineEndpoints/stockcast-test"
-)
-NAMED_VALUE_ID = (
-    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-dev/providers/"
-    "Microsoft.ApiManagement/service/apim-test/namedValues/stockcast-function-key"
-)
+GROUP_ID = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-dev/providers"
+# What preprovision asks Resource Manager about, with the API version of the Bicep resource it guards.
+EXISTS_CHECKS = {
+    "AKS_EXISTS": (f"{GROUP_ID}/Microsoft.ContainerService/managedClusters/aks-test", "2024-09-01"),
+    "AML_EXTENSION_EXISTS": (
+        f"{GROUP_ID}/Microsoft.ContainerService/managedClusters/aks-test"
+        "/providers/Microsoft.KubernetesConfiguration/extensions/azureml",
+        "2023-05-01",
+    ),
+    "AML_COMPUTE_EXISTS": (
+        f"{GROUP_ID}/Microsoft.MachineLearningServices/workspaces/mlw-test/computes/cpu-cluster",
+        "2025-06-01",
+    ),
+    "APIM_NAMED_VALUE_EXISTS": (
+        f"{GROUP_ID}/Microsoft.ApiManagement/service/apim-test/namedValues/stockcast-function-key",
+        "2024-05-01",
+    ),
+}
 
 
 def test_preprovision_on_a_new_environment_says_nothing_exists(run_hook):
-    """Before the first provision there is no resource group to look in: both flags are false, nothing is asked."""
+    """Before the first provision there is no resource group to look in: every flag is false, nothing is asked."""
     fresh = {"AZURE_ENV_NAME": "dev", "AZURE_SUBSCRIPTION_ID": ENV_VALUES["AZURE_SUBSCRIPTION_ID"]}
     result, calls, azd_calls, _ = run_hook("preprovision.sh", "present", fresh)
     assert result.returncode == 0, result.stderr
-    assert azd_calls == ["env set AML_ENDPOINT_EXISTS false", "env set APIM_NAMED_VALUE_EXISTS false"]
+    assert azd_calls == [f"env set {name} false" for name in EXISTS_CHECKS]
     assert not [call for call in calls if call.startswith("resource show")]
     assert "bicep version --only-show-errors" in calls
 
 
-@pytest.mark.parametrize(("mode", "flag"), [("present", "true"), ("missing", "false")])
-def test_preprovision_tells_bicep_what_exists(run_hook, mode, flag):
-    """Resource Manager is asked about the endpoint and the named value; NotFound (even of the group) is false."""
-    result, calls, azd_calls, _ = run_hook("preprovision.sh", mode, EXISTING_ENV)
+def test_preprovision_tells_bicep_what_exists(run_hook):
+    """Resource Manager is asked about each guarded resource with the API version Bicep uses; found is true."""
+    result, calls, azd_calls, _ = run_hook("preprovision.sh", "present", EXISTING_ENV)
     assert result.returncode == 0, result.stderr
-    assert azd_calls == [f"env set AML_ENDPOINT_EXISTS {flag}", f"env set APIM_NAMED_VALUE_EXISTS {flag}"]
+    assert azd_calls == [f"env set {name} true" for name in EXISTS_CHECKS]
     shows = [call for call in calls if call.startswith("resource show")]
     assert shows == [
-        f"resource show --ids {ENDPOINT_ID} --api-version 2025-06-01 --only-show-errors --output none",
-        f"resource show --ids {NAMED_VALUE_ID} --api-version 2024-05-01 --only-show-errors --output none",
+        f"resource show --ids {resource_id} --api-version {version} --only-show-errors --output none"
+        for resource_id, version in EXISTS_CHECKS.values()
     ]
 
 
+def test_preprovision_after_azd_down_says_nothing_exists(run_hook):
+    """NotFound (here of the resource group) is false; the extension is not looked for on a missing cluster."""
+    result, calls, azd_calls, _ = run_hook("preprovision.sh", "missing", EXISTING_ENV)
+    assert result.returncode == 0, result.stderr
+    assert azd_calls == [f"env set {name} false" for name in EXISTS_CHECKS]
+    shows = [call.split()[3] for call in calls if call.startswith("resource show")]
+    assert shows == [EXISTS_CHECKS[name][0] for name in ("AKS_EXISTS", "AML_COMPUTE_EXISTS", "APIM_NAMED_VALUE_EXISTS")]
+
+
 def test_preprovision_stops_when_it_cannot_tell(run_hook):
-    """Any error other than NotFound stops the hook: guessing false would reset the endpoint and the key."""
+    """Any error other than NotFound stops the hook: guessing false would PUT again what exists."""
     result, _, azd_calls, _ = run_hook("preprovision.sh", "denied", EXISTING_ENV)
     assert result.returncode == 1
-    assert "AuthorizationFailed" in result.stderr and "could not check the online endpoint" in result.stderr
+    assert "AuthorizationFailed" in result.stderr and "could not check AKS aks-test" in result.stderr
     assert azd_calls == []
 
 

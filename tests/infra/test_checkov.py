@@ -11,7 +11,7 @@ import yaml
 from tests.infra.bicep_model import BICEP, BICEP_FILES, ROOT, rel
 
 SKIP = re.compile(r"^\s*//\s*checkov:skip=(CKV2?_[A-Z]+_\d+):(.*)$")
-CHECKED_MODULES = {"apim", "eventhubs", "functionapp", "ml", "storage"}
+CHECKED_MODULES = {"aks", "apim", "eventhubs", "functionapp", "ml", "storage"}
 
 
 def _inline_skips() -> list[tuple[str, str, str]]:

@@ -30,6 +30,9 @@ NOT_SET_IN_AZURE = {
     "STORAGE_RETRY_BACKOFF_SECONDS": "tuning knob; the code default applies",
     "PREDICT_MAX_BARS": "tuning knob; the code default applies",
     "AML_ENVIRONMENT_IMAGE": "the code default is the base image training_job/job.yml uses too",
+    "TRAINING_TIMEOUT_SECONDS": "tuning knob; the code default (two hours) is the job's limit",
+    "TRAINING_RECORD_BLOB": "the code default names the job record in the bars container",
+    "SCORING_URL": "an override only: in Azure predict reads the endpoint's scoring_uri from Azure ML at run time",
 }
 # Where each kind of identity-based connection gets its endpoint.
 ENDPOINT_SUFFIX = {"eventHubTrigger": "fullyQualifiedNamespace", "blob": "blobServiceUri"}
@@ -111,7 +114,6 @@ def test_connections_use_the_user_assigned_identity(settings, connection):
     [
         ("ML_BACKEND", "aml"),
         ("SCORING_AUTH", "key"),
-        ("SCORING_URL", "scoringUrl"),
         ("AZURE_CLIENT_ID", "identityClientId"),
         ("AZURE_SUBSCRIPTION_ID", "subscription().subscriptionId"),
         ("AZURE_RESOURCE_GROUP", "resource_group().name"),
@@ -156,10 +158,16 @@ def test_model_and_experiment_match_the_code_defaults(module, param, default):
     assert module("functionapp")["parameters"][param]["default"] == default
 
 
-def test_main_passes_the_endpoint_scoring_uri(main, module):
-    """SCORING_URL is the endpoint's scoringUri, read from the resource at deployment time."""
-    assert render(main["modules"]["functionApp"]["config"]["params"]["scoringUrl"]) == "ml.outputs.scoringUri"
-    assert render(module("ml")["outputs"]["scoringUri"]["value"]).endswith(", endpoint.properties.scoringUri)")
+def test_the_endpoint_is_named_not_addressed(main, module, settings):
+    """AML_ENDPOINT names the endpoint the postprovision hook creates; no SCORING_URL is set in Azure.
+
+    The endpoint is not a Bicep resource (tests/infra/test_reprovision.py), so Bicep has no scoring URI to
+    pass, and the address changes when the AzureML extension is reinstalled: predict reads it from Azure ML.
+    """
+    assert render(main["modules"]["functionApp"]["config"]["params"]["endpointName"]) == "amlEndpointName"
+    assert render(main["outputs"]["AML_ENDPOINT"]["value"]) == "amlEndpointName"
+    assert "SCORING_URL" not in settings and "scoringUrl" not in module("functionapp")["parameters"]
+    assert "scoringUri" not in (module("ml").get("outputs") or {})
 
 
 def test_main_passes_the_names_the_hooks_use(main):

@@ -188,9 +188,9 @@ def _drop(path: str) -> Any:
         ),
         (
             "ml",
-            "kubernetesCompute",
-            _set("properties.properties.vmSize", "x"),
-            r"properties\.properties\.vmSize: .* no property",
+            "barsDatastore",
+            _set("properties.filesystem", "x"),
+            r"properties\.filesystem: .* no property",
         ),
         (
             "ml",
@@ -199,7 +199,7 @@ def _drop(path: str) -> Any:
             r"credentialsType: 'Key' is not one of",
         ),
         (
-            "ml",
+            "aks",
             "aks",
             _set("properties.agentPoolProfiles", [{"name": "system", "cont": 1}]),
             r"agentPoolProfiles\[0\]\.cont: ",
@@ -312,4 +312,4 @@ def test_vendor_script_finds_the_types_in_the_templates():
     """vendor.py reads the same Type@apiVersion pairs the parsed templates hold (declared and existing)."""
     text = Path(ROOT / "bicep" / "modules" / "ml.bicep").read_text()
     assert "Microsoft.ContainerRegistry/registries@2023-07-01" in vendor.used_resource_types()
-    assert "Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2025-06-01" in text
+    assert "Microsoft.MachineLearningServices/workspaces/computes@2025-06-01" in text

@@ -99,10 +99,10 @@ def test_bars_datastore_is_identity_based(module):
 # (azure-cli-extensions k8s-extension, partner_extensions/AzureMLKubernetes.py: Create, _dereference),
 # as Bicep must write them since ARM computes nothing: key -> the Bicep expression of the CLI's value.
 CLI_COMPUTED = {
-    "cluster_name": "aks.id",  # the cluster's resource id
-    "clusterId": "aks.id",  # _dereference copies cluster_name here ...
-    "prometheus.prometheusSpec.externalLabels.cluster_name": "aks.id",  # ... and here
-    "cluster_name_friendly": "aks.name",
+    "cluster_name": "cluster.id",  # the cluster's resource id
+    "clusterId": "cluster.id",  # _dereference copies cluster_name here ...
+    "prometheus.prometheusSpec.externalLabels.cluster_name": "cluster.id",  # ... and here
+    "cluster_name_friendly": "cluster.name",
     "location": "to_lower(location)",  # resource.location.lower()
     "jobSchedulerLocation": "to_lower(location)",
     "domain": "${toLower(location)}.cloudapp.azure.com",
@@ -132,7 +132,7 @@ def _extension_settings(module) -> dict[str, str]:
 def test_aks_extension_serves_inference_only(module):
     """The Azure ML extension on AKS: inference on, training off, DevTest router, cluster scope azureml."""
     extension = one(module("ml"), "Microsoft.KubernetesConfiguration/extensions")
-    assert extension.config["scope"] == "aks"
+    assert extension.config["scope"] == "cluster"  # the cluster, created or existing (test_reprovision.py)
     properties = extension.config["properties"]
     assert properties["extensionType"] == "Microsoft.AzureML.Kubernetes"
     assert (properties["releaseTrain"], properties["autoUpgradeMinorVersion"]) == ("stable", True)
@@ -159,55 +159,45 @@ def test_aks_extension_sends_no_identity_like_the_cli(module):
 
 def test_aks_uses_managed_identity_and_rbac(module):
     """System-assigned identity, Kubernetes RBAC, a system pool, container insights to Log Analytics."""
-    aks = one(module("ml"), "Microsoft.ContainerService/managedClusters")
+    aks = one(module("aks"), "Microsoft.ContainerService/managedClusters")
     assert aks.config["identity"] == {"type": "SystemAssigned"}
     properties = aks.config["properties"]
     assert properties["enableRBAC"] is True
     assert [p["mode"] for p in properties["agentPoolProfiles"]] == ["System"]
     assert properties["addonProfiles"]["omsagent"]["config"]["useAADAuth"] == "true"
     association = one(module("ml"), "Microsoft.Insights/dataCollectionRuleAssociations")
-    assert association.config["scope"] == "aks"
+    assert association.config["scope"] == "cluster"
+    cluster = resources(module("ml"))["cluster"]
+    assert (cluster.existing, cluster.config["name"], cluster.type) == (True, "aksName", aks.type)
 
 
-def test_kubernetes_compute_and_endpoint(module):
-    """AKS attached as Kubernetes compute (after the extension); the endpoint runs on it with key auth."""
+POSTPROVISION = [BICEP / "hooks" / "postprovision.sh", BICEP / "hooks" / "postprovision.ps1"]
+
+
+def test_kubernetes_compute_and_endpoint_are_the_postprovision_hook_s(module):
+    """No Kubernetes compute or online endpoint in Bicep: the hook attaches AKS and creates the endpoint on it.
+
+    A Kubernetes compute cannot be updated and must come after the instance type; the endpoint's traffic and
+    tags belong to the rollout (tests/infra/test_reprovision.py, tests/infra/test_azd.py for the order).
+    """
     template = module("ml")
-    compute = next(
-        c
-        for c in of_type(template, "Microsoft.MachineLearningServices/workspaces/computes")
-        if c.config["properties"]["computeType"] == "Kubernetes"
-    )
-    assert render(compute.config["properties"]["resourceId"]) == "aks.id"
-    assert compute.config["dependsOn"] == ["amlExtension"]
-    assert compute.config["properties"]["properties"]["namespace"] == "azureml"
-    endpoint = one(template, "Microsoft.MachineLearningServices/workspaces/onlineEndpoints")
-    assert render(endpoint.config["properties"]["compute"]) == "kubernetesCompute.id"
-    assert endpoint.config["properties"]["authMode"] == "Key"
+    computes = of_type(template, "Microsoft.MachineLearningServices/workspaces/computes")
+    assert [c.config["properties"]["computeType"] for c in computes] == ["AmlCompute"]
+    assert of_type(template, "Microsoft.MachineLearningServices/workspaces/onlineEndpoints") == []
+    for hook in POSTPROVISION:
+        text = hook.read_text()
+        assert "compute attach" in text and "--type Kubernetes" in text and "--namespace azureml" in text
+        assert "compute: azureml:" in text and "kubernetesOnlineEndpoint.schema.json" in text
 
 
-def test_endpoint_is_created_only_when_missing(main, module):
-    """A re-provision never PUTs the endpoint again (its traffic and smoke_failed tag belong to the rollout)."""
-    template = module("ml")
-    found = resources(template)
-    assert (found["endpoint"].condition, found["endpoint"].existing) == ("not(endpointExists)", False)
-    assert (found["existingEndpoint"].condition, found["existingEndpoint"].existing) == ("endpointExists", True)
-    assert found["existingEndpoint"].config["name"] == found["endpoint"].config["name"] == "endpointName"
-    assert render(template["outputs"]["scoringUri"]["value"]) == (
-        "conditional(endpointExists, existingEndpoint.properties.scoringUri, endpoint.properties.scoringUri)"
-    )
-    assert render(template["outputs"]["endpointName"]["value"]) == "endpointName"
-    assert template["parameters"]["endpointExists"]["default"] is False
-    assert render(main["modules"]["ml"]["config"]["params"]["endpointExists"]) == "amlEndpointExists"
-
-
-def test_endpoint_auth_matches_the_predict_client(module):
-    """The endpoint's Key auth pairs with SCORING_AUTH=key (the client fetches keys, not tokens)."""
-    endpoint = one(module("ml"), "Microsoft.MachineLearningServices/workspaces/onlineEndpoints")
+@pytest.mark.parametrize("hook", POSTPROVISION, ids=lambda p: p.name)
+def test_endpoint_auth_matches_the_predict_client(module, hook):
+    """The endpoint the hook creates has key auth, which pairs with SCORING_AUTH=key (the client fetches keys)."""
     site = one(module("functionapp"), "Microsoft.Web/sites")
     scoring_auth = {s["name"]: s["value"] for s in site.config["properties"]["siteConfig"]["appSettings"]}[
         "SCORING_AUTH"
     ]
-    assert {"Key": "key", "AMLToken": "aml_token"}[endpoint.config["properties"]["authMode"]] == scoring_auth
+    assert re.findall(r"auth_mode: (\w+)", hook.read_text()) == [scoring_auth] == ["key"]
 
 
 # ---- API Management ----
@@ -385,6 +375,7 @@ def workbook_queries(module) -> dict[str, str]:
         ),
         ("predict-errors", ["stockcast.predict.duration", "customDimensions.status_code", ">= 400"]),
         ("training-submissions", ["stockcast.training.submissions", "customDimensions.outcome"]),
+        ("rollout-outcomes", ["stockcast.rollout", "customDimensions.outcome", "by outcome"]),
         (
             "training-decisions",
             ['message == "training decision"', "arg_max(timestamp", "by version", "rmse_persistence"],
@@ -435,10 +426,11 @@ def _alerts(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ),
         ("alertPredict5xx", "appInsights.id", ['"predict_symbol", "predict_bars"', "toint(resultCode) >= 500"]),
         ("alertTrainingFailed", "logAnalytics.id", ["AmlRunStatusChangedEvent", 'Status == "Failed"', '"failed"']),
+        ("alertRolloutFailed", "logAnalytics.id", ['Name == "stockcast.rollout"', 'Properties.outcome) == "failed"']),
     ],
 )
 def test_alerts(module, alert, scope, needles):
-    """The four alerts: their scope, query and the optional action group."""
+    """The five alerts: their scope, query and the optional action group."""
     template = module("monitoring")
     config = _alerts(template)[alert]
     properties = config["properties"]
@@ -457,7 +449,7 @@ def test_alerts_notify_the_action_group_only_when_given(module):
     actions = render(template["variables"]["alertActions"]["value"]["actionGroups"])
     assert actions == "conditional(empty(alertActionGroupId), [], [alertActionGroupId])"
     assert template["parameters"]["alertActionGroupId"]["default"] == ""
-    assert len(_alerts(template)) == 4
+    assert len(_alerts(template)) == 5
 
 
 def test_no_bars_window_matches_the_market_hours():

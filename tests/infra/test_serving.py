@@ -77,7 +77,7 @@ def _requests() -> tuple[int, int]:
 
 
 def _default_pool(main, module) -> Pool:
-    pool = one(module("ml"), "Microsoft.ContainerService/managedClusters").config["properties"]["agentPoolProfiles"]
+    pool = one(module("aks"), "Microsoft.ContainerService/managedClusters").config["properties"]["agentPoolProfiles"]
     assert [p["mode"] for p in pool] == ["System"]
     return Pool(param_default(main, "aksNodeVmSize"), param_default(main, "aksNodeCount"), pool[0]["maxPods"])
 

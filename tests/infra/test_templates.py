@@ -22,7 +22,7 @@ from tests.infra.bicep_model import (
 )
 from tests.infra.conftest import PARSE_SECONDS
 
-MODULES = ("apim", "eventhubs", "functionapp", "identities", "ml", "monitoring", "roles", "storage")
+MODULES = ("aks", "apim", "eventhubs", "functionapp", "identities", "ml", "monitoring", "roles", "storage")
 
 
 def test_the_expected_bicep_files_exist():
@@ -163,7 +163,8 @@ def test_outputs_are_exactly_the_agreed_names(main):
         ("EVENTHUBS_BOOTSTRAP_SERVER", "${eventhubs.outputs.namespaceHost}:9093"),
         ("EVENTHUB_NAME", "eventhubs.outputs.eventHubName"),
         ("EVENTHUB_SEND_RULE_NAME", "eventhubs.outputs.sendRuleName"),
-        ("AML_ENDPOINT", "ml.outputs.endpointName"),
+        ("AML_ENDPOINT", "amlEndpointName"),
+        ("AML_KUBERNETES_COMPUTE", "amlKubernetesComputeName"),
         ("APIM_GATEWAY_URL", "apim.outputs.gatewayUrl"),
     ],
 )
@@ -207,5 +208,5 @@ def test_every_module_resource_is_a_plain_resource(templates):
     for path, template in templates.items():
         for block in (template.get("modules") or {}).values():
             assert block["type"] == "local", path
-            assert (ROOT / "bicep" / block["detail"]["path"]).is_file()
+            assert ((ROOT / path).parent / block["detail"]["path"]).is_file(), path
     assert sum(len(resources(t)) for t in templates.values()) > 50
