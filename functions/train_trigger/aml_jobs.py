@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.settings import Settings
-from functions.train_trigger.job_record import RECORD_CONFLICTS, JobRecord, JobRecordStore, job_name
+from functions.train_trigger.job_record import JobRecord, JobRecordStore, RecordConflictError, job_name
 from functions.train_trigger.ports import Submission
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class AmlSubmitter:
         name = job_name(now, tick_id)
         try:
             self.records.write(JobRecord(name, tick_id, now), stored.etag)
-        except RECORD_CONFLICTS:  # another tick recorded its job in between: that one submits
+        except RecordConflictError:  # another tick recorded its job in between: that one submits
             log.warning("tick=%s the job record changed under this tick; another tick is submitting", tick_id)
             return Submission(False, None, "another tick recorded a job first")
         job = self.ml_client.jobs.create_or_update(build_training_job(self.settings, tick_id, now, name))

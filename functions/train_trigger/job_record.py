@@ -11,16 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient
+
+if TYPE_CHECKING:  # the SDK loads when a record is read: devhost's status and stop never import it
+    from azure.storage.blob import ContainerClient
 
 log = logging.getLogger(__name__)
 
-# a conditional write that lost: another tick wrote the record in between
-RECORD_CONFLICTS = (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError)
+
+class RecordConflictError(RuntimeError):
+    """A conditional write lost: another tick wrote the record in between."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class JobRecordStore:
 
     def read(self, tick_id: str) -> StoredRecord:
         """The record and its ETag; an unreadable record is reported and then replaced by the next write."""
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             downloader = self.blob.download_blob()
         except ResourceNotFoundError:
@@ -94,10 +98,16 @@ class JobRecordStore:
             return StoredRecord(None, etag)
 
     def write(self, record: JobRecord, etag: str | None) -> None:
-        """Create the record, or replace it only if it still has ``etag``; raises one of RECORD_CONFLICTS if not."""
-        if etag is None:
-            self.blob.upload_blob(encode_record(record), overwrite=False)
-        else:
-            self.blob.upload_blob(
-                encode_record(record), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
-            )
+        """Create the record, or replace it only if it still has ``etag``; raises RecordConflictError if not."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            if etag is None:
+                self.blob.upload_blob(encode_record(record), overwrite=False)
+            else:
+                self.blob.upload_blob(
+                    encode_record(record), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as exc:
+            raise RecordConflictError(f"{self.blob.blob_name} changed since it was read") from exc
