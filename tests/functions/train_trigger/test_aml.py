@@ -48,7 +48,11 @@ def test_training_job_spec():
     assert (spec["compute"], spec["experiment_name"]) == ("azureml:cpu-cluster", "stockcast")
     assert spec["display_name"] == "stockcast-train-20261103-1530Z"
     assert spec["identity"] == {"type": "managed_identity"}
-    assert spec["limits"] == {"timeout": 7200}  # Azure ML cancels a job this old: an unreadable one never blocks
+    assert spec["limits"] == {"timeout": 7200}
+    assert spec["description"] == "LSTM-Attention forecaster: train on stored bars, compare with the champion"
+    assert build_training_job(SETTINGS, "tick-1", NOW, "stockcast-train-x")._to_job()._to_dict()["name"] == (
+        "stockcast-train-x"
+    )  # Azure ML cancels a job this old: an unreadable one never blocks
     assert spec["tags"] == {
         "app": "stockcast",
         "trigger": "timer",
@@ -257,18 +261,26 @@ def test_should_submit(record, status, now, expected):
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (b"", "not JSON"),
-        (b"3", "not a JSON object"),
-        (b'{"job_name": "", "submitted_at": "2026-11-03T15:30:00+00:00"}', "job_name missing"),
-        (b'{"job_name": "j"}', "submitted_at missing"),
-        (b'{"job_name": "j", "submitted_at": "yesterday"}', "not an ISO time"),
-        (b'{"job_name": "j", "submitted_at": "2026-11-03T15:30:00"}', "no time zone"),
+        (b"", "^not JSON: "),
+        (b"3", "^not a JSON object$"),
+        (b'{"job_name": "", "submitted_at": "2026-11-03T15:30:00+00:00"}', "^job_name missing$"),
+        (b'{"job_name": 7, "submitted_at": "2026-11-03T15:30:00+00:00"}', "^job_name missing$"),
+        (b'{"job_name": "j"}', "^submitted_at missing$"),
+        (b'{"job_name": "j", "submitted_at": "yesterday"}', "^submitted_at 'yesterday' is not an ISO time$"),
+        (b'{"job_name": "j", "submitted_at": "2026-11-03T15:30:00"}', "^submitted_at has no time zone$"),
     ],
 )
 def test_decode_record_rejects(data, error):
     """Each malformed record names what is wrong."""
     with pytest.raises(ValueError, match=error):
         decode_record(data)
+
+
+@pytest.mark.parametrize(("tick", "expected"), [('"tick-1"', "tick-1"), ("5", ""), ("null", "")])
+def test_decode_record_keeps_only_a_string_tick(tick, expected):
+    """The tick is informative: a missing or odd one reads as empty, never as an error."""
+    data = b'{"job_name": "j", "submitted_at": "2026-11-03T15:30:00+00:00", "tick": ' + tick.encode() + b"}"
+    assert decode_record(data) == JobRecord("j", expected, NOW)
 
 
 def test_record_round_trips_and_names_are_unique_per_tick():
