@@ -25,6 +25,7 @@ class TrainConfig:
     seed: int = 42
     max_gap_minutes: int = 5
     validation_fraction: float = 0.15
+    calibration_fraction: float = 0.1
     decision_fraction: float = 0.2
     alpha: float = 0.05
     interval_level: float = 0.9
@@ -39,11 +40,13 @@ _HELP = {
     "window": "bars of history per input window",
     "horizon": "minutes ahead to forecast",
     "max_gap_minutes": "longest gap (overnight, halts) a window may not span",
+    "validation_fraction": "share of time, before calibration, for early stopping and the shrinkage",
+    "calibration_fraction": "share of time between validation and decision that calibrates the intervals only",
     "decision_fraction": "newest share of time kept unseen for the promotion decision",
     "ar_lags": "recent 1-minute log returns fed to the linear autoregressive skip path",
     "seeds": "members trained from consecutive seeds and averaged",
     "alpha": "level of the one-sided Diebold-Mariano tests that promote (and demote) a champion",
-    "interval_level": "nominal coverage of the split-conformal forecast interval",
+    "interval_level": "nominal coverage of the split-conformal forecast interval, in each volatility tercile",
     "summary_out": "write the decision summary as JSON here",
 }
 

@@ -2,7 +2,8 @@
 
 Indicators come from TA-Lib and are causal: the feature row of minute t uses bars up to t only.
 Prices enter only as log ratios, so a ticker the model never saw works as well as any other.
-A window (and its target) never spans a gap longer than ``max_gap_minutes``.
+A window never spans a gap longer than ``max_gap_minutes``; its target is exactly the bar
+``horizon`` minutes after its last bar, and a window whose target minute is missing is not used.
 """
 
 from __future__ import annotations
@@ -83,16 +84,8 @@ class Windows:
 
     @property
     def volatility(self) -> np.ndarray:
-        """Recent 1-minute volatility of each window: the scale of its forecast interval.
-
-        The mean of the close-to-close and the Parkinson (high/low range) variance estimates over
-        the last ``VOL_BARS`` bars: short enough to follow intraday volatility swings (open and
-        close), and the range makes ten bars a usable sample.
-        """
-        ret = self.x[:, -VOL_BARS:, 0].astype(np.float64)
-        rng = self.x[:, -VOL_BARS:, 2].astype(np.float64)
-        var = 0.5 * np.mean(ret**2, axis=1) + 0.5 * np.mean(rng**2, axis=1) / (4.0 * np.log(2.0))
-        return np.maximum(np.sqrt(var), VOL_FLOOR)
+        """Recent 1-minute volatility of each window, known at its last bar: the scale of its interval."""
+        return window_volatility(self.x)
 
     def take(self, idx: np.ndarray) -> Windows:
         """The subset of windows at ``idx``."""
@@ -101,7 +94,73 @@ class Windows:
 
 
 VOL_FLOOR = 1e-6  # a window without a single price change still gets a (tiny) interval scale
-VOL_BARS = 10
+
+
+def window_volatility(x: np.ndarray) -> np.ndarray:
+    """Volatility of each window of ``x`` (m, window, features): the RMS of its 1-minute log returns, floored.
+
+    The returns between the window's own bars (its first bar's return reaches back before the
+    window, across a night for a window that starts at an open). The whole window, not its last
+    few bars: a short estimate's noise makes calm-looking windows' intervals too narrow and
+    busy-looking ones' too wide. Close to close only, as the errors are: the high/low range of real
+    minute bars, coarse with the tick size, scales differently from ticker to ticker. Scale-free.
+    """
+    ret = x[:, 1:, FEATURES.index("ret_1")].astype(np.float64)
+    return np.maximum(np.sqrt(np.mean(ret**2, axis=1)), VOL_FLOOR)
+
+
+@dataclass(frozen=True)
+class WindowEnds:
+    """Where the windows of one symbol's bars end, where their targets lie, and how many lack one."""
+
+    ends: np.ndarray  # index of each window's last bar (as_of)
+    targets: np.ndarray | None  # index of its target bar, exactly ``horizon`` minutes later
+    missing_in_segment: int = 0  # dropped: the target minute has no bar, though bars go on within max_gap_minutes
+    missing_at_gap: int = 0  # dropped: the next bar comes after a longer gap (a session's close, a halt)
+
+    @property
+    def missing_target(self) -> int:
+        """Windows dropped because no bar starts exactly at their target minute."""
+        return self.missing_in_segment + self.missing_at_gap
+
+
+def window_ends(
+    ts: np.ndarray,
+    window: int,
+    horizon: int,
+    max_gap_minutes: int,
+    with_target: bool,
+    latest_only: bool = False,
+) -> WindowEnds:
+    """The windows of bars at times ``ts`` (sorted unix seconds, whole minutes) that can be used.
+
+    A window is its last ``window`` bars after ``WARMUP`` more, inside one segment (no gap longer
+    than ``max_gap_minutes``). With ``with_target``, its target is the bar at exactly
+    ``as_of + horizon`` minutes: a window whose target minute is missing is dropped and counted
+    (by whether its segment goes on past ``as_of`` or ends there), unless that minute lies after
+    the last bar (not yet known, so not missing).
+    """
+    n = len(ts)
+    ends = np.arange(bars_needed(window) - 1, n)
+    if latest_only:
+        ends = ends[-1:]
+    if len(ends) == 0:
+        return WindowEnds(ends, ends.copy() if with_target else None)
+    seg = segments(ts, max_gap_minutes)
+    ends = ends[seg[ends - window + 1] == seg[ends]]
+    if not with_target:
+        return WindowEnds(ends, None)
+    wanted = ts[ends] + horizon * 60
+    targets = np.minimum(np.searchsorted(ts, wanted), n - 1)
+    found = ts[targets] == wanted
+    missing = ~found & (wanted <= ts[-1])
+    goes_on = seg[np.minimum(ends + 1, n - 1)] == seg[ends]  # the bar after as_of is in the same segment
+    return WindowEnds(
+        ends[found],
+        targets[found],
+        int(np.count_nonzero(missing & goes_on)),
+        int(np.count_nonzero(missing & ~goes_on)),
+    )
 
 
 def symbol_windows(
@@ -114,24 +173,18 @@ def symbol_windows(
     with_target: bool,
     latest_only: bool = False,
 ) -> Windows:
-    """Every window of one symbol (sorted by ts) whose bars, and target if asked, share a segment.
+    """Every usable window of one symbol (sorted by ts), as :func:`window_ends` says, with its target if asked.
 
     The features of a window are computed from exactly its own ``bars_needed(window)`` bars, the
     bars a live request sends, so evaluation scores what serving will compute (the indicators'
     recursive smoothing would otherwise depend on how much history happened to precede it).
-    The warm-up bars may lie before a gap; the window and its target may not.
+    The warm-up bars may lie before a gap; the window may not, and its target is the bar exactly
+    ``horizon`` minutes after its last one.
     """
-    n = len(ts)
     need = bars_needed(window)
     close = np.asarray(ohlcv[3], dtype=np.float64)
-    seg = segments(ts, max_gap_minutes)
-    ends = np.arange(need - 1, n - (horizon if with_target else 0))
-    if latest_only:
-        ends = ends[-1:]
-    starts = ends - window + 1
-    last = ends + horizon if with_target else ends
-    keep = seg[starts] == seg[last] if len(ends) else np.zeros(0, dtype=bool)
-    ends, starts = ends[keep], starts[keep]
+    found = window_ends(ts, window, horizon, max_gap_minutes, with_target, latest_only)
+    ends, targets = found.ends, found.targets
     if len(ends) == 0:
         return _empty(window, symbol, with_target)
     columns = [np.ascontiguousarray(x, dtype=np.float64) for x in ohlcv]
@@ -140,16 +193,16 @@ def symbol_windows(
         lo = end - need + 1
         x[i] = indicator_features(*(col[lo : end + 1] for col in columns))[-window:]
     finite = np.isfinite(x).all(axis=(1, 2))
-    ends, starts, x = ends[finite], starts[finite], x[finite]
+    ends, x = ends[finite], x[finite]
     out = Windows(
         x=x,
         as_of=ts[ends],
-        start=ts[starts],
+        start=ts[ends - window + 1],
         last_close=close[ends],
         symbol=np.full(len(ends), symbol, dtype=object),
     )
-    if with_target:
-        targets = ends + horizon
+    if targets is not None:
+        targets = targets[finite]
         out.y = (np.log(close[targets]) - np.log(close[ends])).astype(np.float32)
         out.target_ts = ts[targets]
         out.target_close = close[targets]

@@ -1,15 +1,15 @@
 """The deployable model: raw bars in, one forecast per symbol out.
 
 :class:`Forecaster` holds the Keras model (or none: the ``persistence`` kind forecasts "no
-change"), its window settings, its conformal interval scale, the skill it showed when it was
-evaluated and the feature code. Batches of windows (evaluation) run through a ``tf.function``
-traced once with a fixed input signature (``model.predict`` costs tens of milliseconds of
-per-call setup; a single request must not). One window (a live request) runs through the model
-converted to TensorFlow Lite (~0.1 ms for three members on a CPU core), else XLA-compiled
-(~0.5 ms). Training converts it once and saves the flatbuffer beside the Keras file, with the
-graph's returns on probe windows; the endpoint serves that flatbuffer through LiteRT and never
-imports TensorFlow. :class:`ForecasterModel` wraps it as an MLflow pyfunc; the ``training_job``
-package travels inside the model as its code.
+change"), its window settings, its conformal interval scale (:mod:`training_job.intervals`), the
+skill it showed when it was evaluated and the feature code. Batches of windows (evaluation) run
+through a ``tf.function`` traced once with a fixed input signature (``model.predict`` costs tens
+of milliseconds of per-call setup; a single request must not). One window (a live request) runs
+through the model converted to TensorFlow Lite (~0.1 ms for three members on a CPU core), else
+XLA-compiled (~0.5 ms). Training converts it once and saves the flatbuffer beside the Keras file,
+with the graph's returns on probe windows; the endpoint serves that flatbuffer through LiteRT and
+never imports TensorFlow. :class:`ForecasterModel` wraps it as an MLflow pyfunc; the
+``training_job`` package travels inside the model as its code.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import pandas as pd
 from training_job import sessions
 from training_job.data import MAX_PRICE, MAX_VOLUME, MIN_TS, epoch_seconds
 from training_job.features import FEATURES, Windows, bars_needed, concat, symbol_windows
+from training_job.intervals import IntervalScale
 
 META_FILE = "forecaster.json"
 KERAS_FILE = "model.keras"
@@ -76,13 +77,26 @@ class ForecasterMeta:
     features: tuple[str, ...] = FEATURES
     kind: str = LSTM_ATTENTION
     interval_level: float = 0.9
-    interval_q: float = float("inf")  # conformal quantile of |error| / window volatility
+    # conformal quantile of |error| / window volatility in each volatility bin (a number: one bin)
+    interval_q: tuple[float, ...] | float = (float("inf"),)
+    interval_edges: tuple[float, ...] = ()  # window volatility between the bins, ascending
     skill: dict[str, Any] | None = None  # decision-slice figures of this version when it was registered
+
+    def __post_init__(self) -> None:
+        q = (self.interval_q,) if isinstance(self.interval_q, (int, float)) else self.interval_q
+        object.__setattr__(self, "interval_q", tuple(float("inf") if v is None else float(v) for v in q))
+        object.__setattr__(self, "interval_edges", tuple(float(v) for v in self.interval_edges))
+        IntervalScale(self.interval_level, self.interval_edges, self.interval_q)  # raises if they do not fit
 
     @property
     def bars_needed(self) -> int:
         """Contiguous bars a request needs for one forecast."""
         return bars_needed(self.window)
+
+    @property
+    def interval(self) -> IntervalScale:
+        """The interval scale this version draws its intervals with, in training and in serving alike."""
+        return IntervalScale(self.interval_level, self.interval_edges, self.interval_q)  # type: ignore[arg-type]
 
 
 SeriesArrays = tuple[np.ndarray, tuple[np.ndarray, ...]]  # ts seconds, (o, h, l, c, v)
@@ -262,7 +276,7 @@ class Forecaster:
         directory = Path(directory)
         meta = orjson.loads((directory / META_FILE).read_bytes())
         meta["features"] = tuple(meta["features"])
-        if meta.get("interval_q") is None:  # JSON has no infinity
+        if meta.get("interval_q") is None:  # JSON has no infinity (older versions saved one number)
             meta["interval_q"] = float("inf")
         forecaster_meta = ForecasterMeta(**meta)
         if forecaster_meta.kind == PERSISTENCE:  # no network: serving it never imports TensorFlow (~6 s of CPU)
@@ -295,8 +309,7 @@ class Forecaster:
                 (directory / LITE_FILE).write_bytes(flatbuffer)
                 (directory / LITE_CHECK_FILE).write_bytes(orjson.dumps({"returns": returns.tolist()}))
         fields = dict(meta.__dict__)
-        if not np.isfinite(fields["interval_q"]):
-            fields["interval_q"] = None
+        fields["interval_q"] = [q if np.isfinite(q) else None for q in meta.interval_q]  # JSON has no infinity
         (directory / META_FILE).write_bytes(orjson.dumps(fields))
         return directory
 
@@ -335,15 +348,16 @@ class Forecaster:
         return parts[0] if len(parts) == 1 else concat(parts)
 
     def half_width(self, w: Windows) -> np.ndarray:
-        """Half width of each window's interval in log-return units (conformal q × window volatility)."""
-        return self.meta.interval_q * w.volatility
+        """Half width of each window's interval in log-return units: its volatility bin's q × its volatility."""
+        return self.meta.interval.half_width(w.volatility)
 
     def forecast(self, series: Mapping[str, SeriesArrays], latest_only: bool = True) -> list[dict[str, Any]]:
         """Forecast rows for the latest bar of each symbol (or for every window).
 
-        A live forecast (``latest_only``) whose target would fall after its exchange session's
-        close says so (``session_closed``, ``next_open``) and forecasts no change: the model was
-        only ever trained and evaluated on next bars inside a session.
+        The target is the bar exactly ``horizon`` minutes after ``as_of``, as in training. A live
+        forecast (``latest_only``) whose target minute would fall at or after its exchange
+        session's close (or in its lunch break) says so (``session_closed``, ``next_open``) and
+        forecasts no change: no such bar will print, and the model never trained on one.
         """
         w = self.windows(series, latest_only)
         ret = self.forward(w.x).astype(np.float64)

@@ -80,6 +80,12 @@ class ModelRegistry:
         """The newest version tagged ``kind=persistence``, if any."""
         return max(self._tagged(KIND_TAG, PERSISTENCE), key=int, default=None)
 
+    def newest_tagged(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """The newest version that has a tag ``key``, with all its tags; None if none has."""
+        tagged = [v for v in self._versions() if key in v.tags]
+        newest = max(tagged, key=lambda v: int(v.version), default=None)
+        return None if newest is None else (str(newest.version), dict(newest.tags))
+
     def role_of(self, version: str) -> str | None:
         """The role tag of ``version`` (tag mode)."""
         return self.client.get_model_version(self.name, version).tags.get(ROLE_TAG)

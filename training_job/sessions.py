@@ -1,8 +1,9 @@
-"""Where the next 1-minute bar of a symbol lies: later in the same session, or at the next session's open.
+"""Whether the bar a forecast is for will print: ``horizon`` minutes later in the same session, or never.
 
-The forecaster predicts the bar after ``as_of``. Inside a session that is ``as_of + 60 s``, but at a
-session's last minute (or, with a longer horizon, its last few minutes) no such bar will ever print:
-the next one is the next session's open, after a night, a weekend, a holiday or an early close.
+The forecaster predicts the bar at exactly ``as_of + horizon`` minutes, the target it was trained on.
+Inside a session that bar prints, but at a session's last minute (or, with a longer horizon, its last
+few minutes) and before a lunch break no bar starts at that minute: the next one is the next
+session's open (after a night, a weekend, a holiday or an early close) or the end of the break.
 Scoring runs on every request, so the answer comes from a binary search over per-calendar arrays of
 session opens and closes (unix seconds), built once from ``exchange_calendars`` and cached.
 
@@ -116,11 +117,11 @@ class NextBar:
     """Where the bar ``horizon`` minutes after ``as_of`` lies."""
 
     target_ts: int | None
-    """Unix seconds of the target bar when it lies in the same session, else None."""
+    """Unix seconds of the target bar, ``as_of + horizon`` minutes, when it lies in the session, else None."""
     session_closed: bool
-    """True when ``as_of + horizon`` reaches or passes the session's close."""
+    """True when ``as_of + horizon`` reaches or passes the session's close or its lunch break."""
     next_open: int | None
-    """Unix seconds of the next session's open when the session closed (None past the calendar's end)."""
+    """Unix seconds when trading resumes after that close or break (None past the calendar's end)."""
     calendar: str | None
     """exchange_calendars name used, ``"24/7"`` for crypto, None when the market is unknown."""
 
@@ -212,11 +213,10 @@ def next_bar(symbol: str, as_of: int, horizon_minutes: int = 1) -> NextBar:
     # nothing about them, so claim nothing.
     if as_of >= close or break_start <= as_of < break_end:
         return NextBar(target_ts=naive, session_closed=False, next_open=None, calendar=name)
-    target = naive
-    if as_of < break_start <= target:  # no bars print during the lunch break: skip over it
-        target += break_end - break_start
-    if target >= close:  # the close is an instant: the last bar starts one minute before it
+    if naive >= close:  # the close is an instant: the last bar starts one minute before it
         nxt = i + 1
         next_open = int(sched.opens[nxt]) if nxt < len(sched.opens) else None
         return NextBar(target_ts=None, session_closed=True, next_open=next_open, calendar=name)
-    return NextBar(target_ts=target, session_closed=False, next_open=None, calendar=name)
+    if as_of < break_start <= naive:  # no bar starts during the lunch break: the morning session is over
+        return NextBar(target_ts=None, session_closed=True, next_open=break_end, calendar=name)
+    return NextBar(target_ts=naive, session_closed=False, next_open=None, calendar=name)

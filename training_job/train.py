@@ -27,9 +27,9 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training_job import data, evaluate
+from training_job import data, evaluate, intervals
 from training_job.config import TrainConfig, parse_args
-from training_job.features import WARMUP, Windows, concat, symbol_windows
+from training_job.features import WARMUP, Windows, concat, symbol_windows, window_ends
 from training_job.forecaster import (
     LSTM_ATTENTION,
     MODEL_CONFIG,
@@ -48,6 +48,7 @@ CODE_DIR = Path(__file__).resolve().parent
 # the name of the model's copy of CODE_DIR: the pickled model and score.py import it as this package, while
 # in Azure ML CODE_DIR is the uploaded working directory, named otherwise (job.yml links it as training_job)
 CODE_PACKAGE = "training_job"
+EVIDENCE_TAG = "evidence"  # the version tag holding the promotion record (evaluate.Evidence as JSON)
 
 
 class NotEnoughDataError(SystemExit):
@@ -78,9 +79,14 @@ def serving_requirements() -> list[str]:
     return pins
 
 
-def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[str, str]]:
-    """Windows of every usable symbol, and the reason each skipped symbol was skipped."""
-    parts, skipped = [], {}
+def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[str, str], dict[str, dict[str, int]]]:
+    """Windows of every usable symbol, the reason each skipped symbol was skipped, and the windows dropped per symbol.
+
+    A window's target is the bar exactly ``cfg.horizon`` minutes after its last one; the windows whose
+    target minute has no bar are dropped and counted per symbol: ``in_segment`` (a missing minute while
+    the bars go on) and ``at_gap`` (the bars stop for longer than ``max_gap_minutes``: a close, a halt).
+    """
+    parts, skipped, without_target = [], {}, {}
     for symbol, rows in bars.groupby("symbol", sort=True):
         try:  # one symbol's bad bars must never stop the others from training
             [(ts, ohlcv)] = series_from_frame(rows).values()
@@ -89,6 +95,8 @@ def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[s
             log.warning("symbol %s skipped: %s", symbol, exc)
             skipped[symbol] = f"unusable bars: {exc}"
             continue
+        ends = window_ends(ts, cfg.window, cfg.horizon, cfg.max_gap_minutes, with_target=True)
+        without_target[symbol] = {"in_segment": ends.missing_in_segment, "at_gap": ends.missing_at_gap}
         if len(w) < cfg.min_windows_per_symbol:
             skipped[symbol] = f"{len(ts)} bars give {len(w)} windows, need {cfg.min_windows_per_symbol}"
             continue
@@ -99,7 +107,7 @@ def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[s
             f"no symbol has enough data: each needs at least {need} contiguous bars "
             f"({cfg.min_windows_per_symbol} windows of {cfg.window} after {WARMUP} warm-up bars); skipped {skipped}"
         )
-    return concat(parts), skipped
+    return concat(parts), skipped, without_target
 
 
 def predicted_returns(forecasts: pd.DataFrame, w: Windows) -> np.ndarray:
@@ -143,22 +151,30 @@ class Prepared:
     split: evaluate.Split
     skipped: dict[str, str]
     train: Windows
-    validation: Windows
+    validation: Windows  # early stopping and shrinkage
+    calibration: Windows  # the intervals' conformal calibration, and nothing else
     decision: Windows
+    without_target: dict[str, dict[str, int]]  # windows dropped per symbol: no bar at the target minute
 
 
 def prepare(bars_folder: Path, cfg: TrainConfig) -> Prepared:
-    """Read the true bars, build every usable window and split train / validation / decision."""
-    bars = data.read_bars(bars_folder)
-    windows, skipped = build_windows(bars, cfg)
-    split = evaluate.chronological_split(windows, cfg.validation_fraction, cfg.decision_fraction)
-    if min(len(split.train), len(split.validation), len(split.decision)) == 0:
+    """Read the true bars and prepare them (:func:`prepare_bars`)."""
+    return prepare_bars(data.read_bars(bars_folder), cfg)
+
+
+def prepare_bars(bars: pd.DataFrame, cfg: TrainConfig) -> Prepared:
+    """Build every usable window of ``bars`` and split train / validation / calibration / decision."""
+    windows, skipped, without_target = build_windows(bars, cfg)
+    split = evaluate.chronological_split(
+        windows, cfg.validation_fraction, cfg.decision_fraction, cfg.calibration_fraction
+    )
+    slices = (split.train, split.validation, split.calibration, split.decision)
+    if min(len(s) for s in slices) == 0:
         raise NotEnoughDataError(
             f"not enough time covered: train={len(split.train)} validation={len(split.validation)} "
-            f"decision={len(split.decision)} windows"
+            f"calibration={len(split.calibration)} decision={len(split.decision)} windows"
         )
-    parts = (windows.take(i) for i in (split.train, split.validation, split.decision))
-    return Prepared(bars, windows, split, skipped, *parts)
+    return Prepared(bars, windows, split, skipped, *(windows.take(i) for i in slices), without_target)
 
 
 def fit_model(train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = None) -> FitResult:
@@ -182,10 +198,23 @@ def fit_model(train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = No
     )
 
 
-def interval_scale(forecaster: Forecaster, val: Windows, level: float) -> float:
-    """Split-conformal quantile of |error| / window volatility on the validation slice."""
-    errors = np.abs(val.y.astype(np.float64) - forecaster.forward(val.x).astype(np.float64))
-    return evaluate.conformal_quantile(errors / val.volatility, level)
+def interval_scale(forecaster: Forecaster, cal: Windows, level: float) -> intervals.IntervalScale:
+    """The forecaster's interval scale, calibrated on the calibration windows ``cal`` (see training_job.intervals).
+
+    Per tercile of window volatility, the split-conformal quantile of |error| / volatility: windows
+    no fit has seen (not trained on, not stopped on, not shrunk on), so the quantile is honest.
+    """
+    errors = np.abs(cal.y.astype(np.float64) - forecaster.forward(cal.x).astype(np.float64))
+    return intervals.calibrate(errors, cal.volatility, level)
+
+
+def with_interval(meta: ForecasterMeta, scale: intervals.IntervalScale) -> ForecasterMeta:
+    """``meta`` carrying the interval scale ``scale``."""
+    return replace(meta, interval_level=scale.level, interval_q=scale.q, interval_edges=scale.edges)
+
+
+def _fmt_q(scale: intervals.IntervalScale) -> str:
+    return ",".join(f"{q:.6g}" for q in scale.q)
 
 
 def skill(model_log_rmse: float, persistence_log_rmse: float, test: evaluate.DMTest | None, n: int) -> dict:
@@ -236,21 +265,21 @@ def register_persistence(
     """Register the "no change" forecaster as a version (tag ``kind=persistence``); return it.
 
     It carries the same contract and serving path as a trained model, and its intervals come
-    from persistence's own validation errors, so the endpoint always has something honest to serve.
+    from persistence's own calibration errors, so the endpoint always has something honest to serve.
     """
     dec = prepared.decision
     meta = ForecasterMeta(
         cfg.window, cfg.horizon, cfg.max_gap_minutes, kind=PERSISTENCE, interval_level=cfg.interval_level
     )
     forecaster = Forecaster.persistence(meta)
-    q = interval_scale(forecaster, prepared.validation, cfg.interval_level)
+    scale = interval_scale(forecaster, prepared.calibration, cfg.interval_level)
     log_rmse = float(np.sqrt(np.mean(dec.y.astype(np.float64) ** 2)))
-    meta = replace(forecaster.meta, interval_q=q, skill=skill(log_rmse, log_rmse, None, len(dec)))
+    meta = replace(with_interval(forecaster.meta, scale), skill=skill(log_rmse, log_rmse, None, len(dec)))
     forecaster = Forecaster.persistence(meta)
     save_pyfunc(forecaster, input_example(prepared.bars, dec, meta), tmp / "persistence")
     mlflow.log_artifacts(str(tmp / "persistence"), "persistence_model")
     version = registry.register(
-        f"{artifact_uri}/persistence_model", run_id, {KIND_TAG: PERSISTENCE, "interval_q": f"{q:.6g}"}
+        f"{artifact_uri}/persistence_model", run_id, {KIND_TAG: PERSISTENCE, "interval_q": _fmt_q(scale)}
     )
     log.info("model=%s registered persistence as version %s", cfg.model_name, version)
     return version
@@ -272,21 +301,40 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train, test against champion and persistence on the decision slice, register, and decide."""
     prepared = prepare(cfg.bars, cfg)
     bars, windows, skipped = prepared.bars, prepared.windows, prepared.skipped
-    train, val, dec = prepared.train, prepared.validation, prepared.decision
+    train, val, cal, dec = prepared.train, prepared.validation, prepared.calibration, prepared.decision
     profile = data.profile(bars, cfg.max_gap_minutes)
+    for symbol, dropped in prepared.without_target.items():
+        profile["symbols"][symbol]["windows_without_target"] = dropped
     mlflow.set_experiment(cfg.experiment)
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     registry = ModelRegistry(MlflowClient(), cfg.model_name)
     with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
-        log.info("run=%s windows train=%d val=%d decision=%d", run_name, len(train), len(val), len(dec))
+        log.info(
+            "run=%s windows train=%d val=%d calibration=%d decision=%d",
+            run_name,
+            len(train),
+            len(val),
+            len(cal),
+            len(dec),
+        )
+        for symbol, dropped in prepared.without_target.items():
+            if dropped["in_segment"] or dropped["at_gap"]:
+                log.info(
+                    "run=%s symbol=%s windows without a bar at their target minute: %d in a segment, %d at a gap",
+                    run_name,
+                    symbol,
+                    dropped["in_segment"],
+                    dropped["at_gap"],
+                )
         mlflow.log_params({k: str(v) for k, v in cfg.__dict__.items()})
         mlflow.log_params(
             {
                 "symbols": ",".join(sorted(set(windows.symbol))),
                 "windows_train": len(train),
                 "windows_validation": len(val),
+                "windows_calibration": len(cal),
                 "windows_decision": len(dec),
                 "skipped_symbols": ",".join(skipped) or "-",
             }
@@ -298,7 +346,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             persistence_version = register_persistence(registry, prepared, cfg, run_id, artifact_uri, tmp)
             if registry.version_for(CHAMPION) is None:
                 registry.assign(CHAMPION, persistence_version)
-        champion_version = registry.version_for(CHAMPION) or persistence_version
+        evidence = read_evidence(registry)  # what the last committed decision left; its champion is the champion
+        champion_version = evidence.champion or registry.version_for(CHAMPION) or persistence_version
         champion_kind = registry.kind_of(champion_version)
 
         def on_epoch(epoch: int, logs: dict) -> None:
@@ -309,8 +358,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         mlflow.log_metrics({"best_epoch": result.best_epoch, "shrinkage": result.shrinkage, "seeds": result.seeds})
         meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes, interval_level=cfg.interval_level)
         forecaster = Forecaster(result.model, meta)
-        q = interval_scale(forecaster, val, cfg.interval_level)
-        forecaster.meta = meta = replace(meta, interval_q=q)
+        scale = interval_scale(forecaster, cal, cfg.interval_level)
+        forecaster.meta = meta = with_interval(meta, scale)
+        persistence_scale = interval_scale(Forecaster.persistence(meta), cal, cfg.interval_level)
 
         # every predictor is scored through the pyfunc path on the same unseen windows: each window's
         # features come from exactly the bars a live request sends, so this scores what is served
@@ -325,16 +375,45 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         losses = {"model": (model_ret - y) ** 2, "persistence": y**2}
         if champion_ret is not None:
             losses["champion"] = (champion_ret[common] - y) ** 2
-        decision = evaluate.gate(
+        # the slice's Diebold–Mariano tests on per-minute means: the figures each tick reports
+        tested = evaluate.gate(
             losses["model"],
             losses["persistence"],
             losses.get("champion"),
             champion_kind == PERSISTENCE,
             cfg.alpha,
             cfg.horizon,
+            as_of=d.as_of,
         )
-        demoted = decision.demoted or champion_error is not None
-        reason = decision.reason if champion_error is None else f"{champion_error}: demoted; {decision.reason}"
+        # the decision: the first one on the whole slice, every later one on minutes no decision has used
+        verdict = evaluate.decide(
+            evidence,
+            d.as_of,
+            y,
+            model_ret,
+            None if champion_ret is None else champion_ret[common],
+            d.volatility**2,
+            champion_version,
+            champion_kind == PERSISTENCE,
+            persistence_version,
+            cfg.alpha,
+            cfg.horizon,
+        )
+        demoted = verdict.demoted
+        reason = verdict.reason if champion_error is None else f"{champion_error}: demoted; {verdict.reason}"
+        evidence_figures = verdict.figures(cfg.alpha)
+        mlflow.log_metrics(
+            {
+                "e_value": evidence_figures["e_value"],
+                "fresh_minutes": verdict.minutes,
+                "n_minutes": tested.vs_persistence.n,
+                **{
+                    f"e_{name}": evidence_figures[name]["e"]
+                    for name in ("vs_persistence", "vs_champion", "champion_worse")
+                    if evidence_figures[name]
+                },
+            }
+        )
         figures = {
             "model": evaluate.metrics(model_ret, y, d.last_close),
             "champion": None
@@ -342,13 +421,25 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             else evaluate.metrics(champion_ret[common], y, d.last_close, champion_kind == PERSISTENCE),
             "persistence": evaluate.metrics(np.zeros(len(d)), y, d.last_close, persistence=True),
         }
-        half = q * d.volatility
-        interval = {"level": cfg.interval_level, "q": q, "coverage": evaluate.coverage(model_ret, y, half)}
+        half = forecaster.half_width(d)  # exactly what serving computes for these windows
+        persistence_half = persistence_scale.half_width(d.volatility)
+        interval = {
+            "level": cfg.interval_level,
+            "q": list(scale.q),
+            "edges": list(scale.edges),
+            "coverage": intervals.coverage(model_ret, y, half),
+            "winkler": intervals.winkler(model_ret, y, half, cfg.interval_level),
+            "persistence_coverage": intervals.coverage(np.zeros(len(d)), y, persistence_half),
+            "persistence_winkler": intervals.winkler(np.zeros(len(d)), y, persistence_half, cfg.interval_level),
+            "by_volatility": intervals.by_volatility(
+                d.volatility, y, cfg.interval_level, (model_ret, half), (np.zeros(len(d)), persistence_half)
+            ),
+        }
         tests = {
-            "vs_champion": decision.vs_champion.as_dict() if decision.vs_champion else None,
-            "vs_persistence": decision.vs_persistence.as_dict(),
-            "champion_vs_persistence": decision.champion_vs_persistence.as_dict()
-            if decision.champion_vs_persistence
+            "vs_champion": tested.vs_champion.as_dict() if tested.vs_champion else None,
+            "vs_persistence": tested.vs_persistence.as_dict(),
+            "champion_vs_persistence": tested.champion_vs_persistence.as_dict()
+            if tested.champion_vs_persistence
             else None,
         }
         for who, values in figures.items():
@@ -357,7 +448,21 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         for name, test in tests.items():
             if test:
                 mlflow.log_metrics({f"{name}_{k}": v for k, v in test.items() if v is not None})
-        mlflow.log_metrics({"interval_coverage": interval["coverage"], "interval_q": q, "n_decision": len(d)})
+        mlflow.log_metrics(
+            {
+                "interval_coverage": interval["coverage"],
+                "interval_winkler": interval["winkler"],
+                "n_decision": len(d),
+                **{f"interval_q_{b}": q for b, q in enumerate(scale.q)},
+                **{
+                    f"interval_{prefix}{key}_{row['tercile']}": row[f"{prefix}{key}"]
+                    for row in interval["by_volatility"]
+                    for prefix in ("", "persistence_")
+                    for key in ("coverage", "winkler")
+                    if row[f"{prefix}{key}"] is not None
+                },
+            }
+        )
         for png in _plots(result.loss, result.val_loss, d, model_ret, tmp):
             mlflow.log_artifact(str(png), "plots")
         table = pd.DataFrame(
@@ -376,14 +481,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         forecaster.meta = meta = replace(
             meta,
             skill=skill(
-                figures["model"]["log_rmse"], figures["persistence"]["log_rmse"], decision.vs_persistence, len(d)
+                figures["model"]["log_rmse"], figures["persistence"]["log_rmse"], tested.vs_persistence, len(d)
             ),
         )
         save_pyfunc(forecaster, input_example(bars, d, meta), tmp / "model")
         mlflow.log_artifacts(str(tmp / "model"), "model")
         tags = {
             KIND_TAG: LSTM_ATTENTION,
-            "decision": decision.decision,
+            "decision": verdict.decision,
             "reason": reason[:4000],
             "run_name": run_name,
             "decision_rmse": f"{figures['model']['rmse']:.6g}",
@@ -391,19 +496,24 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "persistence_rmse": f"{figures['persistence']['rmse']:.6g}",
             "persistence_log_rmse": f"{figures['persistence']['log_rmse']:.6g}",
             "n_decision": str(len(d)),
-            "p_vs_persistence": _fmt(decision.vs_persistence.p_value),
-            "p_vs_champion": _fmt(decision.vs_champion.p_value if decision.vs_champion else None),
+            "p_vs_persistence": _fmt(tested.vs_persistence.p_value),
+            "p_vs_champion": _fmt(tested.vs_champion.p_value if tested.vs_champion else None),
+            "n_minutes": str(tested.vs_persistence.n),
+            "fresh_minutes": str(verdict.minutes),
+            "e_value": _fmt(evidence_figures["e_value"]),
+            "e_vs_champion": _fmt(evidence_figures["vs_champion"] and evidence_figures["vs_champion"]["e"]),
+            "e_champion_worse": _fmt(evidence_figures["champion_worse"] and evidence_figures["champion_worse"]["e"]),
+            "evidence_since": evidence_figures["since"] or "-",
+            # the record the next tick decides from: registering this version with it commits the decision
+            EVIDENCE_TAG: verdict.evidence.to_tag(),
             "interval_coverage": f"{interval['coverage']:.4f}",
         }
         if figures["champion"]:  # the Function App reports all three figures from the version's tags
             tags["champion_rmse"] = f"{figures['champion']['rmse']:.6g}"
         version = registry.register(f"{artifact_uri}/model", run_id, tags)
         registry.assign(CHALLENGER, version)
-        champion_after = champion_version
-        if decision.decision == evaluate.PROMOTED:
-            champion_after = version
-        elif demoted:
-            champion_after = persistence_version
+        champion_after = version if verdict.champion == evaluate.SELF else verdict.champion
+        # the roles follow the committed record; a job that stopped before moving them is completed here
         if champion_after != champion_version or registry.version_for(CHAMPION) != champion_after:
             registry.assign(CHAMPION, champion_after)
         after_kind = LSTM_ATTENTION if champion_after == version else registry.kind_of(champion_after)
@@ -413,13 +523,15 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         summary = {
             "version": version,
             "kind": LSTM_ATTENTION,
-            "decision": decision.decision,
+            "decision": verdict.decision,
             "reason": reason,
             "champion_version": champion_version,
             "champion_after": {"version": champion_after, "kind": after_kind},
             "demoted": demoted,
             "n_decision": len(d),
+            "n_minutes": tested.vs_persistence.n,
             "alpha": cfg.alpha,
+            "evidence": evidence_figures,
             "tests": tests,
             "interval": interval,
             "shrinkage": result.shrinkage,
@@ -430,7 +542,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "run=%s version=%s decision=%s champion=%s(%s) reason=%s",
             run_name,
             version,
-            decision.decision,
+            verdict.decision,
             champion_after,
             after_kind,
             reason,
@@ -438,6 +550,17 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.summary_out:
         Path(cfg.summary_out).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary
+
+
+def read_evidence(registry: ModelRegistry) -> evaluate.Evidence:
+    """The promotion record the last committed decision left: the ``evidence`` tag of the newest version carrying one.
+
+    Registering a version, with all its tags in one call, commits its decision: a job that stopped
+    before that left no record (its minutes count as unused), and one that stopped after it, before
+    moving the roles, left a decision the next job completes.
+    """
+    found = registry.newest_tagged(EVIDENCE_TAG)
+    return evaluate.Evidence() if found is None else evaluate.Evidence.from_tag(found[1][EVIDENCE_TAG], found[0])
 
 
 def _fmt(value: float | None) -> str:

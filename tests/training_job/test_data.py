@@ -94,6 +94,7 @@ def test_one_symbol_with_unusable_bars_does_not_stop_the_others():
     bad = _frame("BAD", 400, 1)
     bad.loc[200, "close"] = np.nan  # what a hand-made or pre-validation file could hold
     bars = pd.concat([_frame("AAA", 400, 0), bad], ignore_index=True)
-    windows, skipped = build_windows(bars, TrainConfig(window=20, min_windows_per_symbol=100))
+    windows, skipped, without_target = build_windows(bars, TrainConfig(window=20, min_windows_per_symbol=100))
     assert set(windows.symbol) == {"AAA"}
     assert list(skipped) == ["BAD"] and "unusable bars" in skipped["BAD"]
+    assert without_target == {"AAA": {"in_segment": 0, "at_gap": 0}}  # contiguous minutes: every target is there

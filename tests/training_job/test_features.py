@@ -1,6 +1,8 @@
-"""Features are causal and windows respect gaps; the split never leaks the decision slice."""
+"""Features are causal, windows respect gaps, targets are exact minutes; the split never leaks a later slice."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -8,11 +10,14 @@ import pytest
 from training_job.evaluate import chronological_split
 from training_job.features import (
     FEATURES,
+    VOL_FLOOR,
     bars_needed,
     concat,
     indicator_features,
     segments,
     symbol_windows,
+    window_ends,
+    window_volatility,
 )
 
 
@@ -73,15 +78,89 @@ def test_windows_never_span_a_gap_and_target_is_the_next_log_return():
     assert w.y[i] == pytest.approx(np.log(close[int(w.target_ts[i])] / close[int(w.as_of[i])]), rel=1e-5)
 
 
+def minutes(*spans: tuple[int, int]) -> np.ndarray:
+    """Bar times (unix s) at the minutes of each inclusive span, from an arbitrary session start."""
+    return 1_793_629_800 + 60 * np.concatenate([np.arange(a, b + 1) for a, b in spans])
+
+
+# window 2 needs bars_needed(2) = 42 bars, so the first window ends at the 42nd bar (minute 41 here)
+@pytest.mark.parametrize(
+    ("bars", "horizon", "as_of_minutes", "in_segment", "at_gap"),
+    [
+        pytest.param(minutes((0, 49)), 1, list(range(41, 49)), 0, 0, id="contiguous"),
+        pytest.param(minutes((0, 44), (46, 50)), 1, [41, 42, 43, 46, 47, 48, 49], 1, 0, id="next-minute-missing"),
+        # the old rule took minute 50 (the next bar, 5 minutes later) as 45's target
+        pytest.param(minutes((0, 45), (50, 55)), 1, [41, 42, 43, 44, 50, 51, 52, 53, 54], 1, 0, id="gap-of-max"),
+        pytest.param(minutes((0, 45), (56, 60)), 1, [41, 42, 43, 44, 57, 58, 59], 0, 1, id="session-break"),
+        pytest.param(minutes((0, 46), (48, 52)), 3, [41, 42, 43, 45, 46, 48, 49], 1, 0, id="h3-target-missing"),
+        pytest.param(minutes((0, 44), (46, 52)), 3, [41, 43, 44, 46, 47, 48, 49], 1, 0, id="h3-skips-a-hole"),
+        pytest.param(minutes((0, 41)), 1, [], 0, 0, id="last-bar-target-unknown"),
+    ],
+)
+def test_the_target_is_exactly_the_bar_horizon_minutes_later(bars, horizon, as_of_minutes, in_segment, at_gap):
+    """A window is kept only if a bar starts exactly horizon minutes after its last; the others are counted."""
+    found = window_ends(bars, window=2, horizon=horizon, max_gap_minutes=5, with_target=True)
+    t0 = 1_793_629_800
+    assert ((bars[found.ends] - t0) // 60).tolist() == as_of_minutes
+    assert (bars[found.targets] - bars[found.ends]).tolist() == [horizon * 60] * len(as_of_minutes)
+    assert (found.missing_in_segment, found.missing_at_gap) == (in_segment, at_gap)
+    assert found.missing_target == in_segment + at_gap
+
+
+@pytest.mark.parametrize(
+    ("bars", "as_of_minutes"),
+    [
+        pytest.param(minutes((0, 49)), list(range(41, 50)), id="contiguous"),
+        pytest.param(minutes((0, 44), (46, 50)), [41, 42, 43, 44, 46, 47, 48, 49, 50], id="a-missing-minute"),
+        pytest.param(minutes((0, 45), (56, 60)), [41, 42, 43, 44, 45, 57, 58, 59, 60], id="session-break"),
+    ],
+)
+def test_windows_without_targets_end_at_every_bar_whose_window_has_no_long_gap(bars, as_of_minutes):
+    """Without targets (serving), no window is dropped for its target; a window spanning a long gap still is."""
+    found = window_ends(bars, window=2, horizon=1, max_gap_minutes=5, with_target=False)
+    assert ((bars[found.ends] - 1_793_629_800) // 60).tolist() == as_of_minutes
+    assert (found.targets, found.missing_target) == (None, 0)
+
+
+@pytest.mark.parametrize("horizon", [1, 2, 5])
+def test_every_target_is_exact_and_its_return_is_to_that_bar(horizon):
+    """With minutes missing at random, every window's target is as_of + horizon minutes and y its log return."""
+    ts, ohlcv = series(700, seed=2)
+    keep = np.random.default_rng(horizon).random(700) > 0.05
+    ts, ohlcv = ts[keep], tuple(x[keep] for x in ohlcv)
+    w = symbol_windows("X", ts, ohlcv, window=20, horizon=horizon, max_gap_minutes=5, with_target=True)
+    found = window_ends(ts, 20, horizon, 5, with_target=True)
+    assert len(w) == len(found.ends) > 400 and found.missing_in_segment > 10
+    assert (w.target_ts - w.as_of).tolist() == [horizon * 60] * len(w)
+    close = dict(zip(ts.tolist(), ohlcv[3], strict=True))
+    expected = [np.log(close[int(t)] / close[int(a)]) for t, a in zip(w.target_ts, w.as_of, strict=True)]
+    np.testing.assert_allclose(w.y, expected, rtol=1e-5)
+
+
 def test_decision_slice_never_overlaps_training():
     """Every bar a decision window reads is newer than every bar a training window reads."""
     parts = [symbol_windows(s, *series(900, seed=k, gap_at=450), 20, 1, 5, True) for k, s in enumerate("AB")]
     w = concat(parts)
     split = chronological_split(w, 0.15, 0.2)
     assert min(len(split.train), len(split.validation), len(split.decision)) > 0
+    assert len(split.calibration) == 0 and split.calibration_start == split.decision_start
     assert w.target_ts[split.train].max() < w.start[split.validation].min()
     assert w.target_ts[split.validation].max() < w.start[split.decision].min()
     assert w.target_ts[split.train].max() < w.start[split.decision].min()
+
+
+def test_the_calibration_slice_lies_between_validation_and_decision_and_overlaps_neither():
+    """Train < validation < calibration < decision in time; no window of one slice reads a bar of another."""
+    parts = [symbol_windows(s, *series(2000, seed=k, gap_at=1000), 20, 1, 5, True) for k, s in enumerate("AB")]
+    w = concat(parts)
+    split = chronological_split(w, 0.15, 0.2, 0.1)
+    slices = [split.train, split.validation, split.calibration, split.decision]
+    assert min(len(s) for s in slices) > 100
+    for older, newer in itertools.pairwise(slices):
+        assert w.target_ts[older].max() < w.start[newer].min()
+    times = np.unique(np.concatenate([w.start, w.target_ts]))
+    shares = [np.mean(times >= t) for t in (split.validation_start, split.calibration_start, split.decision_start)]
+    assert shares == pytest.approx([0.45, 0.3, 0.2], abs=2 / len(times))
 
 
 def test_window_features_come_from_exactly_the_bars_a_request_sends():
@@ -108,18 +187,22 @@ def test_extra_history_before_the_window_does_not_change_a_forecast_input():
 
 
 @pytest.mark.parametrize(
-    ("returns", "ranges", "expected"),
+    ("returns", "ranges", "bars", "expected"),
     [
-        (0.001, 0.0, np.sqrt(0.5 * 1e-6)),
-        (0.0, 0.002, np.sqrt(0.5 * 4e-6 / (4 * np.log(2)))),
-        (0.0, 0.0, 1e-6),  # a flat window still gets the floor, never zero
+        (0.001, 0.0, slice(None), 0.001),
+        (-0.002, 0.0, slice(None), 0.002),  # squared: the sign does not matter, nor is the mean removed
+        (0.0, 0.002, slice(None), VOL_FLOOR),  # the high/low range does not count; a flat window gets the floor
+        (0.001, 0.002, slice(1, 20, 2), np.sqrt(1e-6 * 10 / 19)),  # every bar counts, the oldest too...
+        (0.001, 0.0, slice(0, 1), VOL_FLOOR),  # ...but the first bar's return, which reaches back before the window
+        (0.001, 0.0, slice(15, 20), np.sqrt(1e-6 * 5 / 19)),
     ],
 )
-def test_window_volatility_blends_close_to_close_and_range(returns, ranges, expected):
-    """Volatility = sqrt(mean of the close-to-close and Parkinson variances), floored."""
+def test_window_volatility_is_the_rms_of_the_windows_own_returns(returns, ranges, bars, expected):
+    """Volatility = sqrt(mean squared 1-minute log return between the window's bars), floored."""
     x = np.zeros((1, 20, len(FEATURES)), dtype=np.float32)
-    x[0, :, 0] = returns
-    x[0, :, 2] = ranges
+    x[0, bars, FEATURES.index("ret_1")] = returns
+    x[0, bars, FEATURES.index("range")] = ranges
     w = concat([symbol_windows("X", *series(100), 20, 1, 5, False)])
     w.x = x[np.zeros(len(w), dtype=int)]
-    assert w.volatility[0] == pytest.approx(expected, rel=1e-4)
+    assert w.volatility[0] == pytest.approx(expected, rel=1e-5)
+    assert window_volatility(x)[0] == w.volatility[0]

@@ -338,6 +338,75 @@ def test_the_sessions_last_minute_forecasts_no_change_and_the_next_open():
     assert (row["interval_low"], row["interval_high"], row["predicted_return"]) == (None, None, 0.0)
 
 
+@pytest.mark.parametrize(
+    ("horizon", "last_bar_minute", "target_minute", "next_open"),
+    [
+        pytest.param(1, 60, 61, None, id="h1-mid-session"),
+        pytest.param(1, 388, 389, None, id="h1-last-but-one-bar"),
+        pytest.param(1, 389, None, T0 + 86_400, id="h1-last-bar"),
+        pytest.param(5, 60, 65, None, id="h5-mid-session"),
+        pytest.param(5, 384, 389, None, id="h5-target-is-the-last-bar"),
+        pytest.param(5, 385, None, T0 + 86_400, id="h5-target-at-the-close"),
+    ],
+)
+def test_the_target_is_exactly_as_of_plus_the_horizon(horizon, last_bar_minute, target_minute, next_open):
+    """target_ts = as_of + horizon × 60 s, the bar training targets; none where the session closes first."""
+    meta = replace(META, horizon=horizon)
+    start = T0 + (last_bar_minute - (NEED - 1)) * 60  # minutes after Wednesday's 09:30 New York open
+    [row] = Forecaster.persistence(meta).forecast(series_from_records(records(start=start)))
+    as_of = T0 + last_bar_minute * 60
+    assert row["as_of"] == as_of
+    assert row["target_ts"] == (None if target_minute is None else as_of + horizon * 60)
+    assert target_minute is None or as_of + horizon * 60 == T0 + target_minute * 60  # the table's own arithmetic
+    assert (row["session_closed"], row["next_open"]) == (target_minute is None, next_open)
+    assert (row["interval_low"] is None) is (target_minute is None)
+
+
+@pytest.mark.parametrize(
+    ("edges", "expected_q"),
+    [
+        pytest.param((1.0, 2.0), 3.0, id="calm-bin"),  # volatility ~2e-3: below the first edge
+        pytest.param((1e-4, 1.0), 2.0, id="mid-bin"),
+        pytest.param((1e-5, 1e-4), 1.5, id="busy-bin"),
+        pytest.param((), 2.5, id="one-bin"),
+    ],
+)
+def test_a_served_interval_is_its_volatility_bins_quantile_times_the_windows_volatility(edges, expected_q):
+    """Serving draws the interval with the calibrated bins: last × exp(±q_bin × volatility of the bars sent)."""
+    meta = replace(META, interval_q=(3.0, 2.0, 1.5) if edges else 2.5, interval_edges=edges)
+    forecaster = Forecaster.persistence(meta)
+    series = series_from_records(records())
+    [row] = forecaster.forecast(series)
+    volatility = float(forecaster.windows(series, True).volatility[0])
+    last = series["AAA"][1][3][-1]
+    assert 1e-4 < volatility < 1.0
+    assert row["interval_high"] == pytest.approx(last * math.exp(expected_q * volatility), rel=1e-12)
+    assert row["interval_low"] == pytest.approx(last * math.exp(-expected_q * volatility), rel=1e-12)
+    assert forecaster.half_width(forecaster.windows(series, True)).tolist() == [expected_q * volatility]
+
+
+@pytest.mark.parametrize(
+    ("saved", "q", "edges"),
+    [
+        pytest.param({"interval_q": [1.5, None, 2.5], "interval_edges": [0.001, 0.002]}, (1.5, math.inf, 2.5),
+                     (0.001, 0.002), id="bins"),
+        pytest.param({"interval_q": 1.7}, (1.7,), (), id="one-number"),  # saved before the bins
+        pytest.param({"interval_q": None}, (math.inf,), (), id="never-calibrated"),
+    ],
+)  # fmt: skip
+def test_the_interval_scale_survives_save_and_load(tmp_path, saved, q, edges):
+    """Quantiles (infinite ones as JSON null) and edges load back; an older single quantile is one bin."""
+    folder = Forecaster.save(None, replace(META, kind="persistence"), tmp_path / "f")
+    stored = orjson.loads((folder / "forecaster.json").read_bytes())
+    assert (stored["interval_q"], stored["interval_edges"]) == ([2.0], [])
+    stored = {k: v for k, v in stored.items() if k != "interval_edges"} | saved
+    (folder / "forecaster.json").write_bytes(orjson.dumps(stored))
+    loaded = Forecaster.load(folder).meta
+    assert (loaded.interval_q, loaded.interval_edges, loaded.interval.q) == (q, edges, q)
+    Forecaster.save(None, loaded, tmp_path / "again")
+    assert Forecaster.load(tmp_path / "again").meta == loaded
+
+
 def test_score_answers_iso_times_and_the_interval_as_one_object(monkeypatch):
     """score.score: 200 with ISO times and {level, low, high}; too few bars 422; a bar without fields 400."""
     forecaster = Forecaster.persistence(META)

@@ -107,6 +107,17 @@ def test_persistence_is_found_past_the_first_page(registry):
     assert roles.persistence_version() == "1"
 
 
+def test_the_newest_version_with_a_tag_is_found_by_comparing_tags_here(registry):
+    """The newest version carrying a tag, past the first page and past newer versions without it, with its tags."""
+    roles = registry.roles()
+    assert roles.newest_tagged("evidence") is None
+    registry.register(roles, "persistence_model", {KIND_TAG: PERSISTENCE})
+    for i, record in enumerate(('{"a":1}', '{"a":2}', None)):
+        registry.register(roles, f"model-{i}", {KIND_TAG: "lstm_attention", **({"evidence": record} if record else {})})
+    assert roles.newest_tagged("evidence") == ("3", {KIND_TAG: "lstm_attention", "evidence": '{"a":2}'})
+    assert roles.newest_tagged(KIND_TAG)[0] == "4" and roles.newest_tagged("absent") is None
+
+
 def test_a_version_of_an_unknown_run_is_refused_by_the_stand_in(tmp_path):
     """Azure ML registers only from a run of its own workspace (or an upload), so the stand-in does too."""
     client = _client(AZUREML, tmp_path)

@@ -112,10 +112,13 @@ def test_every_mapped_calendar_exists_in_exchange_calendars(name):
         # FX and futures: unknown market, no claim
         ("EURUSD=X", at(2026, 11, 24, 15, 59), 1, NextBar(at(2026, 11, 24, 16, 0), False, None, None)),
         ("ES=F", at(2026, 11, 24, 15, 59), 1, NextBar(at(2026, 11, 24, 16, 0), False, None, None)),
-        # Tokyo's lunch break (11:30-12:30) is skipped; 15:30 close
+        # Tokyo's lunch break (11:30-12:30): no bar starts at a target minute inside it, so the morning
+        # session is closed for that forecast and trading resumes at 12:30; 15:30 close
         ("7203.T", at(2026, 11, 24, 11, 28, TOKYO), 1, NextBar(at(2026, 11, 24, 11, 29, TOKYO), False, None, "XTKS")),
-        ("7203.T", at(2026, 11, 24, 11, 29, TOKYO), 1, NextBar(at(2026, 11, 24, 12, 30, TOKYO), False, None, "XTKS")),
-        ("7203.T", at(2026, 11, 24, 11, 27, TOKYO), 5, NextBar(at(2026, 11, 24, 12, 32, TOKYO), False, None, "XTKS")),
+        ("7203.T", at(2026, 11, 24, 11, 29, TOKYO), 1, NextBar(None, True, at(2026, 11, 24, 12, 30, TOKYO), "XTKS")),
+        ("7203.T", at(2026, 11, 24, 11, 24, TOKYO), 5, NextBar(at(2026, 11, 24, 11, 29, TOKYO), False, None, "XTKS")),
+        ("7203.T", at(2026, 11, 24, 11, 25, TOKYO), 5, NextBar(None, True, at(2026, 11, 24, 12, 30, TOKYO), "XTKS")),
+        ("7203.T", at(2026, 11, 24, 12, 30, TOKYO), 1, NextBar(at(2026, 11, 24, 12, 31, TOKYO), False, None, "XTKS")),
         ("7203.T", at(2026, 11, 24, 12, 0, TOKYO), 1, NextBar(at(2026, 11, 24, 12, 1, TOKYO), False, None, "XTKS")),
         ("7203.T", at(2026, 11, 24, 15, 29, TOKYO), 1, NextBar(None, True, at(2026, 11, 25, 9, 0, TOKYO), "XTKS")),
     ],

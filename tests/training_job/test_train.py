@@ -12,22 +12,29 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY
+from tests.conftest import TINY, mlflow_registry, mlflow_store
+from tests.training_job.azureml_mlflow import registry_uri
 from training_job import data
 from training_job.config import TrainConfig, parse_args
 from training_job.forecaster import Forecaster, ForecasterMeta, ForecastInputError
-from training_job.train import build_windows, input_example, main
+from training_job.registry import CHAMPION, ModelRegistry
+from training_job.train import build_windows, input_example, main, read_evidence, run
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_first_run_registers_persistence_then_promotes_a_significantly_better_model(trained):
-    """v1 is persistence and champion before training; v2 beats it with DM p < 0.05 and becomes champion."""
+    """v1 is persistence and the first champion; v2 beats it (DM on per-minute means, p < α/2) and is champion."""
     first = trained.first
     assert (first["version"], first["kind"], first["champion_version"]) == ("2", "lstm_attention", "1")
     assert first["decision"] == "promoted" and first["champion_after"] == {"version": "2", "kind": "lstm_attention"}
     vs = first["tests"]["vs_persistence"]
-    assert vs["p_value"] < 0.05 and vs["loss_ratio"] < 1 and vs["n"] == first["n_decision"] > 100
+    assert vs["p_value"] < 0.025 and vs["loss_ratio"] < 1 and vs["n"] == first["n_minutes"] > 100
+    assert first["n_decision"] > 2 * first["n_minutes"]  # three symbols share most minutes: one mean per minute
+    evidence = first["evidence"]
+    assert evidence["first_decision"] is True and evidence["minutes"] == first["n_minutes"]
+    assert (evidence["threshold"], evidence["demotion_threshold"]) == (40.0, 20.0)
+    assert "first decision, on all" in first["reason"] and "at level 0.025" in first["reason"]
     assert first["tests"]["vs_champion"] == vs and first["tests"]["champion_vs_persistence"] is None
     assert first["metrics"]["model"]["log_rmse"] < first["metrics"]["persistence"]["log_rmse"]
     assert first["metrics"]["champion"] == first["metrics"]["persistence"]  # the champion was persistence
@@ -56,15 +63,29 @@ def test_crippled_second_run_is_retained_and_champion_stays(trained):
     for test in ("vs_champion", "vs_persistence", "champion_vs_persistence"):
         assert set(second["tests"][test]) >= {"dm_stat", "p_value", "n", "min_detectable_ratio"}
     assert second["tests"]["champion_vs_persistence"]["p_value"] > 0.05  # the champion still holds up
+    # the same bars again: every minute was used by the first decision, so there is nothing new to decide on
+    evidence = second["evidence"]
+    assert evidence["first_decision"] is False and evidence["minutes"] == 0
+    assert evidence["watermark"] == trained.first["evidence"]["watermark"] and evidence["since"] is None
+    assert evidence["e_value"] == 1.0 and evidence["champion_worse"] == {"e": 1.0, "n": 0}
+    assert second["reason"].startswith("no minute after ")
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_interval_coverage_is_reported_near_nominal(trained):
-    """The job reports split-conformal coverage on the decision slice, near the 90 % level."""
+    """The job reports split-conformal coverage on the decision slice, near the 90 % level, overall and per tercile."""
     interval = trained.first["interval"]
-    assert interval["level"] == 0.9 and interval["q"] > 0
-    assert abs(interval["coverage"] - 0.9) < 0.05
+    assert interval["level"] == 0.9 and len(interval["q"]) == 3 and min(interval["q"]) > 0
+    assert len(interval["edges"]) == 2 and 0 < interval["edges"][0] < interval["edges"][1]
+    assert abs(interval["coverage"] - 0.9) < 0.05 and abs(interval["persistence_coverage"] - 0.9) < 0.05
+    rows = interval["by_volatility"]
+    assert [row["tercile"] for row in rows] == ["low", "mid", "high"]
+    assert sum(row["n"] for row in rows) == trained.first["n_decision"]
+    for row in rows:  # ~300 windows a tercile on the tiny data: a binomial standard error of ~1.7 points
+        assert abs(row["coverage"] - 0.9) < 0.08 and abs(row["persistence_coverage"] - 0.9) < 0.08
+        assert row["winkler"] > 0 and row["persistence_winkler"] > 0
+    assert rows[0]["winkler"] < rows[2]["winkler"]  # calm intervals are narrower than busy ones
 
 
 @pytest.mark.integration
@@ -92,17 +113,29 @@ def test_run_records_params_metrics_plots_profile_and_tags(trained):
         "vs_persistence_p_value",
         "vs_champion_dm_stat",
         "interval_coverage",
+        "interval_coverage_low",
+        "interval_persistence_winkler_high",
+        "interval_q_2",
         "n_decision",
     } <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
     assert run.data.tags["decision"] == "retained" and version.tags["decision"] == "retained"
     assert version.tags["kind"] == "lstm_attention" and float(version.tags["p_vs_champion"]) > 0.05
+    assert version.tags["n_minutes"] == str(trained.second["n_minutes"]) and version.tags["fresh_minutes"] == "0"
+    tags = version.tags
+    assert (tags["e_value"], tags["e_champion_worse"], tags["evidence_since"]) == ("1", "1", "-")
+    promoted = client.get_model_version(trained.config.model_name, "2").tags["evidence"]
+    assert json.loads(promoted)["champion"] == "self" and json.loads(version.tags["evidence"])["champion"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"data_profile.json", "summary.json", "model", "plots", "decision_forecasts.parquet"} <= artifacts
     assert plots == {"plots/loss_curve.png", "plots/predicted_vs_actual.png"}
     profile = json.loads(Path(client.download_artifacts(run.info.run_id, "data_profile.json")).read_text())
     assert set(profile["symbols"]) == {"AAA", "BBB", "CCC"} and profile["symbols"]["AAA"]["gaps_over_max"] == 3
+    for symbol in profile["symbols"].values():  # each session's last minute has no next minute: at a gap
+        dropped = symbol["windows_without_target"]
+        assert dropped["at_gap"] == symbol["gaps_over_max"] == 3
+        assert 0 < dropped["in_segment"] <= symbol["missing_minutes_within_sessions"]
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/MLmodel", "model/input_example.json", "model/code"} <= model_files
 
@@ -147,11 +180,35 @@ def test_skill_travels_inside_the_served_model(trained):
     folder = Path(client.download_artifacts(run_id, "model/artifacts/forecaster"))
     meta = Forecaster.load(folder).meta
     first = trained.first
-    assert meta.kind == "lstm_attention" and meta.interval_q == pytest.approx(first["interval"]["q"])
+    assert meta.kind == "lstm_attention" and list(meta.interval_q) == pytest.approx(first["interval"]["q"])
+    assert list(meta.interval_edges) == pytest.approx(first["interval"]["edges"])
     ratio = first["metrics"]["model"]["log_rmse"] / first["metrics"]["persistence"]["log_rmse"]
     assert meta.skill["ratio_to_persistence"] == pytest.approx(ratio, abs=1e-6)
     assert meta.skill["p_value"] == pytest.approx(first["tests"]["vs_persistence"]["p_value"], abs=1e-6)
     assert meta.skill["n"] == first["n_decision"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_committed_decision_whose_roles_never_moved_is_completed_by_the_next_job(tmp_path, bars_dir, monkeypatch):
+    """A version registered with its record commits its decision: a job stopped before moving the role is completed."""
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    with mlflow_store(f"sqlite:///{tmp_path}/mlflow.db"), mlflow_registry(registry_uri(tmp_path / "mlflow.db")):
+        cfg = TrainConfig(bars=bars_dir, experiment="tests", **TINY)
+        first = run(cfg)
+        registry = ModelRegistry(MlflowClient(), cfg.model_name)
+        registry.assign(CHAMPION, "1")  # the role as it stood had the job stopped right after registering v2
+        evidence = read_evidence(registry)
+        second = run(cfg)
+        roles = {v: registry.role_of(v) for v in ("1", "2", "3")}
+    assert first["champion_after"]["version"] == "2" and evidence.champion == "2"
+    assert evidence.watermark == int(pd.Timestamp(first["evidence"]["watermark"]).timestamp())
+    assert (second["champion_version"], second["champion_after"]["version"], second["decision"]) == (
+        "2",
+        "2",
+        "retained",
+    )
+    assert roles == {"1": "retired", "2": "champion", "3": "challenger"}
 
 
 def test_every_option_has_a_default():
@@ -174,7 +231,7 @@ def test_the_input_example_is_the_newest_window_not_bars_after_a_gap(bars_dir):
     resumed["ts"] = last["ts"] + pd.to_timedelta([120, 121, 122], unit="min")
     bars = pd.concat([bars, resumed], ignore_index=True)
     cfg = TrainConfig(bars=bars_dir, **TINY)
-    windows, skipped = build_windows(bars, cfg)
+    windows, skipped, _ = build_windows(bars, cfg)
     meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
     persistence = Forecaster.persistence(meta)
     with pytest.raises(ForecastInputError, match="without a gap"):  # what a symbol's last bars gave
