@@ -94,9 +94,11 @@ status: setup
 bench: setup
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/intervals.py
 	$(PY) benchmarks/score.py
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/kafka.py
+	$(PY) benchmarks/sequential.py
 
 stop: setup
 	$(PY) -m devhost stop

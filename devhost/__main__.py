@@ -87,8 +87,35 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _p(value: float | None) -> str:
+    """A p-value for people: four decimals, or scientific notation when smaller."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _live_skill_table(skill: dict) -> Table:
+    """The live figures per version: served forecasts scored against persistence, as the timer last folded them."""
+    table = Table(title=f"live skill: served forecasts scored against persistence ({skill['updated_at']})")
+    for column in ("version", "kind", "n", "log-RMSE vs persistence", "p better", "p worse", "coverage"):
+        table.add_column(column, justify="left" if column in ("version", "kind") else "right")
+    for version, f in skill["versions"].items():
+        alarm = f["p_worse"] is not None and f["p_worse"] < 0.05 and f["n"] >= 100  # the Azure alert's condition
+        ratio, coverage = f["ratio_to_persistence"], f["coverage"]
+        table.add_row(
+            f"v{version}",
+            f["kind"],
+            str(f["n"]),
+            "-" if ratio is None else f"{ratio:.4f}",
+            _p(f["p_value"]),
+            f"[red]{_p(f['p_worse'])} (worse)[/]" if alarm else _p(f["p_worse"]),
+            "-" if coverage is None else f"{coverage:.1%} of {f['interval_n']}",
+        )
+    return table
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    from devhost.services import kafka_status, status, status_json
+    from devhost.services import kafka_status, live_skill_status, status, status_json
 
     home = stockcast_home()
     if args.json:
@@ -109,6 +136,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"kafka: {state['bootstrap']} topic {state['topic']}, consumer group {state['consumer_group']} "
             + (f"lag {state['lag']}" if state["lag"] is not None else f"lag unknown ({state.get('error')})")
             + ("" if state["consumer_running"] else " (no consumer running: start `devhost up`)"),
+            highlight=False,
+        )
+    skill, skill_error = live_skill_status(home)
+    if skill is not None and skill["versions"]:
+        console.print(_live_skill_table(skill))
+    else:
+        console.print(
+            f"live skill: {skill_error or 'nothing scored yet (the timer scores served forecasts every tick)'}",
             highlight=False,
         )
     return 0
@@ -264,8 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7, help="seed of the backfill and the live market")
     p.set_defaults(run=_cmd_up)
 
-    p = sub.add_parser("status", help="what devhost runs for $STOCKCAST_HOME, and the Kafka consumer lag")
-    p.add_argument("--json", action="store_true", help="print JSON: kafka {bootstrap, topic, lag, ...} and services")
+    p = sub.add_parser(
+        "status", help="what devhost runs for $STOCKCAST_HOME, the Kafka consumer lag and the live skill per version"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print JSON: kafka {bootstrap, topic, lag, ...}, services, live_skill"
+    )
     p.set_defaults(run=_cmd_status)
 
     p = sub.add_parser("stop", help="stop everything devhost started for $STOCKCAST_HOME")

@@ -8,6 +8,7 @@ the records' readers and stoppers are imported here, not the host or the service
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,62 @@ def kafka_status(home: Path) -> dict[str, Any]:
     return state
 
 
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def live_skill(home: Path) -> dict[str, Any] | None:
+    """The live figures per version from ``ledger/skill.json`` in the home's Azurite; None if it is down or none yet.
+
+    Azurite is never started for this, and the storage SDK is imported only when it runs, so
+    ``status`` stays light on a home where nothing runs.
+    """
+    blob = azurite.running(home)
+    if blob is None:
+        return None
+    from azure.storage.blob import ContainerClient
+
+    from devhost.home import local_settings
+    from functions.shared.ledger import read_skill
+
+    name = os.environ.get("BARS_CONTAINER") or local_settings().get("BARS_CONTAINER", "bars")
+    document = read_skill(ContainerClient.from_connection_string(blob.connection_string, name)).document
+    if document is None:
+        return None
+    return {
+        "updated_at": document.updated_at,
+        "versions": {
+            version: {
+                "kind": f.kind,
+                "n": f.n,
+                "ratio_to_persistence": f.ratio_to_persistence,
+                "p_value": f.p_value,
+                "p_worse": f.p_worse,
+                "coverage": f.coverage,
+                "interval_n": f.interval_n,
+            }
+            for version, f in sorted(document.versions.items(), key=lambda item: _version_order(item[0]))
+        },
+    }
+
+
+def live_skill_status(home: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`live_skill`, or why it could not be read (status shows the rest regardless)."""
+    try:
+        return live_skill(home), None
+    except Exception as exc:  # Azurite half up, a damaged blob: report it, do not fail status
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def status_json(home: Path) -> dict[str, Any]:
-    """``devhost status --json``: the Kafka path and every service's state."""
+    """``devhost status --json``: the Kafka path, every service's state, and the live skill per version."""
+    skill, error = live_skill_status(home)
     return {
         "home": str(home),
         "kafka": kafka_status(home),
         "services": {s.name: {"running": s.running, "pid": s.pid, "detail": s.detail} for s in status(home)},
+        "live_skill": skill,
+        **({"live_skill_error": error} if error else {}),
     }
 
 

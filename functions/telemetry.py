@@ -37,9 +37,13 @@ PREDICT_DURATION = "stockcast.predict.duration"
 TRAINING_SUBMISSIONS = "stockcast.training.submissions"
 ROLLOUT = "stockcast.rollout"
 MODEL_RMSE = "stockcast.model.rmse"
+LIVE_FOLDS = "stockcast.live.folds"
+LIVE_SKILL_RATIO = "stockcast.live.skill_ratio"
+LIVE_WORSE = "stockcast.live.worse_than_persistence"
 TRAINING_DECISION = "training decision"
 SUBMISSION_OUTCOMES = ("submitted", "active", "failed")
 ROLLOUT_OUTCOMES = ("succeeded", "failed")
+LIVE_FOLD_OUTCOMES = ("succeeded", "failed")
 
 # Records of this logger go to App Insights through OpenTelemetry, with their extras as
 # customDimensions; the host forwards only the message of a record, so it gets none of them.
@@ -66,6 +70,9 @@ class _Instruments:
     training_submissions: Counter
     rollouts: Counter
     model_rmse: _Gauge
+    live_folds: Counter
+    live_skill_ratio: _Gauge
+    live_worse: _Gauge
 
 
 _provider: MeterProvider | None = None  # None: the global provider (set by configure_azure_monitor)
@@ -165,6 +172,15 @@ def _get() -> _Instruments:
                 model_rmse=meter.create_gauge(
                     MODEL_RMSE, description="decision-slice RMSE of the champion and of persistence"
                 ),
+                live_folds=meter.create_counter(
+                    LIVE_FOLDS, unit="{tick}", description="whether each tick's live skill fold succeeded"
+                ),
+                live_skill_ratio=meter.create_gauge(
+                    LIVE_SKILL_RATIO, description="live log-RMSE ratio to persistence of a version served"
+                ),
+                live_worse=meter.create_gauge(
+                    LIVE_WORSE, description="live one-sided DM p-value that a version is worse than persistence"
+                ),
             )
         return _instruments
 
@@ -218,6 +234,23 @@ def model_rmse(version: str, champion: float | None, persistence: float | None) 
     for predictor, value in (("champion", champion), ("persistence", persistence)):
         if value is not None:
             gauge.set(value, {"predictor": predictor, "version": version})
+
+
+def live_fold(outcome: str) -> None:
+    """Count a tick's live skill fold: succeeded or failed (it raised)."""
+    if outcome not in LIVE_FOLD_OUTCOMES:
+        raise ValueError(f"outcome must be one of {LIVE_FOLD_OUTCOMES}, not {outcome!r}")
+    _get().live_folds.add(1, {"outcome": outcome})
+
+
+def live_skill(version: str, kind: str, n: int, ratio: float | None, p_worse: float | None) -> None:
+    """Set a served version's live figures: its log-RMSE ratio and the p-value that it is worse, with n."""
+    instruments = _get()
+    attributes = {"version": version, "kind": kind, "n": n}
+    if ratio is not None:
+        instruments.live_skill_ratio.set(ratio, attributes)
+    if p_worse is not None:  # none for persistence itself, or below 3 forecasts
+        instruments.live_worse.set(p_worse, attributes)
 
 
 def training_decision(

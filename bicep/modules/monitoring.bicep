@@ -117,6 +117,14 @@ customMetrics
 | order by timestamp asc
 '''
 
+var queryLiveSkill = '''
+customMetrics
+| where name == "stockcast.live.skill_ratio"
+| extend version = tostring(customDimensions.version), kind = tostring(customDimensions.kind)
+| summarize ratio = avg(value) by version, kind, bin(timestamp, 1h)
+| order by timestamp asc
+'''
+
 var queryTrainingDecisions = '''
 traces
 | where message == "training decision"
@@ -235,6 +243,15 @@ var workbookContent = {
     }
     {
       type: 3
+      name: 'live-skill'
+      content: union(appInsightsItem, {
+        title: 'Live skill: log-RMSE ratio to persistence of served forecasts, per version (below 1 beats no change)'
+        query: queryLiveSkill
+        visualization: 'linechart'
+      })
+    }
+    {
+      type: 3
       name: 'training-decisions'
       content: union(appInsightsItem, {
         title: 'Training decisions (latest per model version)'
@@ -348,6 +365,30 @@ union
 var queryAlertRolloutFailed = '''
 AppMetrics
 | where Name == "stockcast.rollout"
+| where tostring(Properties.outcome) == "failed" and Sum > 0
+| summarize failures = sum(Sum)
+'''
+
+// The champion is worse than persistence on the forecasts it served (functions/telemetry.py, LIVE_WORSE:
+// the one-sided DM p-value that the version's live loss exceeds persistence's, with its n), restricted to
+// the version the registry names champion (stockcast.model.rmse) and to at least 100 scored forecasts.
+var queryAlertLiveWorse = '''
+let champion = toscalar(AppMetrics
+    | where TimeGenerated > ago(2h) and Name == "stockcast.model.rmse" and tostring(Properties.predictor) == "champion"
+    | summarize arg_max(TimeGenerated, v = tostring(Properties.version)) | project v);
+AppMetrics
+| where Name == "stockcast.live.worse_than_persistence"
+| extend version = tostring(Properties.version), kind = tostring(Properties.kind), n = toint(tostring(Properties.n))
+| summarize arg_max(TimeGenerated, p_worse = Max, n, kind) by version
+| where version == champion and kind != "persistence" and n >= 100 and p_worse < 0.05
+| summarize worse = count()
+'''
+
+// A tick whose live-ledger fold raised (stockcast.live.folds outcome failed): served forecasts wait
+// unscored in ledger/served/ until a tick folds them.
+var queryAlertLiveFoldFailed = '''
+AppMetrics
+| where Name == "stockcast.live.folds"
 | where tostring(Properties.outcome) == "failed" and Sum > 0
 | summarize failures = sum(Sum)
 '''
@@ -522,6 +563,78 @@ resource alertRolloutFailed 'Microsoft.Insights/scheduledQueryRules@2023-12-01' 
       allOf: [
         {
           query: queryAlertRolloutFailed
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'failures'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    skipQueryValidation: true
+    actions: alertActions
+  }
+}
+
+resource alertLiveWorse 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'stockcast-champion-worse-live'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Stockcast: champion worse than persistence live'
+    description: 'On the forecasts it served and that have come true, the champion loses to "no change" (one-sided DM p < 0.05, n >= 100): see docs/deploy.md, "When something fails".'
+    severity: 1
+    enabled: true
+    scopes: [
+      logAnalytics.id
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT30M'
+    criteria: {
+      allOf: [
+        {
+          query: queryAlertLiveWorse
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'worse'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    skipQueryValidation: true
+    actions: alertActions
+  }
+}
+
+resource alertLiveFoldFailed 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'stockcast-live-fold-failed'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Stockcast: live skill not updated'
+    description: 'A timer tick could not fold the served forecasts into the live skill (stockcast.live.folds outcome failed). The next tick retries.'
+    severity: 3
+    enabled: true
+    scopes: [
+      logAnalytics.id
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT30M'
+    criteria: {
+      allOf: [
+        {
+          query: queryAlertLiveFoldFailed
           timeAggregation: 'Total'
           metricMeasureColumn: 'failures'
           operator: 'GreaterThan'

@@ -180,12 +180,14 @@ def _model(scored: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _skill(scored: dict[str, Any]) -> dict[str, Any] | None:
-    """The served version's skill against persistence, or None when the endpoint reports none."""
+def _skill(scored: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The decision-slice skill the endpoint reports, with the ``live`` figures beside; None if it reports none."""
     skill = scored.get("skill")
     if not isinstance(skill, dict):
         return None
-    return {key: skill.get(key) for key in SKILL_FIELDS}
+    shaped = {key: skill.get(key) for key in SKILL_FIELDS}
+    shaped["live"] = live
+    return shaped
 
 
 def _interval(row: dict[str, Any]) -> dict[str, float] | None:
@@ -196,8 +198,15 @@ def _interval(row: dict[str, Any]) -> dict[str, float] | None:
     return {key: interval[key] for key in INTERVAL_FIELDS}
 
 
-def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> bytes:
+def forecast_body(symbol: str, scored: dict[str, Any], last_close: float, live: dict[str, Any] | None = None) -> bytes:
     """The 200 answer from the scoring endpoint's response."""
+    return orjson.dumps(forecast_doc(symbol, scored, last_close, live))
+
+
+def forecast_doc(
+    symbol: str, scored: dict[str, Any], last_close: float, live: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The 200 answer as a document: the endpoint's forecast for ``symbol``, and the version's ``live`` figures."""
     forecasts = scored.get("forecasts")
     forecasts = forecasts if isinstance(forecasts, list) else []
     rows = [r for r in forecasts if isinstance(r, dict) and r.get("symbol") == symbol]
@@ -205,20 +214,18 @@ def forecast_body(symbol: str, scored: dict[str, Any], last_close: float) -> byt
     if not rows or any(key not in rows[0] for key in ("as_of", "predicted_close")):
         raise ApiError(503, "endpoint_error", "the scoring endpoint returned no forecast", UNAVAILABLE)
     row = rows[0]
-    return orjson.dumps(
-        {
-            "symbol": symbol,
-            "as_of": row["as_of"],
-            "target_ts": row.get("target_ts"),
-            "predicted_close": row["predicted_close"],
-            "last_close": last_close,
-            "interval": _interval(row),
-            "session_closed": bool(row.get("session_closed", False)),
-            "next_open": row.get("next_open"),
-            "model": _model(scored),
-            "skill": _skill(scored),
-        }
-    )
+    return {
+        "symbol": symbol,
+        "as_of": row["as_of"],
+        "target_ts": row.get("target_ts"),
+        "predicted_close": row["predicted_close"],
+        "last_close": last_close,
+        "interval": _interval(row),
+        "session_closed": bool(row.get("session_closed", False)),
+        "next_open": row.get("next_open"),
+        "model": _model(scored),
+        "skill": _skill(scored, live),
+    }
 
 
 def dependency_error(exc: BaseException) -> ApiError | None:

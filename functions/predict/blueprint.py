@@ -64,7 +64,7 @@ def _respond(req: func.HttpRequest, post: bool, started: float) -> func.HttpResp
         telemetry.configure(settings)
         if post:
             symbol, bars = parse_post(req.get_body(), settings.predict_max_bars, MAX_BODY_BYTES)
-            body, endpoint_s = score_bars(symbol, bars, settings, request_id)
+            body, endpoint_s = score_bars(symbol, bars, settings, request_id, "post")
         else:
             symbol = parse_symbol(req.route_params.get("symbol"))
             body, endpoint_s = forecast_latest(symbol, settings, request_id)

@@ -12,10 +12,12 @@ import threading
 import time
 from concurrent.futures import Future
 
+import orjson
 import pyarrow.compute as pc
 
-from functions.predict.api import UNAVAILABLE, ApiError, dependency_error, forecast_body, newest_close
+from functions.predict.api import UNAVAILABLE, ApiError, dependency_error, forecast_doc, newest_close
 from functions.predict.client import attempt_budget_s, scoring_client
+from functions.predict.live import ledger_worker
 from functions.settings import Settings
 from functions.shared.latest import read_latest
 from functions.shared.storage import bars_container
@@ -32,13 +34,17 @@ class _Known:
 
     A forecast is a function of the bars and the model alone, so while the blob keeps its ETag
     and the endpoint serves the same version and window, the body is exactly what scoring again
-    would answer.
+    would answer; only the live figures in it may have changed since (``live_generation``), and
+    the body is then made again from the scoring answer kept here, without a call.
     """
 
     etag: str
     version: str
     bars_needed: int
     body: bytes
+    scored: dict
+    last_close: float
+    live_generation: int
 
 
 class _Flight:
@@ -123,10 +129,49 @@ def _read_latest(
     return records, latest.etag
 
 
-def score_bars(symbol: str, bars: list[dict], settings: Settings, request_id: str) -> tuple[bytes, float]:
-    """The forecast body for ``bars`` and the seconds spent in the endpoint."""
+def answer(
+    symbol: str, scored: dict, last_close: float, settings: Settings, request_id: str, source: str
+) -> tuple[bytes, int]:
+    """The 200 body with the served version's live figures, the forecast recorded in the ledger; and their generation.
+
+    Both cost memory only (see :mod:`functions.predict.live`); a recording that fails is logged
+    and the forecast is answered all the same.
+    """
+    doc = forecast_doc(symbol, scored, last_close)
+    worker = ledger_worker(settings)
+    generation, live = worker.live(doc["model"]["version"])
+    if doc["skill"] is not None:
+        doc["skill"]["live"] = live
+    try:
+        worker.record(doc, source, request_id)
+    except Exception:  # the ledger never fails a forecast
+        log.exception("request=%s the forecast was not recorded in the ledger", request_id)
+    return orjson.dumps(doc), generation
+
+
+def score_bars(symbol: str, bars: list[dict], settings: Settings, request_id: str, source: str) -> tuple[bytes, float]:
+    """The forecast body for ``bars`` (recorded as served by ``source``) and the seconds spent in the endpoint."""
+    scored = _score(symbol, bars, settings, request_id, source)
+    return scored.body, scored.endpoint_s
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scored:
+    """A forecast made by the endpoint: the body, what it was made from, and the endpoint's seconds."""
+
+    body: bytes
+    scored: dict
+    last_close: float
+    live_generation: int
+    endpoint_s: float
+
+
+def _score(symbol: str, bars: list[dict], settings: Settings, request_id: str, source: str) -> _Scored:
+    """Score ``bars`` and answer (recording the forecast as served by ``source``)."""
     scored, endpoint_s = scoring_client(settings).score(bars, request_id)
-    return forecast_body(symbol, scored, newest_close(bars)), endpoint_s
+    last_close = newest_close(bars)
+    body, generation = answer(symbol, scored, last_close, settings, request_id, source)
+    return _Scored(body, scored, last_close, generation, endpoint_s)
 
 
 def as_api_error(exc: BaseException, request_id: str) -> ApiError:
@@ -153,12 +198,18 @@ def _fly(flight: _Flight, symbol: str, settings: Settings, request_id: str) -> t
         if read is None:  # latest/ kept the ETag it was asked with: the same bars, the same model
             log.debug("request=%s latest/%s unchanged; the forecast stands", request_id, symbol)
             body, endpoint_s = known.body, 0.0
+            if ledger_worker(settings).live(known.version)[0] != known.live_generation:  # new live figures
+                body, generation = answer(symbol, known.scored, known.last_close, settings, request_id, "get")
+                flight.known = dataclasses.replace(known, body=body, live_generation=generation)
         else:
             bars, etag = read
-            body, endpoint_s = score_bars(symbol, bars, settings, request_id)
+            made = _score(symbol, bars, settings, request_id, "get")
+            body, endpoint_s = made.body, made.endpoint_s
             served = client.served  # as the call left it: a call that contradicted it forgot it
             if etag is not None and served is not None and served.version is not None:
-                flight.known = _Known(etag, served.version, served.bars_needed, body)
+                flight.known = _Known(
+                    etag, served.version, served.bars_needed, body, made.scored, made.last_close, made.live_generation
+                )
     except BaseException as exc:  # even an interrupt must release the waiters
         err = as_api_error(exc, request_id)
         with _flights_lock:  # the failure is shared briefly, then the next GET tries again

@@ -60,3 +60,25 @@ def test_status_json_lists_every_service_stopped_on_an_empty_home(tmp_path):
         "mlflow ui": False,
     }
     assert status["home"] == str(tmp_path) and status["kafka"]["lag"] is None
+    assert status["live_skill"] is None  # no Azurite: nothing read, nothing started
+
+
+@pytest.mark.integration
+def test_status_shows_the_live_skill_per_version(runtime, container):
+    """With Azurite up and ledger/skill.json written, status lists each version's live figures, flagging a worse one."""
+    from functions.shared.ledger import SKILL_BLOB, LiveFigures, SkillDocument, encode_skill
+
+    figures = {
+        "10": LiveFigures("10", "lstm_attention", 150, 1.031, 0.98, 0.02, 0.88, 150, 1, 2, 3),
+        "2": LiveFigures("2", "persistence", 40, 1.0, None, None, None, 0, 1, 2, 3),
+    }
+    container.upload_blob(SKILL_BLOB, encode_skill(SkillDocument("2026-11-04T21:15:00Z", figures)), overwrite=True)
+    done, _ = _run(runtime.home, "status")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if re.search(r"\bv(2|10)\b", line)]
+    assert [re.findall(r"v\d+|persistence|lstm_attention|\d+\.\d+%?|worse", row) for row in rows] == [
+        ["v2", "persistence", "1.0000"],
+        ["v10", "lstm_attention", "1.0310", "0.9800", "0.0200", "worse", "88.0%"],
+    ]
+    status = orjson.loads(_run(runtime.home, "status", "--json")[0].stdout)["live_skill"]
+    assert list(status["versions"]) == ["2", "10"] and status["versions"]["10"]["p_worse"] == 0.02

@@ -57,14 +57,19 @@ def test_readme_and_architecture_link_the_design_page():
     assert (ROOT / "docs" / "architecture.md").read_text().startswith("# Architecture decisions\n\n`docs/design.md`")
 
 
-def _summary_keys() -> set[str]:
-    """The keys of the ``summary = {...}`` dict training_job/train.py writes with --summary-out."""
+def _dict_keys(name: str = "summary") -> set[str]:
+    """The keys of the ``name = {...}`` dict in training_job/train.py (``summary``: what --summary-out writes)."""
     tree = ast.parse((ROOT / "training_job" / "train.py").read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["summary"]:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
             assert isinstance(node.value, ast.Dict)
             return {key.value for key in node.value.keys if isinstance(key, ast.Constant)}
-    raise AssertionError("no summary dict in training_job/train.py")
+    raise AssertionError(f"no {name} dict in training_job/train.py")
+
+
+def _summary_contract() -> str:
+    """The design's --summary-out contract: from its sentence to the next bold paragraph."""
+    return DESIGN.read_text().split("`--summary-out` writes", 1)[1].split("\n\n**", 1)[0]
 
 
 def test_design_states_the_current_training_contract():
@@ -72,10 +77,22 @@ def test_design_states_the_current_training_contract():
     text = DESIGN.read_text()
     assert "**Persistence is version 1**" in text
     assert "Diebold–Mariano" in text and "demoted to the persistence version" in text
-    contract = text.split("`--summary-out` writes", 1)[1].split("**Scoring endpoint**", 1)[0]
-    quoted = set(re.findall(r'"(\w+)"', contract))
-    assert _summary_keys() <= quoted
+    quoted = set(re.findall(r'"(\w+)"', _summary_contract()))
+    assert _dict_keys() <= quoted
     assert "tolerance" in text.split("**Training and promotion**", 1)[1].split("\n\n", 1)[0]
+
+
+def test_design_states_the_interval_figures_the_summary_holds():
+    """The summary's interval keys and each per-tercile row's keys are the ones the design quotes."""
+    import numpy as np
+
+    from training_job.intervals import TERCILES, by_volatility
+
+    interval = _summary_contract().split('"interval": {', 1)[1].split(', "shrinkage"', 1)[0]
+    quoted = set(re.findall(r'"(\w+)"', interval))
+    rows = by_volatility(np.ones(3), np.zeros(3), 0.9, (np.zeros(3), np.ones(3)), (np.zeros(3), np.ones(3)))
+    assert _dict_keys("interval") | set(rows[0]) | set(TERCILES) == quoted
+    assert "Mondrian" in DESIGN.read_text() and "Lei et al." in DESIGN.read_text()
 
 
 def test_design_lists_the_forecast_fields_the_api_returns():

@@ -427,10 +427,20 @@ def _alerts(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ("alertPredict5xx", "appInsights.id", ['"predict_symbol", "predict_bars"', "toint(resultCode) >= 500"]),
         ("alertTrainingFailed", "logAnalytics.id", ["AmlRunStatusChangedEvent", 'Status == "Failed"', '"failed"']),
         ("alertRolloutFailed", "logAnalytics.id", ['Name == "stockcast.rollout"', 'Properties.outcome) == "failed"']),
+        (
+            "alertLiveWorse",
+            "logAnalytics.id",
+            ['Name == "stockcast.live.worse_than_persistence"', "version == champion", "n >= 100", "p_worse < 0.05"],
+        ),
+        (
+            "alertLiveFoldFailed",
+            "logAnalytics.id",
+            ['Name == "stockcast.live.folds"', 'Properties.outcome) == "failed"'],
+        ),
     ],
 )
 def test_alerts(module, alert, scope, needles):
-    """The five alerts: their scope, query and the optional action group."""
+    """The seven alerts: their scope, query and the optional action group."""
     template = module("monitoring")
     config = _alerts(template)[alert]
     properties = config["properties"]
@@ -449,7 +459,7 @@ def test_alerts_notify_the_action_group_only_when_given(module):
     actions = render(template["variables"]["alertActions"]["value"]["actionGroups"])
     assert actions == "conditional(empty(alertActionGroupId), [], [alertActionGroupId])"
     assert template["parameters"]["alertActionGroupId"]["default"] == ""
-    assert len(_alerts(template)) == 5
+    assert len(_alerts(template)) == 7
 
 
 def test_no_bars_window_matches_the_market_hours():

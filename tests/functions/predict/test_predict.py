@@ -34,8 +34,10 @@ from devhost.processes import free_port
 from devhost.replay import make_batches, replay
 from functions.predict import forecasts
 from functions.predict.client import ScoringClient, scoring_client
+from functions.predict.live import close_workers, ledger_worker
 from functions.settings import get_settings
 from functions.shared.latest import latest_blob_name
+from functions.shared.ledger import SERVED_PREFIX, SKILL_BLOB, LiveFigures, SkillDocument, decode_served, encode_skill
 
 pytestmark = pytest.mark.integration
 SPEC = Path(__file__).resolve().parents[3] / "functions" / "predict" / "openapi.yaml"
@@ -54,6 +56,7 @@ def api(runtime, champion_server):
         yield http.base_url
     finally:
         http.stop()
+        close_workers()  # the ledger's last flush lands now, not in a later test's container
 
 
 OPEN = 1_793_629_800  # 2026-11-02T14:30:00Z, a Monday's 09:30 in New York
@@ -75,6 +78,11 @@ def _bars(n: int, start: int = OPEN, price: float = 50.0) -> list[dict]:
     ]
 
 
+def _decision(skill: dict) -> dict:
+    """The decision-slice keys of an answer's skill (``live`` left out)."""
+    return {key: value for key, value in skill.items() if key != "live"}
+
+
 def _iso(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -91,7 +99,8 @@ def test_get_returns_the_served_model_kind_and_skill(api, champion_server):
     assert body["symbol"] == "BRK-B" and body["model"] == champion_server.info["model"]
     assert body["model"]["name"] == "stockcast-lstm-attention"
     assert body["model"]["kind"] in ("persistence", "lstm_attention")
-    assert body["skill"] == champion_server.info["skill"] and body["skill"]["n"] > 0
+    assert _decision(body["skill"]) == champion_server.info["skill"] and body["skill"]["n"] > 0
+    assert "live" in body["skill"]
     assert (body["skill"]["p_value"] is None) == (body["model"]["kind"] == "persistence")
     assert math.isfinite(body["predicted_close"]) and abs(body["predicted_close"] / body["last_close"] - 1) < 0.05
 
@@ -155,11 +164,46 @@ def test_post_scores_the_bars_sent(api, champion_server):
     assert body["last_close"] == 50.0 and body["as_of"] == _iso(OPEN + 89 * 60)
     assert body["target_ts"] == _iso(OPEN + 90 * 60)
     assert body["session_closed"] is False and body["next_open"] is None
-    assert body["model"] == champion_server.info["model"] and body["skill"] == champion_server.info["skill"]
+    assert body["model"] == champion_server.info["model"]
+    assert _decision(body["skill"]) == champion_server.info["skill"]
     interval = body["interval"]
     assert interval is None or (
         interval["level"] == 0.9 and interval["low"] <= body["predicted_close"] <= interval["high"]
     )
+
+
+def test_served_forecasts_are_recorded_and_answers_carry_the_live_figures(api, runtime, champion_server, fresh):
+    """A POST is recorded in ledger/served/; once skill.json has the version's figures, answers carry them."""
+    fresh(PREDICT_CACHE_SECONDS="0")
+    worker = ledger_worker(get_settings())
+    version = champion_server.info["model"]["version"]
+    before = _post(api, "NEWCO", _bars(90)).json()
+    get_before = httpx.get(f"{api}/predict/AAA", timeout=30)
+    worker.flush()
+    served = [
+        record
+        for blob in runtime.container.list_blobs(SERVED_PREFIX)
+        for record in decode_served(runtime.container.download_blob(blob.name).readall())
+    ]
+    assert [(r.symbol, r.version, r.source, r.predicted_close) for r in served if r.symbol == "NEWCO"][-1:] == [
+        ("NEWCO", version, "post", before["predicted_close"])
+    ]
+    assert not [r for r in served if r.symbol == "AAA"]  # AAA stands at its session's end: nothing to score
+    figures = LiveFigures(version, "lstm_attention", 150, 1.03, 0.9, 0.1, 0.88, 150, 1, 2, 3)
+    runtime.container.upload_blob(
+        SKILL_BLOB, encode_skill(SkillDocument("2026-11-04T21:15:00Z", {version: figures})), overwrite=True
+    )
+    assert worker.refresh()
+    expected = figures.api("2026-11-04T21:15:00Z")
+    case = SCHEMA.find_operation_by_id("predictBars").Case(body={"symbol": "NEWCO", "bars": _bars(90)})
+    response = case.call(base_url=api)
+    case.validate_response(response, checks=CHECKS)  # openapi.yaml describes the live figures as answered
+    assert response.json()["skill"]["live"] == expected
+    get_after = httpx.get(f"{api}/predict/AAA", timeout=30)  # the same bars: the forecast stands, its figures not
+    assert get_after.status_code == 200 and _endpoint_ms(get_after) == 0
+    assert get_after.json()["skill"]["live"] == expected and get_before.json()["skill"]["live"] != expected
+    runtime.container.delete_blob(SKILL_BLOB)
+    worker.refresh()
 
 
 def test_post_last_close_is_the_newest_bar_by_time(api, champion_server):

@@ -184,7 +184,25 @@ OLD_ROW = {
 def test_forecast_body_shapes_interval_skill_kind_and_session(scored, expected):
     """The 200 body carries the scored interval, skill, kind and session fields; old endpoints get defaults."""
     body = orjson.loads(forecast_body("AAA", scored, 100.0))
+    if expected["skill"] is not None:  # no live figures known for the version
+        expected = {**expected, "skill": {**expected["skill"], "live": None}}
     assert body == {"symbol": "AAA", "as_of": scored["forecasts"][0]["as_of"], "last_close": 100.0, **expected}
+
+
+LIVE = {"ratio_to_persistence": 1.02, "p_value": 0.81, "n": 240, "coverage": 0.88, "updated_at": "2026-11-04T21:15:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("skill", "expected"),
+    [
+        pytest.param(SKILL, {**SKILL, "live": LIVE}, id="decision-and-live"),
+        pytest.param(None, None, id="no-decision-skill-no-live"),
+    ],
+)
+def test_forecast_body_puts_the_live_figures_beside_the_decision_slice_ones(skill, expected):
+    """``skill.live`` holds the ledger figures with their n beside the decision-slice keys, which keep their place."""
+    scored = {"forecasts": [IN_SESSION], "model": MODEL, **({"skill": skill} if skill else {})}
+    assert orjson.loads(forecast_body("AAA", scored, 100.0, LIVE))["skill"] == expected
 
 
 def test_forecast_body_picks_the_row_of_the_symbol():
