@@ -94,6 +94,7 @@ status: setup
 bench: setup
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/train.py --data real
 	$(PY) benchmarks/intervals.py
 	$(PY) benchmarks/score.py
 	$(PY) benchmarks/predict.py

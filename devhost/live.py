@@ -7,6 +7,8 @@ The market is simulated (see :class:`devhost.feed.Market`) on its own clock: one
 market minute, so a whole trading day can be watched in minutes with ``--feed-every``. The feed
 resumes where storage ends: the next trading day after the newest stored bar, each symbol
 starting from its last close, so the series stay continuous across runs and after ``make demo``.
+Storage is read as predict reads it: a corrupt ``latest/`` blob, or a missing one whose symbol was
+stored, is repaired from ``raw/`` first, so one damaged blob never stops ``devhost up``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import pyarrow.compute as pc
 from azure.storage.blob import ContainerClient
 
 from devhost.feed import SESSION_MINUTES, FeedConfig, Market, generate, trading_days
-from functions.shared.bars import from_parquet
+from functions.settings import get_settings
+from functions.shared.latest import read_latest, stored_symbols
 
 log = logging.getLogger("devhost.live")
-LATEST_PREFIX = "latest/"
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,16 @@ class Resume:
     prices: dict[str, float]
 
 
-def resume_point(container: ContainerClient) -> Resume | None:
-    """Read ``latest/`` to find where the stored history of every symbol ends; None if empty."""
+def resume_point(container: ContainerClient, request_id: str = "devhost-resume") -> Resume | None:
+    """Read ``latest/`` (repaired where damaged) to find where every symbol's stored history ends; None if empty."""
+    settings = get_settings()
     prices: dict[str, float] = {}
     newest = None
-    for blob in container.list_blobs(name_starts_with=LATEST_PREFIX):
-        table = from_parquet(container.download_blob(blob.name).readall())
-        if table.num_rows == 0:
+    for symbol in stored_symbols(container):
+        table = read_latest(container, symbol, settings.latest_window, settings.latest_max_attempts, request_id).table
+        if table is None or table.num_rows == 0:
+            log.info("resume=%s %s has no stored bars; the feed leaves it out", request_id, symbol)
             continue
-        symbol = table.column("symbol")[0].as_py()
         prices[symbol] = float(table.column("close")[-1].as_py())
         last = pc.max(table.column("ts")).as_py()
         newest = last if newest is None or last > newest else newest

@@ -1,7 +1,12 @@
-"""Read what ingest stored: the true bars of ``raw/`` and the dead-letter records."""
+"""Read what ingest stored: the true bars of ``raw/`` and the dead-letter records.
+
+A ``raw/`` blob that does not decode (a torn write, a stray file) is skipped with a warning naming
+it and counted, as the rebuild of ``latest/`` skips it: it stays in place for a person to inspect.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,22 +16,48 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from azure.storage.blob import ContainerClient
 
-from functions.shared.bars import empty_bars, from_parquet, true_bars
+from functions.shared.bars import empty_bars, true_bars
+from functions.shared.rebuild import RAW_PREFIX, CorruptBlobError, decode_bars
+
+log = logging.getLogger("devhost.store")
+
+
+def _download_named(container: ContainerClient, prefix: str) -> list[tuple[str, bytes]]:
+    names = [b.name for b in container.list_blobs(name_starts_with=prefix)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(zip(names, pool.map(lambda n: container.download_blob(n).readall(), names), strict=True))
 
 
 def _download_all(container: ContainerClient, prefix: str) -> list[bytes]:
-    names = [b.name for b in container.list_blobs(name_starts_with=prefix)]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda n: container.download_blob(n).readall(), names))
+    return [data for _, data in _download_named(container, prefix)]
 
 
-def stored_bars(container: ContainerClient, symbol: str | None = None) -> pa.Table:
-    """All true bars under ``raw/`` (optionally of one symbol), sorted by symbol and ts."""
-    tables = [from_parquet(data) for data in _download_all(container, "raw/")]
+@dataclass(frozen=True)
+class RawBars:
+    """The true bars under ``raw/`` and the blobs skipped because they do not decode."""
+
+    bars: pa.Table
+    skipped: tuple[str, ...]
+
+
+def read_raw(container: ContainerClient, symbol: str | None = None, request_id: str = "devhost-bars") -> RawBars:
+    """All true bars under ``raw/`` (optionally of one symbol), sorted by symbol and ts; unreadable blobs skipped."""
+    tables, skipped = [], []
+    for name, data in _download_named(container, RAW_PREFIX):
+        try:
+            tables.append(decode_bars(data))
+        except CorruptBlobError as exc:
+            log.warning("read=%s skipping unreadable %s (%s)", request_id, name, exc)
+            skipped.append(name)
     table = pa.concat_tables(tables) if tables else empty_bars()
     if symbol:
         table = table.filter(pc.equal(table.column("symbol"), symbol.upper()))
-    return true_bars(table)
+    return RawBars(true_bars(table), tuple(skipped))
+
+
+def stored_bars(container: ContainerClient, symbol: str | None = None) -> pa.Table:
+    """All true bars under ``raw/`` (optionally of one symbol), sorted by symbol and ts; unreadable blobs skipped."""
+    return read_raw(container, symbol).bars
 
 
 @dataclass(frozen=True)

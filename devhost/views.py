@@ -120,20 +120,22 @@ def ingest_through_kafka(bodies: list[bytes], console: Console, timeout: float =
 
 @dataclass(frozen=True)
 class StoredSummary:
-    """The true bars in storage and the dead-letter counts."""
+    """The true bars in storage, the dead-letter counts and the raw/ blobs skipped as unreadable."""
 
     bars: pa.Table
     dead_letters: int
     by_reason: dict[str, int]
+    skipped: tuple[str, ...] = ()
 
 
 def show_bars(console: Console, symbol: str | None = None) -> StoredSummary:
-    """Print the true bars per symbol and the dead-letter count; return them."""
+    """Print the true bars per symbol, the dead-letter count and the unreadable raw/ blobs skipped; return them."""
     from devhost.runtime import prepare
-    from devhost.store import dead_letters, stored_bars
+    from devhost.store import dead_letters, read_raw
 
     runtime = prepare()
-    bars = stored_bars(runtime.container, symbol)
+    raw = read_raw(runtime.container, symbol)
+    bars = raw.bars
     letters = dead_letters(runtime.container)
     table = Table(title=f"true bars in {runtime.container.container_name}/raw")
     for column in ("symbol", "bars", "first", "last", "last close"):
@@ -149,20 +151,32 @@ def show_bars(console: Console, symbol: str | None = None) -> StoredSummary:
             f"{rows.column('close')[-1].as_py():.4f}",
         )
     console.print(table)
-    console.print(f"bars stored: {bars.num_rows}   dead-lettered events: {letters.events} {letters.by_reason() or ''}")
-    return StoredSummary(bars, letters.events, letters.by_reason())
+    console.print(
+        f"bars stored: {bars.num_rows}   dead-lettered events: {letters.events} {letters.by_reason() or ''}"
+        f"   unreadable raw/ blobs skipped: {len(raw.skipped)}"
+    )
+    return StoredSummary(bars, letters.events, letters.by_reason(), raw.skipped)
 
 
 def train(console: Console) -> dict | None:
-    """Fire the timer, wait for the local job and the rollout, print the decision; return the summary."""
+    """Fire the timer, wait for the local job and the rollout, print the decision; return the summary.
+
+    A state devhost cannot heal (a damaged MLflow store) is printed as what to do, not a traceback; None then.
+    """
     from devhost.host import Host
+    from devhost.mlflow_store import StoreDamagedError
     from devhost.orchestrate import train as run_training
 
     with Progress(
         TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:
         task = progress.add_task("timer fired", total=None)
-        result = run_training(Host(), on_wait=lambda name: progress.update(task, description=f"job {name} running"))
+        try:
+            result = run_training(Host(), on_wait=lambda name: progress.update(task, description=f"job {name} running"))
+        except StoreDamagedError as exc:
+            progress.stop()
+            console.print(f"[red]cannot train[/]: {exc}", highlight=False, soft_wrap=True)
+            return None
         progress.update(task, total=1, completed=1, description=f"job {result.job_name} done")
     summary = result.summary
     if summary is None:

@@ -5,6 +5,9 @@ ETag still matches, so two batches updating one symbol at once both land. Mergin
 applying the same batch twice gives the same blob contents. ``raw/`` is the truth and ``latest/``
 a view of it: a blob that cannot be decoded is quarantined and rebuilt from ``raw/`` by the same
 ETag-conditional write (:mod:`functions.shared.rebuild`), so it never blocks a batch or a forecast.
+A blob that is missing though ``symbols/<SYMBOL>`` (written before the blob is first created) says
+the symbol was stored is rebuilt from ``raw/`` too; a symbol without that marker is unknown, and
+costs one more HEAD request, never a scan of ``raw/``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,10 +24,12 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, ContainerClient
 
-from functions.shared.bars import last_bars, to_parquet
+from functions.shared.bars import last_bars, to_parquet, valid_symbol
 from functions.shared.rebuild import CorruptBlobError, decode_bars, quarantine, rebuild_from_raw
 
 log = logging.getLogger(__name__)
+LATEST_PREFIX = "latest/"
+SYMBOLS_PREFIX = "symbols/"  # an empty blob per symbol whose latest/ blob was ever created
 MERGE_WORKERS = 8  # symbols of one batch merged at once
 
 # what a conditional write or delete raises when another writer got there first (a 404 when a
@@ -46,7 +52,20 @@ class LatestUpdateError(RuntimeError):
 
 def latest_blob_name(symbol: str) -> str:
     """Blob name of a symbol's rolling window."""
-    return f"latest/{symbol}.parquet"
+    return f"{LATEST_PREFIX}{symbol}.parquet"
+
+
+def symbol_marker_name(symbol: str) -> str:
+    """Blob name of the marker saying a symbol's latest/ blob was created, so its absence is damage."""
+    return f"{SYMBOLS_PREFIX}{symbol}"
+
+
+def stored_symbols(container: ContainerClient) -> list[str]:
+    """Every symbol with a latest/ blob or a marker saying it had one, sorted (two listings)."""
+    names = {b.name.removeprefix(SYMBOLS_PREFIX) for b in container.list_blobs(name_starts_with=SYMBOLS_PREFIX)}
+    for blob in container.list_blobs(name_starts_with=LATEST_PREFIX):
+        names.add(blob.name.removeprefix(LATEST_PREFIX).removesuffix(".parquet"))
+    return sorted(name for name in names if valid_symbol(name))
 
 
 @lru_cache(maxsize=1024)
@@ -59,6 +78,15 @@ def _latest_client(container: ContainerClient, symbol: str) -> BlobClient:
     return container.get_blob_client(latest_blob_name(symbol))
 
 
+class _Found(NamedTuple):
+    """What one read of a latest/ blob found, repaired from raw/ where it had to be (a tuple: read per GET)."""
+
+    table: pa.Table | None  # None: absent, and its symbol was never stored
+    etag: str | None  # the blob's as read (a corrupt one's, so its repair replaces exactly it); None if absent
+    repaired: bool = False  # rebuilt from raw/: corrupt, or missing though its symbol was stored
+    marker_etag: str | None = None  # the symbol's marker as seen, when the blob was missing
+
+
 def _read(
     container: ContainerClient,
     blob: BlobClient,
@@ -66,12 +94,10 @@ def _read(
     window: int,
     batch_id: str,
     known_etag: str | None = None,
-) -> tuple[pa.Table | None, str | None, bool]:
-    """The stored window, its ETag and whether it was rebuilt; (None, None, False) when absent.
+) -> _Found:
+    """The stored window, or its rebuild from raw/ when the blob is corrupt or missing though its symbol was stored.
 
-    A corrupt blob is copied to quarantine and its window rebuilt from raw/; the ETag returned is
-    the corrupt blob's, so the repair replaces exactly what was found. With ``known_etag``, a
-    blob that still has it is answered with a 304 (raised) instead of being downloaded.
+    With ``known_etag``, a blob that still has it is answered with a 304 (raised) instead of being downloaded.
     """
     try:
         if known_etag is None:
@@ -79,21 +105,34 @@ def _read(
         else:
             downloader = blob.download_blob(etag=known_etag, match_condition=MatchConditions.IfModified)
     except ResourceNotFoundError:
-        return None, None, False
+        # the cost of an unknown symbol: one HEAD; only a symbol stored before pays for the rebuild
+        try:
+            marker = container.get_blob_client(symbol_marker_name(symbol)).get_blob_properties()
+        except ResourceNotFoundError:
+            return _Found(None, None)
+        log.warning(
+            "batch=%s %s is missing though %s was stored; rebuilding from raw/", batch_id, blob.blob_name, symbol
+        )
+        return _Found(rebuild_from_raw(container, symbol, window, batch_id), None, True, marker.etag)
     data, etag = downloader.readall(), downloader.properties.etag
     try:
-        return decode_bars(data, symbol), etag, False
+        return _Found(decode_bars(data, symbol), etag)
     except CorruptBlobError as exc:
         name = quarantine(container, symbol, data, exc.reason, batch_id)
         log.warning(
             "batch=%s %s is corrupt (%s); copied to %s, rebuilding from raw/", batch_id, blob.blob_name, exc, name
         )
-        return rebuild_from_raw(container, symbol, window, batch_id), etag, True
+        return _Found(rebuild_from_raw(container, symbol, window, batch_id), etag, True)
 
 
-def _write(blob: BlobClient, table: pa.Table, etag: str | None) -> None:
-    """Create the blob, or replace it only if it still has ``etag``."""
+def _write(container: ContainerClient, symbol: str, blob: BlobClient, table: pa.Table, etag: str | None) -> None:
+    """Create the blob (marking its symbol as stored first), or replace it only if it still has ``etag``.
+
+    The marker goes first, so a crash between the two leaves a symbol whose missing blob the next
+    read or merge rebuilds, never a blob whose loss would read as an unknown symbol.
+    """
     if etag is None:
+        container.upload_blob(symbol_marker_name(symbol), b"", overwrite=True)
         blob.upload_blob(to_parquet(table), overwrite=False)
     else:
         blob.upload_blob(to_parquet(table), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
@@ -105,10 +144,10 @@ def update_symbol(
     """Merge ``bars`` of one symbol into its latest blob; return the rows it now holds."""
     blob = _latest_client(container, symbol)
     for attempt in range(1, max_attempts + 1):
-        current, etag, _ = _read(container, blob, symbol, window, batch_id)
-        merged = last_bars(bars if current is None else pa.concat_tables([current, bars]), window)
+        found = _read(container, blob, symbol, window, batch_id)
+        merged = last_bars(bars if found.table is None else pa.concat_tables([found.table, bars]), window)
         try:
-            _write(blob, merged, etag)
+            _write(container, symbol, blob, merged, found.etag)
             return merged.num_rows
         except _CONFLICTS:
             log.info("batch=%s latest/%s changed concurrently, attempt %d/%d", batch_id, symbol, attempt, max_attempts)
@@ -132,7 +171,7 @@ def read_latest(
     request_id: str,
     known_etag: str | None = None,
 ) -> Latest:
-    """A symbol's stored window, repaired from raw/ if corrupt.
+    """A symbol's stored window, repaired from raw/ if corrupt, or if missing though the symbol was stored.
 
     With ``known_etag``, a blob that still has it is not downloaded (``If-None-Match``, HTTP 304):
     the answer is ``unchanged`` and holds no table.
@@ -140,19 +179,25 @@ def read_latest(
     blob = _latest_client(container, symbol)
     for attempt in range(1, max_attempts + 1):
         try:
-            current, etag, repaired = _read(container, blob, symbol, window, request_id, known_etag)
+            found = _read(container, blob, symbol, window, request_id, known_etag)
         except ResourceModifiedError as exc:  # the SDK's type for a 304 (x-ms-error-code ConditionNotMet)
             if known_etag is None or exc.status_code != 304:
                 raise
             return Latest(None, known_etag, unchanged=True)
-        if not repaired:
-            return Latest(current, etag)
+        if not found.repaired:
+            return Latest(found.table, found.etag)
         try:
-            if current is not None and current.num_rows:
-                _write(blob, current, etag)
-                return Latest(current, None)
-            # raw/ has no bar of it either: the bad blob goes (its bytes are in quarantine)
-            blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+            if found.table is not None and found.table.num_rows:
+                _write(container, symbol, blob, found.table, found.etag)
+                return Latest(found.table, None)
+            # raw/ has no bar of it either: the bad blob goes (its bytes are in quarantine), and so
+            # does the marker, unless a batch rewrote it since (then the retry finds its blob)
+            if found.etag is not None:
+                blob.delete_blob(etag=found.etag, match_condition=MatchConditions.IfNotModified)
+            if found.marker_etag is not None:
+                container.delete_blob(
+                    symbol_marker_name(symbol), etag=found.marker_etag, match_condition=MatchConditions.IfNotModified
+                )
             return Latest(None, None)
         except _CONFLICTS:
             log.info(

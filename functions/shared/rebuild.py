@@ -4,6 +4,11 @@ A latest blob that cannot be decoded (empty, not Parquet, truncated, another sch
 symbol's bars) is copied under ``quarantine/latest/<SYMBOL>/`` for a post-mortem and its window is
 rebuilt from ``raw/`` by the true-bar rule. The caller replaces the bad blob with an
 ETag-conditional write, so repairing never races a concurrent update.
+
+``raw/`` folders are named by write time, not by the minutes they hold: a backfill written late
+holds old minutes, and an older folder may hold a minute's true bar. So the rebuild stops only where
+no unread folder can change the window: it is full, and every older folder's bars are older than its
+oldest minute (a bar lies at most :data:`REACH_S` past its folder's hour).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -21,14 +27,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from azure.storage.blob import BlobPrefix, ContainerClient
 
-from functions.shared.bars import BAR_SCHEMA, empty_bars, last_bars
+from functions.shared.bars import BAR_SCHEMA, MAX_EMITTED_AHEAD_MS, MAX_TS_AHEAD_S, empty_bars, last_bars
 
 log = logging.getLogger(__name__)
 
 RAW_PREFIX = "raw/"
 QUARANTINE_PREFIX = "quarantine/latest/"
 _DATE_PREFIX = re.compile(r"raw/date=\d{4}-\d{2}-\d{2}/")
-_HOUR_PREFIX = re.compile(r"raw/date=\d{4}-\d{2}-\d{2}/hour=\d{2}/")
+_HOUR_PREFIX = re.compile(r"raw/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
+# How far past the start of its raw/ folder's hour a stored bar's minute can lie: the host names the
+# folder by the invocation's clock; ingest accepts an event emitted up to a day after its batch's
+# clock and a bar stamped up to a day after its event (bars.py); plus the folder's own hour and an
+# hour for the invocation's run between naming the folder and decoding the batch.
+REACH_S = MAX_EMITTED_AHEAD_MS // 1000 + MAX_TS_AHEAD_S + 2 * 3600
 # raw/ blobs of one hour are downloaded in parallel: a repair reads hours of per-batch blobs
 _DOWNLOAD_THREADS = 8
 
@@ -88,6 +99,19 @@ def _iter_hours(container: ContainerClient) -> Iterator[str]:
         yield from _prefixes(container, date, _HOUR_PREFIX)
 
 
+def newest_minute_in(hour: str) -> float:
+    """The newest minute (unix s) a bar stored under the ``raw/`` hour folder ``hour`` can have; inf if unparsable.
+
+    A folder the host never names (``date=2026-13-40``) bounds nothing: the scan never stops at it.
+    """
+    match = _HOUR_PREFIX.fullmatch(hour)
+    try:
+        start = dt.datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}:00:00+00:00") if match else None
+    except ValueError:
+        start = None
+    return math.inf if start is None else start.timestamp() + REACH_S
+
+
 def _hour_bars(container: ContainerClient, hour: str, symbol: str, pool: ThreadPoolExecutor, batch_id: str) -> pa.Table:
     """Bars of ``symbol`` in the raw/ blobs of one hour; an unreadable blob is skipped with a warning."""
     names = [b.name for b in container.list_blobs(name_starts_with=hour)]
@@ -104,24 +128,21 @@ def _hour_bars(container: ContainerClient, hour: str, symbol: str, pool: ThreadP
 
 
 def rebuild_from_raw(container: ContainerClient, symbol: str, window: int, batch_id: str) -> pa.Table:
-    """The newest ``window`` true bars of ``symbol`` according to ``raw/``, read newest hour first.
+    """The newest ``window`` true bars of ``symbol`` according to ``raw/``, read newest folder first.
 
-    raw/ is partitioned by write time, so older hours hold older emissions: the scan stops once the
-    window is full and a whole older hour changed nothing in it.
+    Folders are by write time, so neither a full window nor an hour that changed nothing ends the
+    scan (a backfill written after newer minutes looks like both); it ends once the window is full
+    and the next folder, and so every older one, can only hold minutes older than its oldest.
     """
     held = empty_bars()
     hours = 0
     with ThreadPoolExecutor(max_workers=_DOWNLOAD_THREADS) as pool:
         for hour in _iter_hours(container):
+            if held.num_rows >= window and newest_minute_in(hour) < held.column("ts")[0].as_py().timestamp():
+                break
             hours += 1
             found = _hour_bars(container, hour, symbol, pool, batch_id)
-            if not found.num_rows:
-                if held.num_rows >= window:
-                    break
-                continue
-            merged = last_bars(pa.concat_tables([held, found]), window)
-            if held.num_rows >= window and merged.equals(held):
-                break
-            held = merged
+            if found.num_rows:
+                held = last_bars(pa.concat_tables([held, found]), window)
     log.info("batch=%s rebuilt %s from raw/: %d bars from %d hours", batch_id, symbol, held.num_rows, hours)
     return held

@@ -17,7 +17,7 @@ from devhost.host import Host
 from devhost.replay import make_batches, replay
 from devhost.store import dead_letters, stored_bars
 from functions.shared.bars import from_parquet
-from functions.shared.latest import latest_blob_name
+from functions.shared.latest import latest_blob_name, symbol_marker_name
 from tests.factories import oracle, table_bars
 
 pytestmark = pytest.mark.integration
@@ -49,8 +49,9 @@ def test_replay_stores_exactly_the_true_bars(container):
         "yahoo_error": 1,
     }
     names = [b.name for b in container.list_blobs()]
-    assert all(n.startswith(("raw/date=", "deadletter/date=", "latest/")) for n in names)
+    assert all(n.startswith(("raw/date=", "deadletter/date=", "latest/", "symbols/")) for n in names)
     assert {n for n in names if n.startswith("latest/")} == {latest_blob_name(s) for s in CFG.symbols}
+    assert {n for n in names if n.startswith("symbols/")} == {symbol_marker_name(s) for s in CFG.symbols}
 
 
 def test_replaying_twice_changes_nothing(container):

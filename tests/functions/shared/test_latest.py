@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
+import math
 import threading
 from dataclasses import replace
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,10 +26,11 @@ from functions.shared.latest import (
     LatestUpdateError,
     latest_blob_name,
     read_latest,
+    symbol_marker_name,
     update_latest,
     update_symbol,
 )
-from functions.shared.rebuild import QUARANTINE_PREFIX, rebuild_from_raw
+from functions.shared.rebuild import QUARANTINE_PREFIX, newest_minute_in, rebuild_from_raw
 from tests.functions.shared.test_bars import T0, bars, key_values
 
 pytestmark = pytest.mark.integration
@@ -190,14 +193,75 @@ def _downloads(runtime, container, seen: list[str]):
     return _client(runtime, container, hook)
 
 
-def test_rebuild_stops_once_an_older_hour_adds_nothing(container, runtime):
-    """With the window full, an hour that changes nothing ends the scan: older dates are never downloaded."""
+def test_rebuild_reads_every_folder_that_can_reach_the_window_and_none_older(container, runtime):
+    """A folder that may hold a minute of the window is read (its revision wins); one too old to is never downloaded."""
     everything = seed_raw(container)
+    replayed = series("AAPL", 29, 1, 9, bump=0.25)  # minute 29 again, emitted later, in the oldest folder
+    container.upload_blob(f"{DAY1}/hour=23/replayed.parquet", to_parquet(replayed))
+    # written 2026-10-20 12h: a bar there is at most 2 d 2 h newer, long before the window's oldest minute
+    container.upload_blob("raw/date=2026-10-20/hour=12/old.parquet", to_parquet(series("AAPL", -20_000, 5, 0)))
     seen: list[str] = []
     rebuilt = rebuild_from_raw(_downloads(runtime, container, seen), "AAPL", 14, "b-2")
-    assert key_values(rebuilt) == key_values(last_bars(only(everything, "AAPL"), 14))
-    assert any("hour=00" in path for path in seen)
-    assert not any("date=2026-11-02" in path for path in seen)
+    assert key_values(rebuilt) == key_values(last_bars(only(pa.concat_tables([everything, replayed]), "AAPL"), 14))
+    assert rebuilt.column("close").to_pylist()[-1] == 129.25
+    assert any(f"{DAY1}/hour=23/replayed.parquet" in path for path in seen)
+    assert not any("date=2026-10-20" in path for path in seen)
+
+
+@pytest.mark.parametrize(
+    ("hour", "newest"),
+    [
+        ("raw/date=2026-11-02/hour=14/", dt.datetime(2026, 11, 4, 16, tzinfo=dt.UTC).timestamp()),
+        ("raw/date=2026-02-30/hour=14/", math.inf),  # no such day: a folder the host never names bounds nothing
+    ],
+)
+def test_a_folder_bounds_the_minutes_it_can_hold(hour, newest):
+    """A bar under an hour's folder is at most two days (emission, then stamp) and two hours past the hour's start."""
+    assert newest_minute_in(hour) == newest
+
+
+# --- a backfill written after newer bars: raw/ folders are by write time, not by minute ---
+
+BACKFILL_DAY = T0 - 3 * 86_400  # Friday 2026-10-30, three days before the live minutes
+
+
+def backfill(start: int, count: int) -> pa.Table:
+    """Minutes of an older day, emitted then (emitted_at 1), as a late backfill re-sends them."""
+    return bars([("AAPL", BACKFILL_DAY + 60 * (start + i), 300.0 + start + i, 1, 1) for i in range(count)])
+
+
+LIVE_AT = "raw/date=2026-11-02/hour=15"
+# the backfill also re-sends the newest live minute as first emitted (emitted_at 1): the live bar
+# written earlier (emitted_at 5) is still the true one
+STALE_NEWEST = series("AAPL", 29, 1, 1, bump=900.0)
+BACKFILLS = {
+    "an older backfill hour adds nothing": {
+        "raw/date=2026-11-02/hour=17": pa.concat_tables([backfill(30, 30), STALE_NEWEST]),
+        "raw/date=2026-11-02/hour=16": backfill(0, 30),
+    },
+    "an hour without the symbol": {
+        "raw/date=2026-11-02/hour=17": pa.concat_tables([backfill(0, 60), STALE_NEWEST]),
+        "raw/date=2026-11-02/hour=16": series("MSFT", 0, 30, 5),
+    },
+    "written the next day": {
+        "raw/date=2026-11-03/hour=01": pa.concat_tables([backfill(30, 30), STALE_NEWEST]),
+        "raw/date=2026-11-03/hour=00": backfill(0, 30),
+    },
+}
+
+
+@pytest.mark.parametrize("written", list(BACKFILLS))
+def test_rebuild_serves_the_newest_minutes_after_a_backfill_of_older_ones(container, written):
+    """Live minutes, then a backfill of an older day written later: the rebuild's as_of is the newest live minute."""
+    live = series("AAPL", 0, 30, 5)
+    container.upload_blob(f"{LIVE_AT}/live.parquet", to_parquet(live))
+    for folder, table in BACKFILLS[written].items():
+        container.upload_blob(f"{folder}/backfill.parquet", to_parquet(table))
+    everything = pa.concat_tables([live, *BACKFILLS[written].values()])
+    container.upload_blob(latest_blob_name("AAPL"), b"\x00garbage", overwrite=True)
+    records, _ = forecasts._read_latest(replace(get_settings(), latest_window=10), "AAPL", 5)
+    assert [(r["ts"], r["close"]) for r in records] == [(T0 + 60 * i, 100.0 + i) for i in range(25, 30)]
+    assert stored(container) == key_values(last_bars(only(everything, "AAPL"), 10))
 
 
 def test_rebuild_reads_older_dates_until_the_window_is_full(container):
@@ -245,6 +309,94 @@ def test_predict_read_path_unknown_symbol_stays_404(container):
     assert corrupt.value.code == "unknown_symbol"
     assert not container.get_blob_client(latest_blob_name("NVDA")).exists()
     assert [data for _, data in quarantined(container, "NVDA")] == [b"junk"]
+
+
+# --- a missing latest/ blob: rebuilt when its symbol was stored, a cheap 404 when it never was ---
+
+
+def ingest_hours(container, hours: dict[str, pa.Table], window: int = 512) -> pa.Table:
+    """What ingest leaves per batch: the window merged into latest/ (the marker first), then the raw/ blob."""
+    for folder, table in hours.items():
+        update_latest(container, table, window, 4, folder)
+        container.upload_blob(f"{folder}/batch.parquet", to_parquet(table))
+    return pa.concat_tables(list(hours.values()))
+
+
+TWO_HUNDRED = {
+    "raw/date=2026-11-02/hour=15": series("AAPL", 0, 100, 1),
+    "raw/date=2026-11-02/hour=17": series("AAPL", 100, 100, 2),
+}
+
+
+def test_predict_read_path_rebuilds_a_missing_blob_of_a_stored_symbol(container):
+    """latest/AAPL deleted while raw/ holds 200 bars: the GET's read answers the newest and recreates the blob."""
+    everything = ingest_hours(container, TWO_HUNDRED)
+    container.delete_blob(latest_blob_name("AAPL"))
+    records, etag = forecasts._read_latest(get_settings(), "AAPL", 5)
+    assert [(r["ts"], r["close"]) for r in records] == [(T0 + 60 * i, 100.0 + i) for i in range(195, 200)]
+    assert etag is None  # rebuilt just now: the next GET reads the blob and its ETag
+    assert stored(container) == key_values(true_bars(everything))
+    assert quarantined(container) == []
+
+
+def test_a_batch_merges_into_the_rebuilt_window_of_a_missing_blob(container):
+    """A batch for a stored symbol whose latest/ blob is gone merges into raw/'s window, not into nothing."""
+    everything = ingest_hours(container, TWO_HUNDRED)
+    container.delete_blob(latest_blob_name("AAPL"))
+    batch = series("AAPL", 200, 2, 3)
+    held = update_symbol(container, "AAPL", batch, 512, 4, "b-6")
+    assert held == 202
+    assert stored(container) == key_values(true_bars(pa.concat_tables([everything, batch])))
+
+
+def _requests(runtime, container, seen: list[tuple[str, str]]):
+    def hook(request) -> None:
+        url = urlparse(request.http_request.url)
+        if "comp=list" in url.query:  # a listing: by its prefix
+            seen.append(("LIST", parse_qs(url.query).get("prefix", [""])[0]))
+        else:
+            seen.append((request.http_request.method, unquote(url.path).split("/", 3)[3]))  # past /account/container/
+
+    return _client(runtime, container, hook)
+
+
+HOURS = ("raw/date=2026-11-02/hour=17", "raw/date=2026-11-02/hour=15")
+
+
+@pytest.mark.parametrize(
+    ("marked", "first_read"),
+    [
+        (False, [("GET", "latest/ZZZZ.parquet"), ("HEAD", "symbols/ZZZZ")]),
+        # a marker with no bars behind it (the batch never reached raw/): one whole scan, then the marker goes
+        (
+            True,
+            [
+                ("GET", "latest/ZZZZ.parquet"),
+                ("HEAD", "symbols/ZZZZ"),
+                ("LIST", "raw/"),
+                ("LIST", "raw/date=2026-11-02/"),
+                *[step for hour in HOURS for step in (("LIST", f"{hour}/"), ("GET", f"{hour}/batch.parquet"))],
+                ("DELETE", "symbols/ZZZZ"),
+            ],
+        ),
+    ],
+    ids=["never-stored", "marker-without-bars"],
+)
+def test_a_symbol_raw_does_not_hold_is_a_404_for_two_requests(container, runtime, marked, first_read):
+    """An unknown symbol costs a GET and a HEAD, never a scan of raw/; a marker raw/ cannot back is dropped."""
+    ingest_hours(container, TWO_HUNDRED)
+    if marked:
+        container.upload_blob(symbol_marker_name("ZZZZ"), b"")
+    seen: list[tuple[str, str]] = []
+    client = _requests(runtime, container, seen)
+    first = read_latest(client, "ZZZZ", 512, 4, "r-4")
+    assert (first.table, first.etag, seen) == (None, None, first_read)
+    seen.clear()
+    again = read_latest(client, "ZZZZ", 512, 4, "r-5")
+    assert (again.table, seen) == (None, [("GET", "latest/ZZZZ.parquet"), ("HEAD", "symbols/ZZZZ")])
+    with pytest.raises(ApiError) as unknown:
+        forecasts._read_latest(get_settings(), "ZZZZ", 5)
+    assert (unknown.value.status, unknown.value.code) == (404, "unknown_symbol")
 
 
 def test_one_failing_symbol_does_not_block_the_others(container, runtime):
