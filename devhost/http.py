@@ -1,22 +1,32 @@
 """Serve the registered HTTP functions on loopback, with the route prefix from host.json.
 
 Every error the host itself answers is JSON (``{"error": {"code", "message"}}``), as the API's own
-errors are: 400 for a malformed request, 404 for no route, 405 (with ``Allow``) for a method the
-route does not serve, 408 for a client that stalls, 411/413 for a body without a length or over
-the limit. The body's size is judged from ``Content-Length`` before a byte of it is read.
+errors are: 400 for a malformed request, 404 for no route, 405 (with ``Allow``) for any method the
+route does not serve, standard or not, 408 for a client that stalls, 411/413 for a body without a
+length or over the limit, 503 (with ``Retry-After``) when every connection is busy. The body's size
+is judged from ``Content-Length`` before a byte of it is read.
+
+Slow clients cannot hold the host: the request line and headers must arrive within a deadline, and
+the body within another, however steadily the bytes trickle; at most ``max_connections``
+connections (one thread each) are open, and a connection past the cap closes the oldest one still
+waiting for its request, or is answered 503 when none is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
+import resource
+import select
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -35,10 +45,27 @@ MAX_BODY_BYTES = PREDICT_MAX_BODY_BYTES
 # a client that sends nothing for this long (request line, headers, body, or between keep-alive
 # requests) loses its connection, so it cannot hold a thread forever
 READ_TIMEOUT_SECONDS = 10.0
+# a client sending one byte a second never trips that timeout: the request line and headers (with
+# the wait for them on a kept-alive connection) must arrive within this, and the body within as long
+HEADER_TIMEOUT_SECONDS = 10.0
+BODY_TIMEOUT_SECONDS = 10.0
+# open connections, one thread each: 256 fit a ulimit -n of 1024 with room for the functions' own
+# (under a lower limit the cap is a quarter of it: see default_max_connections)
+MAX_CONNECTIONS = 256
+# how long a connection past the cap waits for the one it closed to let its thread go
+EVICT_WAIT_SECONDS = 1.0
+# how long a refused connection's request may take to arrive, to be read before the 503 and the close
+REFUSE_WAIT_SECONDS = 0.05
 # how long an answer given before the body was read waits for the rest of the body (see _linger)
 LINGER_SECONDS = 2.0
 _CODES = {400: "malformed", 408: "timeout", 413: "too_large"}  # the API's codes for these statuses
 _LENGTH = re.compile(r"[0-9]+")  # ASCII digits only: int() also takes "+5", "1_0" and non-ASCII digits
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # an RFC 9110 token, short enough to name in a message
+_BUSY_BODY = orjson.dumps({"error": {"code": "busy", "message": "every connection is busy; retry shortly"}})
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 def route_prefix() -> str:
@@ -70,20 +97,82 @@ def routes(host: Host) -> list[Route]:
     return out
 
 
+def default_max_connections() -> int:
+    """MAX_CONNECTIONS, or a quarter of the process's file descriptor limit where that is less."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft // 4))
+
+
 def error_body(code: str, message: str) -> bytes:
     """The API's error document."""
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-def _handler(table: list[Route], max_body: int, read_timeout: float) -> type[BaseHTTPRequestHandler]:
+class _DeadlineReader(socket.SocketIO):
+    """A connection's reads, each bounded by the idle timeout and by the deadline of the part being read."""
+
+    def __init__(self, sock: socket.socket, idle: float) -> None:
+        super().__init__(sock, "rb")
+        self.sock, self.idle = sock, idle
+        self.deadline: float | None = None
+
+    def expire_at(self, deadline: float | None) -> None:
+        """Bound the reads from now on by ``deadline`` (monotonic seconds), or by the idle timeout alone."""
+        self.deadline = deadline
+        if deadline is None:
+            self.sock.settimeout(self.idle)
+
+    def readinto(self, b: Any) -> int | None:
+        """Read what has come, waiting no longer than the idle timeout or the deadline allow."""
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the deadline passed")
+            self.sock.settimeout(min(self.idle, left))
+        return super().readinto(b)
+
+
+def _handler(
+    table: list[Route], max_body: int, read_timeout: float, header_timeout: float, body_timeout: float
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # headers and body leave in two writes: with Nagle on, the body waits ~40 ms for the ACK
         disable_nagle_algorithm = True
         timeout = read_timeout  # set on the socket by StreamRequestHandler.setup
+        server: _Server
+        reader: _DeadlineReader
 
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the functions log what matters."""
+
+        def setup(self) -> None:
+            """Read through a deadline reader (the buffered file StreamRequestHandler made is closed, not leaked)."""
+            super().setup()
+            self.rfile.close()
+            self.reader = _DeadlineReader(self.connection, read_timeout)
+            self.rfile = io.BufferedReader(self.reader)
+
+        def handle_one_request(self) -> None:
+            """Wait for the next request, the request line and headers due within ``header_timeout``."""
+            self.reader.expire_at(time.monotonic() + header_timeout)
+            self.server.waiting(self.request)
+            super().handle_one_request()
+
+        def parse_request(self) -> bool:
+            """Parse the request line and headers; False for a connection closed meanwhile to make room."""
+            parsed = super().parse_request()
+            self.reader.expire_at(None)
+            if not self.server.claim(self.request):  # evicted: nothing can be written on it any more
+                self.close_connection = True
+                return False
+            return parsed
+
+        def __getattr__(self, name: str) -> Any:
+            """Every method is dispatched (``do_<METHOD>``): a route answers 405 for one it does not serve, not 501."""
+            if name.startswith("do_"):
+                return self._dispatch
+            raise AttributeError(name)
 
         def _reply(self, status: int, body: bytes, headers: dict[str, str], close: bool = False) -> None:
             self.send_response(status)
@@ -166,11 +255,15 @@ def _handler(table: list[Route], max_body: int, read_timeout: float) -> type[Bas
             if self.headers.get("Expect", "").lower() == "100-continue":
                 self.send_response_only(HTTPStatus.CONTINUE)
                 self.end_headers()
+            self.reader.expire_at(time.monotonic() + body_timeout)
             try:
                 body = self.rfile.read(length)
             except TimeoutError:
-                self._fail(408, "timeout", f"no body byte for {read_timeout:g} s", close=True)
+                message = f"the body did not arrive within {body_timeout:g} s (or no byte of it for {read_timeout:g} s)"
+                self._fail(408, "timeout", message, close=True)
                 return None
+            finally:
+                self.reader.expire_at(None)
             if len(body) < length:  # the client closed before sending it all
                 self.close_connection = True
                 return None
@@ -178,6 +271,10 @@ def _handler(table: list[Route], max_body: int, read_timeout: float) -> type[Bas
 
         def _dispatch(self) -> None:
             url = urlsplit(self.path)
+            if not _METHOD.fullmatch(self.command):
+                return self._fail(
+                    400, "malformed", "the method is not an HTTP token of at most 32 characters", unread=True
+                )
             length = self._content_length()
             if length is None:
                 return
@@ -213,16 +310,93 @@ def _handler(table: list[Route], max_body: int, read_timeout: float) -> type[Bas
             headers.setdefault("Content-Type", response.mimetype or "text/plain")
             return self._reply(response.status_code, response.get_body(), headers)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch  # noqa: N815
-
     return Handler
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(HTTPServer):
+    """An HTTP server with one thread per connection, at most ``max_connections`` of them.
+
+    A connection past the cap closes the oldest connection still waiting for its request line or
+    headers (an idle kept-alive one, or a client trickling its headers), and takes its thread once
+    that thread has let go; with none waiting, every connection is serving a request and the new
+    one is answered 503 with ``Retry-After`` and closed. Threads and sockets stay bounded however
+    many clients connect, and a slow client can hold a thread only until its deadline.
+    """
+
     # the listen backlog: http.server's 5 overflowed under a 200-connection burst, and the
     # connections past it were reset or waited for SYN retries (1 s, 3 s, 7 s, ...)
     request_queue_size = 1024
-    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.lock = threading.Lock()
+        self.open = 0  # connections being served, under lock (for status and tests)
+        self._waiting: dict[socket.socket, float] = {}  # connections waiting for a request, since when
+        self._evicted: set[socket.socket] = set()
+
+    def waiting(self, request: socket.socket) -> None:
+        """``request`` waits for its next request line and headers: it may be closed to make room."""
+        with self.lock:
+            if request not in self._evicted:
+                self._waiting[request] = time.monotonic()
+
+    def claim(self, request: socket.socket) -> bool:
+        """``request`` has its headers and is being served; False if it was closed to make room."""
+        with self.lock:
+            self._waiting.pop(request, None)
+            return request not in self._evicted
+
+    def _evict_oldest(self) -> bool:
+        """Close the connection that has waited longest for its request; False when none is waiting."""
+        with self.lock:
+            if not self._waiting:
+                return False
+            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[oldest]
+            self._evicted.add(oldest)
+        log.debug("closing a connection waiting for its request to make room")
+        with contextlib.suppress(OSError):  # its blocked read returns at once, and its thread ends
+            oldest.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve ``request`` in a thread of its own, within the cap (see the class)."""
+        if not self.slots.acquire(blocking=False) and not (
+            self._evict_oldest() and self.slots.acquire(timeout=EVICT_WAIT_SECONDS)
+        ):
+            log.debug("all %d connections are serving requests: 503 to %s", self.max_connections, client_address)
+            self._refuse(request)
+            return
+        with self.lock:
+            self.open += 1
+        name = f"devhost-http-{self.server_address[1]}"
+        threading.Thread(target=self._serve, args=(request, client_address), name=name, daemon=True).start()
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self.lock:
+                self._waiting.pop(request, None)
+                self._evicted.discard(request)
+                self.open -= 1
+            self.slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 without a thread, first reading what the client already sent (closing on it sends a reset)."""
+        with contextlib.suppress(OSError):
+            select.select([request], [], [], REFUSE_WAIT_SECONDS)  # a request sent with the connect is here by now
+            request.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while request.recv(65536):
+                    pass
+            request.send(_BUSY)  # a fresh socket's send buffer takes it whole
+        self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away is routine; anything else is logged with its traceback."""
@@ -241,9 +415,14 @@ class HttpHost:
         port: int = 7071,
         *,
         read_timeout: float = READ_TIMEOUT_SECONDS,
+        header_timeout: float = HEADER_TIMEOUT_SECONDS,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_connections: int | None = None,
     ) -> None:
-        self.server = _Server(("127.0.0.1", port), _handler(routes(host), max_body_bytes, read_timeout))
+        handler = _handler(routes(host), max_body_bytes, read_timeout, header_timeout, body_timeout)
+        cap = default_max_connections() if max_connections is None else max_connections
+        self.server = _Server(("127.0.0.1", port), handler, cap)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="devhost-http", daemon=True)
 

@@ -464,17 +464,20 @@ def _ts_array(values: Sequence[Any]) -> np.ndarray:
 
 
 def _validated(symbol: str, ts: np.ndarray, values: np.ndarray) -> SeriesArrays:
-    """One symbol's bars sorted by time, a repeated time kept once (the later row), minutes floored; checked.
+    """One symbol's bars floored to their minute and sorted, one row per minute; checked.
 
-    ``values`` holds the open, high, low, close and volume rows (5, n) in the order of ``ts``.
+    ``values`` holds the open, high, low, close and volume rows (5, n) in the order of ``ts``. Times
+    are floored first, then a minute sent more than once keeps one bar: the one stamped latest in
+    it (a bar at :30 over one at :00), and of bars stamped alike the one sent later.
     """
     if len(ts) and (ts.min() < MIN_TS or ts.max() >= MAX_TS):
         raise ForecastInputError("malformed", f"{symbol}: bar times must lie between 2000-01-01 and 2100-01-01")
-    if not (ts[1:] > ts[:-1]).all():  # already in order without repeats: the common case needs no sort
-        order = np.argsort(ts, kind="stable")
-        ts, values = ts[order], values[:, order]
-        last = np.concatenate([ts[1:] != ts[:-1], [True]])  # a repeated minute: the later row wins
-        ts, values = ts[last], values[:, last]
+    minutes = ts - ts % 60
+    if not (minutes[1:] > minutes[:-1]).all():  # already one bar a minute, in order: the common case needs no sort
+        order = np.argsort(ts, kind="stable")  # by the stamp itself, so the latest in its minute comes last
+        minutes, values = minutes[order], values[:, order]
+        last = np.concatenate([minutes[1:] != minutes[:-1], [True]])
+        minutes, values = minutes[last], values[:, last]
     o, h, lo, c, v = values
     ok = (
         np.isfinite(values).all() and (lo > 0).all() and (h <= MAX_PRICE).all() and ((v >= 0) & (v <= MAX_VOLUME)).all()
@@ -485,7 +488,7 @@ def _validated(symbol: str, ts: np.ndarray, values: np.ndarray) -> SeriesArrays:
             f"{symbol}: bars must have finite prices in (0, {MAX_PRICE:g}], low <= open/close <= high, "
             f"volume in [0, {MAX_VOLUME:g}]",
         )
-    return ts - ts % 60, (o, h, lo, c, v)
+    return minutes, (o, h, lo, c, v)
 
 
 _BAR_FIELDS = operator.itemgetter("symbol", "ts", "open", "high", "low", "close", "volume")

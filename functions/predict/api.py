@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,8 @@ TRANSIENT_ERRORS = (
 MODEL_KINDS = ("persistence", "lstm_attention")  # what the endpoint may serve; anything else is "unknown"
 INTERVAL_FIELDS = ("level", "low", "high")
 SKILL_FIELDS = ("ratio_to_persistence", "p_value", "n", "evaluated_at")
+# an x-request-id that is echoed and logged: bounded, and nothing a header or a log line could be split on
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,16 @@ class ApiError(Exception):
     def body(self) -> bytes:
         """The JSON error document."""
         return orjson.dumps({"error": {"code": self.code, "message": self.message}})
+
+
+def usable_request_id(raw: str | None) -> str | None:
+    """The client's ``x-request-id`` if it is safe to echo and log (1–128 of ``[A-Za-z0-9._:-]``), else None."""
+    return raw if raw is not None and len(raw) <= 128 and REQUEST_ID.fullmatch(raw) else None
+
+
+def new_request_id() -> str:
+    """A request id for a request without a usable one."""
+    return uuid.uuid4().hex
 
 
 def parse_symbol(raw: str | None) -> str:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import azure.functions as func
 
 from functions import telemetry
 from functions.predict.api import (
     ApiError,
+    new_request_id,
     parse_post,
     parse_symbol,
+    usable_request_id,
 )
 from functions.predict.forecasts import as_api_error, forecast_latest, score_bars
 from functions.settings import get_settings
@@ -57,8 +58,19 @@ def _handle(req: func.HttpRequest, post: bool) -> func.HttpResponse:
     return response
 
 
+def _request_id(req: func.HttpRequest) -> str:
+    """The request's id: the client's ``x-request-id`` when safe to echo and log, else a new one."""
+    raw = req.headers.get("x-request-id")
+    rid = usable_request_id(raw)
+    if rid is None:
+        rid = new_request_id()
+        if raw:  # never echoed, and logged only as a short escaped prefix
+            log.info("request=%s replaces an unusable x-request-id of %d chars: %a", rid, len(raw), raw[:32])
+    return rid
+
+
 def _respond(req: func.HttpRequest, post: bool, started: float) -> func.HttpResponse:
-    request_id = req.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = _request_id(req)
     try:
         settings = get_settings()
         telemetry.configure(settings)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import http.client
+import select
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import httpx
 import orjson
@@ -15,6 +20,11 @@ import pytest
 from devhost.host import Host
 from devhost.http import HttpHost
 from functions.predict import blueprint
+from tests.devhost.ping_host import PingHost
+
+ROOT = Path(__file__).resolve().parents[2]
+# a request whose headers never end: what a slow client trickles, a byte at a time
+SLOW_HEAD = b"GET /api/ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4096
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +41,16 @@ def api() -> Iterator[HttpHost]:
 def impatient() -> Iterator[HttpHost]:
     """A host that cuts a silent client off after half a second."""
     host = HttpHost(Host(), 0, read_timeout=0.5).start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.fixture
+def strict() -> Iterator[HttpHost]:
+    """Ping and echo behind a host that wants the headers within 1 s and the body within 1 s more."""
+    host = HttpHost(PingHost(), 0, read_timeout=5.0, header_timeout=1.0, body_timeout=1.0).start()
     try:
         yield host
     finally:
@@ -145,16 +165,47 @@ def test_other_methods_are_405_json_with_allow(api, path, allow):
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("TRACE", "/api/predict/AAA", "GET"),
+        ("CONNECT", "/api/predict/AAA", "GET"),
+        ("PROPFIND", "/api/predict", "POST"),
+        ("BREW", "/api/predict", "POST"),
+        ("X-CUSTOM_1", "/api/predict/AAA", "GET"),
+        ("get", "/api/predict/AAA", "GET"),  # methods are case-sensitive: "get" is not GET
+        ("POST", "/api/predict/AAA", "GET"),
+        ("GET", "/api/predict", "POST"),
+    ],
+)
+def test_any_method_a_route_does_not_serve_is_405_json_with_allow(api, method, path, allow):
+    """Standard, WebDAV and invented methods on a route: 405 JSON naming its methods in Allow, connection kept."""
+    with closing(_connect(api.port)) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response, body = _answer(sock, method)
+        assert (response.status, response.getheader("Allow"), response.getheader("Connection")) == (405, allow, None)
+        assert _error(response, body) == {"code": "method_not_allowed", "message": f"{method} not allowed; use {allow}"}
+        sock.sendall(b"GET /api/nope HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection answers the next request
+        assert _answer(sock)[0].status == 404
+
+
+def test_an_unknown_method_off_any_route_is_404(api):
+    """A method no route serves, on a path no function serves: 404 JSON, as for any other method."""
+    response, body, _ = _request(api.port, b"PROPFIND /api/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (response.status, _error(response, body)["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
     ("raw", "status", "code"),
     [
         (b"GARBAGE\r\n\r\n", 400, "malformed"),
-        (b"BREW /api/predict HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+        (b"GE(T /api/predict/AAA HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed"),
+        (b"%s /api/predict/AAA HTTP/1.1\r\nHost: x\r\n\r\n" % (b"M" * 33), 400, "malformed"),
     ],
 )
-def test_requests_http_server_rejects_are_json(api, raw, status, code):
-    """A malformed request line (400) and an unknown method (501) are answered in JSON, never an HTML page."""
-    response, body, _ = _request(api.port, raw)
-    assert (response.status, _error(response, body)["code"]) == (status, code)
+def test_a_malformed_request_line_or_method_is_400_json(api, raw, status, code):
+    """A malformed request line, a method that is no HTTP token, or one over 32 characters: 400 JSON, no HTML page."""
+    response, body, rest = _request(api.port, raw)
+    assert (response.status, _error(response, body)["code"], rest) == (status, code, b"")
 
 
 def test_a_failing_function_is_a_500_json(api, monkeypatch):
@@ -192,3 +243,151 @@ def test_a_client_that_stalls_in_its_headers_is_cut_off(impatient):
         started = time.monotonic()
         assert sock.recv(1024) == b""
         assert 0.4 < time.monotonic() - started < 4.0
+
+
+@contextmanager
+def _slow_clients(port: int, count: int, every: float = 1.0) -> Iterator[tuple[list[socket.socket], list[int]]]:
+    """``count`` clients trickling SLOW_HEAD, each one byte every ``every`` s, from one thread.
+
+    Yields the clients the server has not closed yet (a send that fails drops a client) and how
+    many were left after each round.
+    """
+    socks = [_connect(port) for _ in range(count)]
+    alive, rounds, stop = list(socks), [], threading.Event()
+
+    def trickle() -> None:
+        for i in range(len(SLOW_HEAD)):
+            for sock in list(alive):
+                try:
+                    sock.send(SLOW_HEAD[i : i + 1])
+                    if select.select([sock], [], [], 0)[0] and not sock.recv(1):  # the server closed it
+                        alive.remove(sock)
+                except OSError:
+                    alive.remove(sock)
+            rounds.append(len(alive))
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield alive, rounds
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in socks:
+            sock.close()
+
+
+def _trickle_until_closed(sock: socket.socket, data: bytes, every: float, limit: float) -> tuple[float, bytes]:
+    """Send ``data`` a byte every ``every`` s until the server closes; the seconds that took and what it answered."""
+    started, received = time.monotonic(), b""
+    for i in range(len(data)):
+        if time.monotonic() - started > limit:
+            break
+        try:
+            sock.send(data[i : i + 1])
+            if select.select([sock], [], [], every)[0]:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except OSError:  # reset: closed just the same
+            break
+    return time.monotonic() - started, received
+
+
+def test_a_client_trickling_its_headers_is_closed_at_the_header_deadline(strict):
+    """A header byte every 0.2 s never trips the 5 s read timeout, but the connection closes at the 1 s deadline."""
+    with closing(_connect(strict.port)) as sock:
+        took, received = _trickle_until_closed(sock, SLOW_HEAD, every=0.2, limit=6.0)
+    assert (received, 0.9 < took < 2.5) == (b"", True), took
+
+
+def test_a_client_trickling_its_body_gets_408_at_the_body_deadline(strict):
+    """Headers at once, then a body byte every 0.2 s: 408 JSON at the 1 s body deadline, then close."""
+    with closing(_connect(strict.port)) as sock:
+        sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        took, received = _trickle_until_closed(sock, b"x" * 100, every=0.2, limit=6.0)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout" and b"Connection: close" in head
+    assert orjson.loads(body)["error"]["code"] == "timeout"
+    assert 0.9 < took < 2.5, took
+
+
+def test_a_request_sent_whole_is_answered_by_the_strict_host(strict):
+    """The deadlines leave a prompt client alone: GET and POST on one kept-alive connection both answer 200."""
+    with httpx.Client(base_url=strict.base_url, timeout=5) as client:
+        answers = [client.get("/ping"), client.post("/echo", content=b"hello")]
+    assert [(r.status_code, r.content) for r in answers] == [(200, b"pong"), (200, b"hello")]
+
+
+def test_200_slow_clients_hold_at_most_the_cap_while_a_get_is_answered_at_once():
+    """200 clients trickling headers: at most 20 held, a GET answered at once, the held ones closed at the deadline."""
+    host = HttpHost(PingHost(), 0, read_timeout=5.0, header_timeout=3.0, max_connections=20).start()
+
+    def held() -> tuple[int, int]:
+        """Connections open and their threads, now."""
+        name = f"devhost-http-{host.port}"
+        return host.server.open, sum(t.name == name for t in threading.enumerate())
+
+    try:
+        with _slow_clients(host.port, 200) as (alive, rounds):
+            time.sleep(1.5)
+            before = held()
+            started = time.monotonic()
+            response = httpx.get(f"{host.base_url}/ping", timeout=5)
+            took = time.monotonic() - started
+            after = held()
+            time.sleep(3.5)  # past the deadline of every slow client the server held
+            left = len(alive)
+    finally:
+        host.stop()
+    assert (response.status_code, response.text) == (200, "pong")
+    assert took < 1.0, took
+    assert max(*before, *after) <= 20 and before[0] >= 10, (before, after)  # full of slow clients, never past the cap
+    assert left == 0, f"{left} slow clients still open after the deadline (after each round: {rounds})"
+
+
+def test_at_a_low_file_limit_slow_clients_cannot_starve_a_get():
+    """At ulimit -n 96 the default cap (a quarter of it) keeps descriptors for a GET among 150 slow clients."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.devhost.ping_host", "96"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        with _slow_clients(port, 150):
+            time.sleep(1.5)
+            started = time.monotonic()
+            response = httpx.get(f"http://127.0.0.1:{port}/api/ping", timeout=4)
+            took = time.monotonic() - started
+        assert child.poll() is None  # the host lives on
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
+    assert (response.status_code, response.text, took < 1.0) == (200, "pong", True), took
+
+
+def test_past_the_cap_with_every_connection_serving_a_request_the_answer_is_503_with_retry_after():
+    """Two connections reading their bodies fill a cap of two: a GET gets 503 JSON with Retry-After, then 200."""
+    host = HttpHost(PingHost(), 0, read_timeout=5.0, body_timeout=1.5, max_connections=2).start()
+    try:
+        busy = [_connect(host.port) for _ in range(2)]
+        for sock in busy:  # headers whole, body never: each holds its thread in the body read, not evictable
+            sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        time.sleep(0.3)
+        refused = httpx.get(f"{host.base_url}/ping", timeout=5)
+        time.sleep(1.5)  # the body deadline frees both
+        served = httpx.get(f"{host.base_url}/ping", timeout=5)
+        for sock in busy:
+            sock.close()
+    finally:
+        host.stop()
+    assert (refused.status_code, refused.headers["retry-after"], refused.headers["connection"]) == (503, "1", "close")
+    assert refused.json() == {"error": {"code": "busy", "message": "every connection is busy; retry shortly"}}
+    assert (served.status_code, served.text) == (200, "pong")

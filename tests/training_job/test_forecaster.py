@@ -250,6 +250,42 @@ def test_shuffled_and_repeated_bars_are_sorted_and_the_later_row_wins():
     assert close[4] == again["close"] and close[5] == bars[5]["close"]
 
 
+def _iso(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "kept"),
+    [
+        pytest.param([0, 30], 1, id="30-after-00"),
+        pytest.param([30, 0], 0, id="30-before-00"),
+        pytest.param([59, 1, 30], 0, id="59-of-three"),
+        pytest.param([30, 30], 1, id="same-stamp-the-later-sent"),
+        pytest.param([0, 0], 1, id="same-minute-start-the-later-sent"),
+    ],
+)
+def test_a_minute_sent_several_times_keeps_the_bar_stamped_latest_in_it(seconds, kept):
+    """Times are floored before repeats go: one row a minute, the bar stamped latest in it (a tie: the later sent)."""
+    bars = records(10)
+    minute = T0 + 5 * 60
+    extra = [
+        {**bars[5], "ts": _iso(minute + second), "open": 60.0 + k, "high": 60.0 + k, "low": 60.0 + k, "close": 60.0 + k}
+        for k, second in enumerate(seconds)
+    ]
+    times, (_, _, _, close, _) = series_from_records(bars[:5] + extra + bars[6:])["AAA"]
+    assert times.tolist() == [T0 + 60 * i for i in range(10)]
+    assert close.tolist() == [bar["close"] for bar in bars[:5]] + [60.0 + kept] + [bar["close"] for bar in bars[6:]]
+
+
+def test_a_minute_sent_twice_counts_once_towards_the_bars_needed():
+    """NEED - 1 minutes, the last sent again at :30: still too few bars (not_enough_bars), not a forecast."""
+    bars = records(NEED - 1)
+    again = {**bars[-1], "ts": _iso(T0 + 60 * (NEED - 2) + 30)}
+    with pytest.raises(ForecastInputError) as caught:
+        Forecaster.persistence(META).forecast(series_from_records([*bars, again]))
+    assert caught.value.code == "not_enough_bars"
+
+
 def test_symbols_are_grouped_upper_cased_and_sorted():
     """Bars of several symbols are grouped per upper-cased symbol, in name order."""
     series = series_from_records(records(5, symbol="msft") + records(7, symbol="AAPL", seed=1))

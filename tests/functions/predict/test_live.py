@@ -42,9 +42,12 @@ def _doc(as_of: str = "2026-11-02T15:00:00Z", target: str | None = "2026-11-02T1
     }
 
 
-def _served(container) -> dict[str, list]:
+def _served(container, instance: str | None = None) -> dict[str, list]:
+    """The served blobs, of one instance if given (another test's process-wide worker may flush beside it)."""
     return {
-        b.name: decode_served(container.download_blob(b.name).readall()) for b in container.list_blobs(SERVED_PREFIX)
+        b.name: decode_served(container.download_blob(b.name).readall())
+        for b in container.list_blobs(SERVED_PREFIX)
+        if instance is None or b.name.rsplit("/", 1)[-1].startswith(f"{instance}-")
     }
 
 
@@ -57,7 +60,7 @@ def test_forecasts_are_buffered_once_per_key_and_flushed_as_one_served_blob(cont
     worker.record(_doc(version="unknown"), "post", "req-4")  # an endpoint that does not say its version
     worker.record(_doc(as_of="2026-11-02T15:01:00Z", target="2026-11-02T15:02:00Z"), "post", "req-5")
     assert worker.flush() == 2 and worker.flush() == 0
-    blobs = _served(container)
+    blobs = _served(container, "inst")
     assert list(blobs) == [f"{SERVED_PREFIX}date=2026-11-02/hour=15/inst-00000001.parquet"]
     [(first, second)] = blobs.values()
     assert (first.symbol, first.version, first.kind, first.as_of, first.target_ts) == (
@@ -100,7 +103,7 @@ def test_a_failed_flush_keeps_its_records_for_the_next(container, caplog):
     assert worker.flush() == 0 and "kept for the next flush" in caplog.text
     worker.record(_doc(as_of="2026-11-02T15:01:00Z", target="2026-11-02T15:02:00Z"), "get", "req-2")
     assert worker.flush() == 2
-    [records] = _served(container).values()
+    [records] = _served(container, "inst").values()
     assert [r.request_id for r in records] == ["req-1", "req-2"]
 
 
@@ -150,9 +153,9 @@ def test_the_background_thread_refreshes_at_start_and_flushes_within_its_interva
             time.sleep(0.02)
         assert worker.live("2") == (1, {**_figures("2", 5, 1.1).api("2026-11-02T15:15:00Z")})
         worker.record(_doc(), "get", "req-1")
-        while not _served(container) and time.monotonic() < deadline:
+        while not _served(container, "bg") and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(_served(container)) == 1
+        assert len(_served(container, "bg")) == 1
     finally:
         worker.close()
 
@@ -162,7 +165,7 @@ def test_closing_flushes_what_is_buffered(container):
     worker = LedgerWorker(lambda: container, flush_s=3600, instance="exit")
     worker.record(_doc(), "get", "req-1")
     worker.close()
-    assert [len(records) for records in _served(container).values()] == [1]
+    assert [len(records) for records in _served(container, "exit").values()] == [1]
 
 
 def test_an_answer_is_made_even_when_recording_fails(monkeypatch, caplog):

@@ -30,6 +30,7 @@ from functions.predict.api import (
     newest_close,
     parse_post,
     ts_seconds,
+    usable_request_id,
 )
 from functions.predict.api import (
     _bar as _full_bar,
@@ -248,6 +249,9 @@ def _bar(ts, close: float) -> dict:
         ),
         pytest.param([_bar("2026-11-02T14:30:00Z", 9.0)], 9.0, id="one-bar"),
         pytest.param(
+            [_bar(1_793_629_830, 2.0), _bar(1_793_629_800, 1.0)], 2.0, id="same-minute-the-latest-stamped-as-scored"
+        ),
+        pytest.param(
             [_bar(1_793_629_860, 7.0), _bar(1_793_629_800, 1.0), _bar(1_793_629_860, 8.0), _bar(1_793_629_800, 2.0)],
             8.0,
             id="unix-same-time-last-sent-wins",
@@ -373,6 +377,29 @@ def test_the_plain_bar_path_accepts_exactly_what_the_full_checks_accept(ts, pric
         return
     if plain is not None:
         assert plain == full and all(type(full[1][k]) is float for k in ("open", "high", "low", "close", "volume"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "usable"),
+    [
+        pytest.param("abc\r\n def", None, id="folded-newline"),
+        pytest.param("abc\n", None, id="trailing-newline"),
+        pytest.param("abc\rdef", None, id="cr"),
+        pytest.param("a" * 8192, None, id="8-kb"),
+        pytest.param("a" * 129, None, id="129-chars"),
+        pytest.param("été", None, id="unicode"),
+        pytest.param("٣٤", None, id="non-ascii-digits"),
+        pytest.param("a b", None, id="space"),
+        pytest.param("a\x00b", None, id="nul"),
+        pytest.param("", None, id="empty"),
+        pytest.param(None, None, id="absent"),
+        pytest.param("a" * 128, "a" * 128, id="128-chars"),
+        pytest.param("7f3c2a9e-1b2c.req:42_X", "7f3c2a9e-1b2c.req:42_X", id="valid"),
+    ],
+)
+def test_only_a_short_id_of_safe_characters_is_usable_as_the_request_id(raw, usable):
+    """x-request-id is kept only as 1-128 of [A-Za-z0-9._:-]: no line break, control or non-ASCII character."""
+    assert usable_request_id(raw) == usable
 
 
 def _http_error(status: int | None) -> HttpResponseError:
