@@ -16,7 +16,9 @@ Two things Azurite does not do for us, and how this module makes up for them:
   configurable from the command line), so a ``kill -9`` loses what was written since the last
   autosave. A small script preloaded into Azurite (``NODE_OPTIONS=--require``) saves every
   database when Azurite gets ``SIGUSR2`` and records when; :func:`flush` sends the signal and
-  waits for that record, so every write acknowledged before it is on disk.
+  waits for that record, so every write acknowledged before it is on disk. :class:`UnsavedWrites`
+  ties that to the Azurite process that took the writes, for whoever commits after them (the
+  Kafka trigger's checkpoints: "commit after durable").
 """
 
 from __future__ import annotations
@@ -314,6 +316,39 @@ def flush(home: Path, since: Azurite | None = None, timeout: float = 10.0, wait_
             raise NotSavedError(f"Azurite pid {current.pid} exited before it saved its index")
         time.sleep(0.005)
     raise NotSavedError(f"Azurite pid {current.pid} did not save its index within {timeout:.0f}s")
+
+
+class UnsavedWrites:
+    """Writes to a home's Azurite not yet known to be durable: which Azurite took them, and saving them.
+
+    Call :meth:`writing` before each write (or batch of writes) and :meth:`save` before anything
+    that stands for them is committed (a Kafka checkpoint). The first write after a save records
+    the Azurite running then; :meth:`save` flushes it and raises :class:`NotSavedError` if that
+    Azurite is gone, since a restarted one came up from its predecessor's last save. Not
+    thread-safe: one writer (a trigger's consumer thread) per instance.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._open = False
+        self._took: Azurite | None = None
+
+    def writing(self) -> None:
+        """Note that writes are about to be made: the first since the last save remembers the Azurite now running."""
+        if not self._open:
+            self._open, self._took = True, running(self.home)
+
+    def save(self) -> None:
+        """Make every write since the last save durable; raise :class:`NotSavedError` if that cannot be confirmed."""
+        if not self._open:
+            return
+        took, self._open = self._took, False  # saved or not, the next write starts a new window
+        if took is None:  # it started while the writes were made: which one took them is unknown
+            raise NotSavedError(f"no Azurite ran for {self.home} when the writes began")
+        try:
+            flush(self.home, since=took)
+        except OSError as exc:  # it died between the check and the signal
+            raise NotSavedError(f"Azurite pid {took.pid} could not be asked to save: {exc}") from exc
 
 
 def stop(home: Path, timeout: float = 10.0) -> bool:

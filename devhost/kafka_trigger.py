@@ -14,12 +14,19 @@ that the kernel releases when its holder dies, so a successor takes over at once
 coordinator can also wedge: a member that joins and vanishes before its SyncGroup stays the
 group's leader, and every later member is told "rebalance in progress" for good.
 
-**Checkpoints come after success.** The batch's next offsets are committed synchronously only
-once the invocation (retries included) succeeded, as the Event Hubs extension checkpoints, so a
-consumer that dies between the two hands the batch to its successor again: at least once, and
-ingest is idempotent. An invocation that still fails after the retries devhost allows is not
-skipped either: the partition is rewound to the batch and tried again after a backoff, which is
-what the function's unbounded retry policy asks of the host in Azure.
+**Checkpoints come after success, and after durable.** The batch's next offsets are committed
+synchronously only once the invocation (retries included) succeeded, as the Event Hubs extension
+checkpoints, so a consumer that dies between the two hands the batch to its successor again: at
+least once, and ingest is idempotent. Azurite acknowledges a write before its blob index is on
+disk (it autosaves every 5 s), so a checkpoint also waits until Azurite saved what its batches
+wrote (:class:`devhost.azurite.UnsavedWrites`), one save for every batch stored meanwhile: after
+each read of the topic that found no backlog, and at least every ``save_every_s`` while one is
+read. A save that fails, or an Azurite that restarted since the writes, commits nothing and the
+consumer starts over from the last checkpoint: a kill of Azurite, or a full disk, loses no event.
+
+An invocation that still fails after the retries devhost allows is not skipped either: the
+partition is rewound to the batch and tried again after a backoff, which is what the function's
+unbounded retry policy asks of the host in Azure.
 
 **The same metadata as in Azure.** Events are decoded by the azure-functions library's own
 trigger converter from the trigger metadata the host sends for ``cardinality=many``:
@@ -48,7 +55,8 @@ from azure.functions import meta
 from azure.functions.decorators.function_app import Function
 from azure.functions.eventhub import EventHubTriggerConverter
 
-from devhost.home import REPO_ROOT
+from devhost import azurite
+from devhost.home import REPO_ROOT, stockcast_home
 from devhost.host import Host, RetryPolicy, timespan_seconds
 from devhost.kafka import CLIENT_LOG
 
@@ -68,6 +76,7 @@ class TriggerOptions:
     checkpoint_every: int = 1  # batchCheckpointFrequency: batches per checkpoint
     from_start: bool = True  # initialOffsetOptions.type: fromStart (else fromEnd) without a checkpoint
     retry_backoff_cap_s: float = 30.0  # devhost's cap on the wait before a failed batch is tried again
+    save_every_s: float = 1.0  # devhost: while a backlog is read, stored batches wait this long at most for a save
 
     @classmethod
     def from_host_json(cls, path: Path | None = None, **overrides: Any) -> TriggerOptions:
@@ -122,6 +131,18 @@ class BatchDone:
     attempts: int
     checkpointed: bool
     finished: float  # time.time() when the invocation returned
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A batch the function stored, waiting for Azurite's save before its checkpoint."""
+
+    batch: Batch
+    attempts: int
+    blobs: int
+    finished: float  # time.time() when the invocation returned
+    due: bool  # whether its checkpoint is due (batchCheckpointFrequency)
+    at: float  # time.monotonic() when it was stored
 
 
 def batch_id(partition: int, first: int, last: int) -> str:
@@ -197,8 +218,11 @@ class KafkaTrigger:
         on_batch: Callable[[BatchDone], None] | None = None,
         before_commit: Callable[[Batch], None] | None = None,
         owner_lock: Path | None = None,
+        unsaved: azurite.UnsavedWrites | None = None,
     ) -> None:
         self.host = host
+        # the writes its checkpoints wait for: the home's Azurite unless told otherwise
+        self.unsaved = unsaved if unsaved is not None else azurite.UnsavedWrites(stockcast_home())
         self.owner_lock = owner_lock  # held while this trigger owns the partitions (one owner per home)
         self.topic = topic
         self.group = group
@@ -318,6 +342,7 @@ class KafkaTrigger:
         self._pending: dict[int, list[Any]] = defaultdict(list)
         self._since: dict[int, float] = {}
         self._unsaved: dict[int, tuple[int, int]] = {}  # partition -> (next offset, batches) not yet committed
+        self._stored: list[_Stored] = []  # invoked, waiting for a save and their checkpoint (in order)
         partitions = sorted(metadata.partitions)
         # OFFSET_STORED: the group's committed offset, else auto.offset.reset (initialOffsetOptions)
         consumer.assign([TopicPartition(self.topic, p, OFFSET_STORED) for p in partitions])
@@ -342,6 +367,7 @@ class KafkaTrigger:
             # consume(n, t) blocks until n messages or t: take what is queued now, and block only for
             # the first message of the next batch (or until a partial batch has waited long enough)
             messages = consumer.consume(options.prefetch, 0)
+            backlog = len(messages) >= options.prefetch  # more is queued: save once for several rounds
             if not messages:
                 now = time.monotonic()
                 waits = [options.max_wait_s - (now - t) for t in self._since.values()]
@@ -365,7 +391,9 @@ class KafkaTrigger:
                 self._since.setdefault(message.partition(), time.monotonic())
             for partition in sorted(self._pending):
                 self._drain(consumer, fn, partition, stop)
-        self._commit_unsaved(consumer)
+            if self._stored and (not backlog or time.monotonic() - self._stored[0].at >= options.save_every_s):
+                self._checkpoint(consumer)
+        self._checkpoint(consumer, final=True)
 
     def _drain(self, consumer: Any, fn: Function, partition: int, stop: threading.Event) -> None:
         """Invoke the function on every batch of ``partition`` that is due."""
@@ -387,7 +415,7 @@ class KafkaTrigger:
     def _dispatch(
         self, consumer: Any, fn: Function, partition: int, messages: list[Any], stop: threading.Event
     ) -> bool:
-        """One invocation and its checkpoint; False when the batch failed and the partition was rewound."""
+        """One invocation; its batch then waits for :meth:`_checkpoint`. False when it failed and was rewound."""
         from confluent_kafka import KafkaException, TopicPartition
 
         first, last = messages[0].offset(), messages[-1].offset()
@@ -399,6 +427,7 @@ class KafkaTrigger:
             "PartitionId": str(partition),
         }
         try:
+            self.unsaved.writing()
             invocation = self.host.invoke(fn, to_events(messages, context))
         except Exception as exc:
             self._failures += 1
@@ -422,25 +451,64 @@ class KafkaTrigger:
             return False
         self._failures = 0
         finished = time.time()
-        offset, batches = last + 1, self._unsaved.get(partition, (0, 0))[1] + 1
-        self._unsaved[partition] = (offset, batches)
-        checkpointed = False
-        if batches >= self.options.checkpoint_every:
-            if self.before_commit:
-                self.before_commit(batch)
-            checkpointed = self._commit(consumer, {partition: offset}, batch.batch_id)
+        batches = self._unsaved.get(partition, (0, 0))[1] + 1
+        due = batches >= self.options.checkpoint_every
+        self._unsaved[partition] = (last + 1, 0 if due else batches)
+        self._stored.append(_Stored(batch, invocation.attempts, len(invocation.blobs), finished, due, time.monotonic()))
+        return True
+
+    def _checkpoint(self, consumer: Any, final: bool = False) -> None:
+        """Have Azurite save what the stored batches wrote, then commit their checkpoints in order.
+
+        ``final``: on the way out, also checkpoint batches that waited for ``batchCheckpointFrequency``.
+        A save that cannot be confirmed commits nothing: a new consumer reads again from the last
+        checkpoint, so the batches are stored again on the Azurite running now.
+        """
+        stored, self._stored = self._stored, []
+        if not any(s.due for s in stored) and not (final and self._unsaved):
+            for s in stored:
+                self._report(s, False)
+            return
+        correlation = f"{stored[0].batch.batch_id}..{stored[-1].batch.batch_id}" if stored else "shutdown"
+        started = time.monotonic()
+        try:
+            self.unsaved.save()
+        except azurite.NotSavedError as exc:
+            log.warning(
+                "batches=%s stored but not saved by Azurite (%s): not checkpointed; reading again from the checkpoints",
+                correlation,
+                exc,
+            )
+            self._unsaved.clear()
+            self._changed.set()  # a new consumer starts from the committed offsets
+            for s in stored:
+                self._report(s, False)
+            return
+        log.debug("batches=%s saved by Azurite in %.3fs", correlation, time.monotonic() - started)
+        for s in stored:
+            checkpointed = False
+            if s.due:
+                if self.before_commit:
+                    self.before_commit(s.batch)
+                checkpointed = self._commit(consumer, {s.batch.partition: s.batch.last_offset + 1}, s.batch.batch_id)
+            self._report(s, checkpointed)
+        if final and self._unsaved:  # those that waited for batchCheckpointFrequency
+            self._commit(consumer, {p: o for p, (o, _) in self._unsaved.items()}, "shutdown")
+
+    def _report(self, stored: _Stored, checkpointed: bool) -> None:
+        """Log a stored batch and hand it to ``on_batch``."""
+        batch = stored.batch
         log.info(
             "batch=%s partition=%d events=%d attempts=%d blobs=%d checkpoint=%s",
             batch.batch_id,
-            partition,
+            batch.partition,
             batch.events,
-            invocation.attempts,
-            len(invocation.blobs),
-            offset if checkpointed else "pending",
+            stored.attempts,
+            stored.blobs,
+            batch.last_offset + 1 if checkpointed else "pending",
         )
         if self.on_batch:
-            self.on_batch(BatchDone(batch, invocation.attempts, checkpointed, finished))
-        return True
+            self.on_batch(BatchDone(batch, stored.attempts, checkpointed, stored.finished))
 
     def _commit(self, consumer: Any, offsets: Mapping[int, int], correlation: str) -> bool:
         """Commit ``offsets`` synchronously; a failure only means the batch will be delivered again."""
@@ -472,12 +540,8 @@ class KafkaTrigger:
             return False
         with self._progress:
             for p, o in offsets.items():
-                self._unsaved.pop(p, None)
+                if self._unsaved.get(p, (o, 0))[0] == o:  # nothing stored after it waits for a checkpoint
+                    self._unsaved.pop(p, None)
                 self._checkpoints[p] = o
             self._progress.notify_all()
         return True
-
-    def _commit_unsaved(self, consumer: Any) -> None:
-        """On the way out, checkpoint batches that succeeded but waited for ``batchCheckpointFrequency``."""
-        if self._unsaved:
-            self._commit(consumer, {p: o for p, (o, _) in self._unsaved.items()}, "shutdown")

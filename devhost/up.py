@@ -4,14 +4,21 @@ Azurite, the local Kafka broker with the Event Hubs trigger emulation feeding in
 functions, the timers on their NCRONTAB schedule, a live feed published to the broker, the scoring
 server the rollout starts, and the MLflow UI on the local store. On exit every process it started
 for the home is stopped, so nothing is left running.
+
+Watchdogs (one thread each, checking every 2 s) restart what dies under it: Azurite
+(:func:`devhost.runtime.keep_connected`), the Kafka broker (:func:`keep_broker`) and the scoring
+server (:func:`keep_serving`, whose restarts back off, since each costs a TensorFlow start).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +27,7 @@ import orjson
 
 from devhost import azurite, kafka, live
 from devhost.feed import FeedConfig
-from devhost.home import up_state_file
+from devhost.home import port_released, up_state_file
 from devhost.host import Host
 from devhost.http import HttpHost
 from devhost.kafka_trigger import KafkaTrigger
@@ -72,6 +79,69 @@ def keep_broker(
             broker = current
 
 
+def keep_serving(
+    home: Path,
+    stop: threading.Event,
+    say: Callable[[str], None],
+    expected: bool = False,
+    every: float = 2.0,
+    confirm: float = 0.5,
+    backoff_cap: float = 60.0,
+    stable: float = 60.0,
+) -> None:
+    """Until ``stop`` is set, restart the home's scoring server on the champion if its process died.
+
+    A server seen running (or ``expected``: the start's rollout failed) that is gone on two checks
+    ``confirm`` seconds apart, so that a rollout replacing it is not raced, is restarted through the
+    rollout's reconcile, after what is left of its process group (gunicorn workers outlive a killed
+    arbiter and hold the port) is killed. The restart rate is bounded: after n restarts in a row
+    whose server did not stay up ``stable`` seconds, the next waits ``every * 2**n`` seconds (at
+    most ``backoff_cap``) after the one before.
+    """
+    last = serving_state(home)
+    restarts, restarted_at, wait = 0, 0.0, every
+    while not stop.wait(wait):
+        wait = every
+        state = serving_state(home)
+        if state is not None:
+            last, expected = state, False
+            if restarts and time.monotonic() - restarted_at >= stable:
+                restarts = 0
+            continue
+        if last is None and not expected:
+            continue  # nothing served yet: the timer's first rollout starts it
+        if stop.wait(confirm) or serving_state(home) is not None:
+            continue
+        hold = restarted_at + min(backoff_cap, every * 2**restarts) - time.monotonic() if restarts else 0.0
+        if hold > 0:
+            wait = hold
+            continue
+        restarts, restarted_at = restarts + 1, time.monotonic()
+        watchdog = f"watchdog-scoring-{restarts}"
+        if last is not None:
+            log.warning("watchdog=%s scoring server pid %d of %s died: restarting it", watchdog, last["pid"], home)
+            _reap(last)
+        try:
+            outcome = LocalRollout(get_settings()).reconcile(watchdog)
+        except Exception:  # the next check tries again, later each time
+            log.exception("watchdog=%s could not restart the scoring server of %s", watchdog, home)
+            continue
+        now = serving_state(home)
+        if now is None:  # nothing started (no champion?) or it died at once: tried again, later each time
+            log.warning("watchdog=%s no scoring server runs after the restart: %s", watchdog, outcome)
+            continue
+        say(f"scoring:     restarted ({outcome}, pid {now['pid']})")
+        last = now
+
+
+def _reap(record: dict, patience: float = 5.0) -> None:
+    """Kill what is left of a dead scoring server's process group, and wait for its port to be free."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(record["pid"], signal.SIGKILL)
+    if not port_released(int(record["port"]), patience):
+        log.warning("port %d of the dead scoring server pid %d is still taken", record["port"], record["pid"])
+
+
 def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Callable[[str], None]) -> None:
     """Run the stack until ``stop`` is set (or Ctrl-C), then stop everything it runs."""
     home = runtime.home
@@ -112,7 +182,16 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
                 f"live feed: {', '.join(feed.symbols)} from market {feed.clock:%Y-%m-%d %H:%M} UTC, "
                 f"one market minute every {options.feed_every:g}s"
             )
-        say(f"endpoint: {LocalRollout(get_settings()).reconcile('up-start')}")
+        try:
+            say(f"endpoint: {LocalRollout(get_settings()).reconcile('up-start')}")
+            serving_failed = False
+        except Exception as exc:  # its watchdog tries again; the rest of the stack runs meanwhile
+            log.info("tick=up-start the champion could not be served", exc_info=True)
+            say(f"endpoint: not serving yet ({type(exc).__name__}: {exc}); the watchdog tries again")
+            serving_failed = True
+        threads.append(
+            threading.Thread(target=keep_serving, args=(home, stop, say, serving_failed), name="scoring-watch")
+        )
         if options.mlflow_ui:  # after the reconcile, which creates a new store's tables: the UI would too
             ui = start_mlflow_ui(home, os.environ["MLFLOW_TRACKING_URI"], preferred_or_free(options.mlflow_port))
             threads.append(threading.Thread(target=_watch_ui, args=(home, ui, stop, say), name="mlflow-ui-watch"))

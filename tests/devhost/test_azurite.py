@@ -181,6 +181,40 @@ def test_flush_refuses_to_vouch_for_a_restarted_azurite(home):
         azurite.flush(home, since=first)
 
 
+def test_unsaved_writes_saved_by_the_azurite_that_took_them_survive_kill_9(home):
+    """UnsavedWrites.save() after writes makes them durable; a second save with nothing new written is a no-op."""
+    blob = azurite.ensure(home)
+    bars = container(blob)
+    unsaved = azurite.UnsavedWrites(home)
+    unsaved.writing()
+    bars.upload_blob("raw/a", b"a")
+    unsaved.writing()  # still the same window: the Azurite that took the first write is the one to save
+    bars.upload_blob("raw/b", b"b")
+    unsaved.save()
+    kill9(blob)
+    unsaved.save()  # nothing written since: not even the dead Azurite is asked
+    after = container(azurite.ensure(home))
+    assert {b.name: after.download_blob(b.name).readall() for b in after.list_blobs()} == {"raw/a": b"a", "raw/b": b"b"}
+
+
+def test_unsaved_writes_refuse_an_azurite_restarted_since_they_began(home):
+    """Writes whose Azurite was replaced since they began are not vouched for; nor are writes begun with none up."""
+    blob = azurite.ensure(home)
+    bars = container(blob)
+    unsaved = azurite.UnsavedWrites(home)
+    unsaved.writing()
+    bars.upload_blob("raw/lost", b"x")
+    kill9(blob)
+    restarted = azurite.ensure(home)  # up from its predecessor's last save, which may predate the write
+    with pytest.raises(azurite.NotSavedError, match=f"pid {blob.pid} is gone"):
+        unsaved.save()
+    kill9(restarted)
+    unsaved.writing()  # no Azurite runs now: whichever starts next takes the writes
+    azurite.ensure(home)
+    with pytest.raises(azurite.NotSavedError, match="no Azurite ran"):
+        unsaved.save()
+
+
 def test_stop_saves_and_leaves_no_process(home):
     """stop() saves the index, stops the process and removes the record."""
     blob = azurite.ensure(home)
