@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from devhost.mlflow_store import check_store
 from devhost.processes import alive, child_environment, started, stop_group
 from functions.settings import Settings
 from functions.train_trigger.ports import Submission
@@ -231,7 +232,11 @@ class LocalSubmitter:
         return orjson.loads(path.read_bytes()) if path.exists() else None
 
     def submit_unless_active(self, tick_id: str, now: dt.datetime) -> Submission:
-        """Single-flight: take the lock, sync bars, start the job; or say who holds the lock."""
+        """Single-flight: take the lock, sync bars, start the job; or say who holds the lock.
+
+        A damaged MLflow store raises :class:`StoreDamagedError` first: a job on it could only fail.
+        """
+        check_store(str(self.settings.mlflow_tracking_uri))
         name = f"train-{now:%Y%m%dT%H%M%S}Z-{tick_id[-4:]}"
         pid = os.getpid()
         # while bars sync the lock names this process: alive as long as the sync can still finish

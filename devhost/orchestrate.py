@@ -14,6 +14,7 @@ from croniter import croniter
 from devhost.host import Host, resolve_path
 from devhost.local_jobs import LocalSubmitter
 from devhost.local_rollout import LocalRollout
+from devhost.mlflow_store import check_store
 from functions.settings import get_settings
 from functions.shared.storage import bars_container
 
@@ -40,8 +41,13 @@ def next_fire(host: Host, after: dt.datetime) -> dt.datetime:
 
 
 def train(host: Host, on_wait: Callable[[str], None] | None = None, timeout: float = 900.0) -> TrainResult:
-    """Fire the timer, wait for the local job it started (or found running), then reconcile the rollout."""
+    """Fire the timer, wait for the local job it started (or found running), then reconcile the rollout.
+
+    A damaged MLflow store stops it before the timer fires (:class:`StoreDamagedError`, saying what to do):
+    neither duty could do anything but fail on it.
+    """
     settings = get_settings()
+    check_store(str(settings.mlflow_tracking_uri))
     submitter = LocalSubmitter(settings, bars_container(settings))
     fire_timer(host)
     running = submitter.active()

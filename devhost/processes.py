@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import orjson
@@ -15,6 +15,11 @@ import orjson
 def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
     """The environment for a child process of the local backend: this one plus ``overrides``."""
     return {**os.environ, **overrides}
+
+
+def least_environment(passthrough: Iterable[str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a child that gets only what it needs: ``passthrough`` (those set here) and ``overrides``."""
+    return {**{name: os.environ[name] for name in passthrough if name in os.environ}, **overrides}
 
 
 def alive(pid: int) -> bool:
@@ -44,12 +49,73 @@ def started(pid: int) -> int | None:
 
 
 def live_record(path: Path) -> dict | None:
-    """The JSON record of a background process (``{"pid", ...}``), if it exists and that process runs."""
+    """The JSON record of a background process (``{"pid", ...}``), if it exists and that process runs.
+
+    A record that also holds ``pid_started`` (see :func:`started`) names a process that is gone once
+    its pid shows another start: the kernel gave the pid to a new process.
+    """
     try:
         record = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    return record if isinstance(record, dict) and record.get("pid", -1) > 0 and alive(record["pid"]) else None
+    pid = record.get("pid") if isinstance(record, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not alive(pid):
+        return None
+    recorded, now = record.get("pid_started"), started(pid)
+    return None if isinstance(recorded, int) and now is not None and now != recorded else record
+
+
+def groups_with(variable: str, value: str) -> dict[int, list[int]]:
+    """Process groups holding a live process of this user whose environment has ``variable=value``: {group: those pids}.
+
+    Read from /proc. A child started with ``start_new_session`` leads its own group, which its forks
+    join; they inherit its environment. Other users' processes cannot be read and are skipped;
+    where there is no /proc, nothing is found.
+    """
+    wanted = f"{variable}={value}".encode()
+    found: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+            group = os.getpgid(pid)
+        except OSError:  # gone, or another user's
+            continue
+        if wanted in environ and alive(pid):
+            found.setdefault(group, []).append(pid)
+    return {group: sorted(pids) for group, pids in sorted(found.items())}
+
+
+def group_leaders_with(variable: str, value: str) -> list[int]:
+    """Live group leaders whose environment has ``variable=value``: each such child started in a session of its own."""
+    return [group for group, pids in groups_with(variable, value).items() if group in pids]
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with (empty if it is gone or cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [arg.decode(errors="replace") for arg in fh.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with (empty if it is gone or cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
 
 
 def stop_group(pid: int, timeout: float = 15.0) -> None:

@@ -63,7 +63,10 @@ def status(home: Path) -> list[Service]:
         Service(
             "scoring server",
             serving["pid"] if serving else None,
-            f"azmlinfsrv http://127.0.0.1:{serving['port']}/score, model v{serving['version']}" if serving else "",
+            f"azmlinfsrv http://127.0.0.1:{serving['port']}/score, model v{serving['version']}"
+            + (" (unrecorded: the next reconcile adopts or stops it)" if serving.get("recorded") is False else "")
+            if serving
+            else "",
         ),
         Service("training job", job["pid"] if job else None, job["name"] if job else ""),
         Service("mlflow ui", ui["pid"] if ui else None, ui["url"] if ui else ""),
