@@ -37,6 +37,7 @@ import orjson
 from devhost.home import home_lock, port_released
 from devhost.mlflow_store import check_store
 from devhost.processes import (
+    PASSTHROUGH,
     alive,
     command_line,
     environment_of,
@@ -58,18 +59,7 @@ HOME_VARIABLE = "STOCKCAST_SERVING_HOME"  # marks a scoring server as started by
 # What the scoring server takes from the environment of whoever starts it: how to find programs and
 # libraries, the user, locale, time zone and temp folder. Never storage keys, connection strings or
 # Azure settings (BarsStorage, AZURE_*): the server needs none, and it answers HTTP.
-SCORING_PASSTHROUGH = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "LD_LIBRARY_PATH",
-)
+SCORING_PASSTHROUGH = PASSTHROUGH  # the scoring server takes no more than any other child
 DOWNLOADED = ".downloaded"  # written last into a model folder: which model version it holds
 ROLLOUT_LOCK = "rollout"  # run/rollout.lock
 

@@ -11,10 +11,29 @@ from pathlib import Path
 
 import orjson
 
+# what a child of the local backend (the training job, the scoring server) takes from this environment:
+# the basics a process needs and the thread knobs, never a connection string or a key
+PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "XDG_CACHE_HOME",
+    "OMP_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
+
 
 def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The environment for a child process of the local backend: this one plus ``overrides``."""
-    return {**os.environ, **overrides}
+    """The environment for a child process of the local backend: :data:`PASSTHROUGH` and ``overrides``, no more."""
+    return least_environment(PASSTHROUGH, overrides)
 
 
 def least_environment(passthrough: Iterable[str], overrides: Mapping[str, str]) -> dict[str, str]:

@@ -230,3 +230,31 @@ def test_a_lock_whose_process_is_gone_is_replaced(tmp_path, jobs, holder):
             zombie.wait()
     assert submission.submitted
     assert orjson.loads(lock.read_bytes())["pid"] == jobs[0].pid
+
+
+def test_the_training_job_starts_with_the_least_environment(tmp_path, monkeypatch, jobs):
+    """The job's process holds the basics and its own settings, never this process's storage key or other secrets."""
+    key = "AccountKey=c2VjcmV0LWtleQ=="
+    monkeypatch.setenv("BarsStorage", f"DefaultEndpointsProtocol=http;AccountName=dev;{key}")
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "not-for-children")
+    settings = Settings(
+        "bars",
+        "bars",
+        "$Default",
+        "0 */5 * * * *",
+        stockcast_home=str(tmp_path),
+        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    submitter = LocalSubmitter(settings, Bars())  # type: ignore[arg-type]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    submitter.jobs.mkdir(parents=True, exist_ok=True)
+    proc = submitter._start("job-env", inputs)
+    jobs.append(proc)
+    environ = dict(
+        item.split("=", 1) for item in Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item
+    )
+    assert environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlflow.db"
+    assert environ["PATH"] == os.environ["PATH"]
+    assert "BarsStorage" not in environ and "AZURE_CLIENT_SECRET" not in environ
+    assert [name for name, value in environ.items() if key in value] == []
