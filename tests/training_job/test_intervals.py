@@ -147,3 +147,18 @@ def test_binned_calibration_covers_every_volatility_tercile_where_one_quantile_d
     low, _, high = (row["persistence_coverage"] for row in rows)
     assert low < 0.87 and high > 0.92  # the single quantile's pattern, which the bins remove
     assert sum(row["winkler"] for row in rows) < sum(row["persistence_winkler"] for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "actual", "half", "covered", "score"),
+    [
+        (0.010, 0.012, 0.003, 1.0, 0.006),  # inside: the width alone
+        (0.010, 0.015, 0.003, 0.0, 0.006 + 20 * 0.002),  # 0.002 above the upper edge, times 2 / (1 - 0.9)
+        (-0.010, -0.015, 0.003, 0.0, 0.006 + 20 * 0.002),  # the same below the lower edge
+    ],
+)
+def test_coverage_and_winkler_measure_around_the_forecast(predicted, actual, half, covered, score):
+    """Both are taken around the predicted return, not around zero; a miss costs 2/(1 − level) per unit outside."""
+    args = (np.array([predicted]), np.array([actual]), np.array([half]))
+    assert coverage(*args) == covered
+    assert winkler(*args, 0.9) == pytest.approx(score, rel=1e-9)

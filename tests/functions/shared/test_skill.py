@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from functions.shared.skill import MAX_LAG, LossSums, cube_root_floor, regularized_beta, student_t_sf
+from functions.shared.skill import MAX_LAG, DMTest, LossSums, cube_root_floor, regularized_beta, student_t_sf
 
 
 def _t1_sf(t: float) -> float:
@@ -171,3 +171,23 @@ def test_the_hln_factor_follows_the_forecast_horizon(horizon, factor):
     test = LossSums().extend([0.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0]).dm(horizon)
     assert test.stat == pytest.approx(3 / math.sqrt(0.56) * factor, rel=1e-12)
     assert test.p_better == pytest.approx(_t4_sf(test.stat), rel=1e-10)
+
+
+@pytest.mark.parametrize(("gap", "better", "worse"), [(0.25, 0.0, 1.0), (-0.25, 1.0, 0.0), (0.0, 0.5, 0.5)])
+def test_losses_that_never_vary_give_a_decided_test_without_a_statistic(gap, better, worse):
+    """A constant differential has no variance: its sign decides the p-values, the statistic is 0, n is kept."""
+    persistence = [1.0] * 12
+    sums = LossSums().extend([1.0 - gap] * 12, persistence)
+    test = sums.dm()
+    assert (test.n, test.stat, test.p_better, test.p_worse) == (12, 0.0, better, worse)
+
+
+def test_a_horizon_below_one_step_is_refused():
+    """The HLN correction needs h ≥ 1; the message names the value."""
+    with pytest.raises(ValueError, match=r"^horizon must be at least one step, not 0$"):
+        LossSums().extend([1.0] * 5, [2.0] * 5).dm(horizon=0)
+
+
+def test_fewer_than_three_forecasts_keep_their_count():
+    """Below three forecasts there is no test, but n still says how many were scored."""
+    assert LossSums().extend([1.0, 2.0], [2.0, 1.0]).dm() == DMTest(2, None, None, None)
