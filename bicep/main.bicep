@@ -90,6 +90,8 @@ var publicNetworkAccess = enablePrivateNetworking ? 'Disabled' : 'Enabled'
 // Names the app reads as settings and the hooks read as outputs.
 var barsContainerName = 'bars'
 var eventHubName = 'stock_bars'
+var forecastsEventHubName = 'stock_forecasts'
+var forecastConsumerGroupName = 'forecast'
 var consumerGroupName = 'ingest'
 var amlComputeName = 'cpu-cluster'
 // the postprovision hook attaches AKS under this name (Azure ML compute names: at most 16 characters)
@@ -148,6 +150,8 @@ module eventhubs 'modules/eventhubs.bicep' = {
     namespaceName: '${abbrs.eventHubNamespaces}${resourceToken}'
     eventHubName: eventHubName
     consumerGroupName: consumerGroupName
+    forecastsEventHubName: forecastsEventHubName
+    forecastConsumerGroupName: forecastConsumerGroupName
     publicNetworkAccess: publicNetworkAccess
   }
 }
@@ -187,6 +191,7 @@ module roles 'modules/roles.bicep' = {
     storageAccountName: storage.outputs.name
     eventHubsNamespaceName: eventhubs.outputs.namespaceName
     eventHubName: eventhubs.outputs.eventHubName
+    forecastsEventHubName: eventhubs.outputs.forecastsEventHubName
     workspaceName: ml.outputs.workspaceName
     containerRegistryName: ml.outputs.containerRegistryName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
@@ -214,6 +219,8 @@ module functionApp 'modules/functionapp.bicep' = {
     eventHubsNamespaceName: eventhubs.outputs.namespaceName
     eventHubName: eventhubs.outputs.eventHubName
     consumerGroupName: eventhubs.outputs.consumerGroupName
+    forecastsEventHubName: eventhubs.outputs.forecastsEventHubName
+    forecastConsumerGroupName: eventhubs.outputs.forecastConsumerGroupName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     workspaceName: ml.outputs.workspaceName
     computeName: ml.outputs.computeName

@@ -163,14 +163,16 @@ class Host:
         self.retry_cap = retry_cap
         self.retry_wait_cap = retry_wait_cap
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        # writers of the output bindings other than blob, by binding type (devhost.forecast_stream: eventHub)
+        self.outputs: dict[str, Callable[[Any, Any], None]] = {}
 
     def functions(self, trigger_type: str) -> list[Function]:
         """Registered functions whose trigger is of ``trigger_type`` (e.g. ``eventHubTrigger``)."""
         return [f for f in self.registered if f.get_trigger().type == trigger_type]
 
-    def function(self, trigger_type: str) -> Function:
-        """The single registered function with this trigger type."""
-        found = self.functions(trigger_type)
+    def function(self, trigger_type: str, name: str | None = None) -> Function:
+        """The single registered function with this trigger type (and ``name``, where several have it)."""
+        found = [f for f in self.functions(trigger_type) if name is None or f.get_function_name() == name]
         if len(found) != 1:
             raise LookupError(f"expected one {trigger_type} function, found {[f.get_function_name() for f in found]}")
         return found[0]
@@ -197,6 +199,10 @@ class Host:
         written = []
         for binding, out in outputs.values():
             if not out.is_set or out.get() is None:
+                continue
+            if binding.type in self.outputs:
+                self.outputs[binding.type](binding, out.get())
+                written.append(f"{binding.type}:{binding.name}")
                 continue
             if binding.type != "blob":
                 raise BindingError(f"devhost does not emulate {binding.type} output bindings")

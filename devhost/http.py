@@ -68,6 +68,12 @@ _BUSY = (
 )
 
 
+def root_page() -> str:
+    """Where devhost's ``/`` redirects: the live page under the route prefix (``/api/live``)."""
+    prefix = route_prefix().strip("/")
+    return f"/{prefix}/live" if prefix else "/live"
+
+
 def route_prefix() -> str:
     """``extensions.http.routePrefix`` of host.json (the host's default is ``api``)."""
     config = orjson.loads((REPO_ROOT / "host.json").read_bytes())
@@ -133,7 +139,7 @@ class _DeadlineReader(socket.SocketIO):
 
 
 def _handler(
-    table: list[Route], max_body: int, read_timeout: float, header_timeout: float, body_timeout: float
+    table: list[Route], root: str, max_body: int, read_timeout: float, header_timeout: float, body_timeout: float
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -279,6 +285,10 @@ def _handler(
             if length is None:
                 return
             unread = length > 0
+            if url.path == "/" and self.command in ("GET", "HEAD"):  # the live page: Azure has no route at /
+                return self._reply(
+                    302, b"", {"Location": f"{root}{'?' + url.query if url.query else ''}"}, close=unread
+                )
             matched = [(r, m) for r in table if (m := r.pattern.match(url.path))]
             if not matched:
                 return self._fail(404, "not_found", f"no function serves {url.path}", unread=unread)
@@ -420,7 +430,7 @@ class HttpHost:
         max_body_bytes: int = MAX_BODY_BYTES,
         max_connections: int | None = None,
     ) -> None:
-        handler = _handler(routes(host), max_body_bytes, read_timeout, header_timeout, body_timeout)
+        handler = _handler(routes(host), root_page(), max_body_bytes, read_timeout, header_timeout, body_timeout)
         cap = default_max_connections() if max_connections is None else max_connections
         self.server = _Server(("127.0.0.1", port), handler, cap)
         self.port = self.server.server_address[1]

@@ -219,8 +219,10 @@ class KafkaTrigger:
         before_commit: Callable[[Batch], None] | None = None,
         owner_lock: Path | None = None,
         unsaved: azurite.UnsavedWrites | None = None,
+        function: str = "ingest",
     ) -> None:
         self.host = host
+        self.function_name = function  # the registered Event Hubs function this trigger runs
         # the writes its checkpoints wait for: the home's Azurite unless told otherwise
         self.unsaved = unsaved if unsaved is not None else azurite.UnsavedWrites(stockcast_home())
         self.owner_lock = owner_lock  # held while this trigger owns the partitions (one owner per home)
@@ -269,7 +271,7 @@ class KafkaTrigger:
 
     def run(self, stop: threading.Event) -> None:
         """Own the partitions, then consume, invoke and checkpoint until ``stop`` is set."""
-        fn = self.host.function(TRIGGER_TYPE)
+        fn = self.host.function(TRIGGER_TYPE, self.function_name)
         with self._ownership(stop) as owned:
             while owned and not stop.is_set():
                 self._changed.clear()

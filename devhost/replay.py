@@ -72,7 +72,7 @@ def replay(
     host: Host, batches: list[list[func.EventHubEvent]], on_batch: Callable[[int], None] | None = None
 ) -> ReplayStats:
     """Invoke the registered Event Hubs function once per batch."""
-    fn = host.function("eventHubTrigger")
+    fn = host.function("eventHubTrigger", "ingest")
     attempts = blobs = 0
     for batch in batches:
         result: Invocation = host.invoke(fn, batch)

@@ -84,6 +84,9 @@ class Settings:
     bars_storage_connection_string: str | None = setting("BarsStorage", default=None)
     bars_storage_blob_service_uri: str | None = setting("BarsStorage__blobServiceUri", default=None)
     bars_storage_client_id: str | None = setting("BarsStorage__clientId", default=None)
+    # the forecast stream: its consumer group of the bars hub, and the hub it publishes to
+    forecast_consumer_group: str = setting("FORECAST_CONSUMER_GROUP", default="forecast")
+    forecasts_eventhub_name: str = setting("FORECASTS_EVENTHUB_NAME", default="stock_forecasts")
     # storage clients: bounded, so a dead endpoint fails in seconds, not the SDK's minutes
     storage_connect_timeout_s: float = setting("STORAGE_CONNECT_TIMEOUT_SECONDS", _positive_seconds, default=3.0)
     storage_timeout_s: float = setting("STORAGE_TIMEOUT_SECONDS", _positive_seconds, default=10.0)

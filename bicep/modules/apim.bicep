@@ -1,7 +1,8 @@
-// API Management (Consumption) in front of the predict functions: the API is imported from
-// functions/predict/openapi.yaml, every call needs a subscription key, the policy rate-limits,
-// validates POST bodies and adds the function key from a secret named value. Telemetry goes to
-// Application Insights through a logger that signs in with APIM's managed identity.
+// API Management (Consumption) in front of the predict functions and the live page: the API is
+// imported from functions/predict/openapi.yaml (the page's two GETs are added as operations), every
+// call needs a subscription key, the policy rate-limits, validates POST bodies and adds the function
+// key from a secret named value. Telemetry goes to Application Insights through a logger that signs
+// in with APIM's managed identity.
 // The function key itself is not read here: at provision time the Flex Consumption app has no code
 // yet and its host may have no keys (azure-functions-host #5722, #11379), so listKeys would fail the
 // first `azd up`. The named value is created with a placeholder; the postdeploy hook fills it from
@@ -121,6 +122,43 @@ resource api 'Microsoft.ApiManagement/service/apis@2024-05-01' = {
     value: loadTextContent('../../functions/predict/openapi.yaml')
     serviceUrl: 'https://${functionApp.properties.defaultHostName}/api'
     subscriptionRequired: true
+  }
+}
+
+// The live page (functions/page) beside the imported predict operations: the page and the JSON it
+// polls. A browser sends the subscription key as the subscription-key query parameter; the page
+// forwards its own query string to live/data, so one key in the address serves both.
+resource livePage 'Microsoft.ApiManagement/service/apis/operations@2024-05-01' = {
+  parent: api
+  name: 'live-page'
+  properties: {
+    displayName: 'Live page'
+    description: 'The live page: closes, forecasts with their band, versions, ingest health (HTML).'
+    method: 'GET'
+    urlTemplate: '/live'
+    responses: [
+      {
+        statusCode: 200
+        description: 'The page'
+      }
+    ]
+  }
+}
+
+resource liveData 'Microsoft.ApiManagement/service/apis/operations@2024-05-01' = {
+  parent: api
+  name: 'live-data'
+  properties: {
+    displayName: 'Live page data'
+    description: 'The JSON document the live page polls.'
+    method: 'GET'
+    urlTemplate: '/live/data'
+    responses: [
+      {
+        statusCode: 200
+        description: 'The page data'
+      }
+    ]
   }
 }
 

@@ -20,6 +20,12 @@ param eventHubName string = 'stock_bars'
 @description('Consumer group of the ingest function (BARS_CONSUMER_GROUP).')
 param consumerGroupName string = 'ingest'
 
+@description('Name of the event hub the forecast stream publishes to (FORECASTS_EVENTHUB_NAME).')
+param forecastsEventHubName string = 'stock_forecasts'
+
+@description('Consumer group of the forecast stream function on the bars hub (FORECAST_CONSUMER_GROUP).')
+param forecastConsumerGroupName string = 'forecast'
+
 @description('Name of the Send-only authorization rule Airbyte signs in with.')
 param sendRuleName string = 'airbyte-send'
 
@@ -71,6 +77,26 @@ resource consumerGroup 'Microsoft.EventHub/namespaces/eventhubs/consumergroups@2
   }
 }
 
+// The forecast stream reads the bars on its own consumer group: its own checkpoints and pace, so it
+// never holds back or replays ingest.
+resource forecastConsumerGroup 'Microsoft.EventHub/namespaces/eventhubs/consumergroups@2024-01-01' = {
+  parent: hub
+  name: forecastConsumerGroupName
+  properties: {
+    userMetadata: 'Stockcast forecast stream function'
+  }
+}
+
+// The forecasts, one event per symbol and minute (Kafka-readable on 9093 like the bars).
+resource forecastsHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
+  parent: namespace
+  name: forecastsEventHubName
+  properties: {
+    partitionCount: partitionCount
+    messageRetentionInDays: 1
+  }
+}
+
 // Scoped to the hub and limited to Send: the connection string can publish bars, nothing else.
 resource sendRule 'Microsoft.EventHub/namespaces/eventhubs/authorizationRules@2024-01-01' = {
   parent: hub
@@ -96,3 +122,9 @@ output consumerGroupName string = consumerGroup.name
 
 @description('Name of the Send-only rule (never its keys).')
 output sendRuleName string = sendRule.name
+
+@description('Name of the forecasts event hub.')
+output forecastsEventHubName string = forecastsHub.name
+
+@description('Name of the forecast stream consumer group on the bars hub.')
+output forecastConsumerGroupName string = forecastConsumerGroup.name

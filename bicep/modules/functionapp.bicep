@@ -41,6 +41,12 @@ param eventHubName string
 @description('Consumer group of the ingest function (BARS_CONSUMER_GROUP).')
 param consumerGroupName string
 
+@description('Name of the event hub the forecast stream publishes to (FORECASTS_EVENTHUB_NAME).')
+param forecastsEventHubName string
+
+@description('Consumer group of the forecast stream function on the bars hub (FORECAST_CONSUMER_GROUP).')
+param forecastConsumerGroupName string
+
 @description('Name of Application Insights.')
 param applicationInsightsName string
 
@@ -177,6 +183,19 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'BarsEventHub__clientId'
           value: identityClientId
         }
+        // Event Hubs output binding connection "ForecastsEventHub" (the forecast stream)
+        {
+          name: 'ForecastsEventHub__fullyQualifiedNamespace'
+          value: replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')
+        }
+        {
+          name: 'ForecastsEventHub__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'ForecastsEventHub__clientId'
+          value: identityClientId
+        }
         // Blob bindings and SDK connection "BarsStorage"
         {
           name: 'BarsStorage__blobServiceUri'
@@ -202,6 +221,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'BARS_CONSUMER_GROUP'
           value: consumerGroupName
+        }
+        {
+          name: 'FORECASTS_EVENTHUB_NAME'
+          value: forecastsEventHubName
+        }
+        {
+          name: 'FORECAST_CONSUMER_GROUP'
+          value: forecastConsumerGroupName
         }
         {
           name: 'TRAIN_SCHEDULE'

@@ -13,6 +13,9 @@ param eventHubsNamespaceName string
 @description('Name of the event hub the ingest function reads.')
 param eventHubName string
 
+@description('Name of the event hub the forecast stream publishes to.')
+param forecastsEventHubName string
+
 @description('Name of the Azure ML workspace.')
 param workspaceName string
 
@@ -46,6 +49,7 @@ var roleIds = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
+  eventHubsDataSender: '2b629674-e913-4c01-ae53-ef4638d8f975'
   azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
@@ -62,6 +66,11 @@ resource eventHubsNamespace 'Microsoft.EventHub/namespaces@2024-01-01' existing 
 resource eventHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
   parent: eventHubsNamespace
   name: eventHubName
+}
+
+resource forecastsHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
+  parent: eventHubsNamespace
+  name: forecastsEventHubName
 }
 
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' existing = {
@@ -95,6 +104,18 @@ resource functionEventHub 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   scope: eventHub
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.eventHubsDataReceiver)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Azure Event Hubs Data Sender: the forecast stream's output binding publishes to the forecasts hub only.
+// (It reads the bars with the Data Receiver role above, on its own consumer group.)
+resource functionForecastsHub 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(forecastsHub.id, functionPrincipalId, roleIds.eventHubsDataSender)
+  scope: forecastsHub
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.eventHubsDataSender)
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }

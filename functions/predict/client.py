@@ -331,6 +331,32 @@ class ScoringClient:
             self.forget_served()
         return scored, elapsed
 
+    def score_many(
+        self, requests: list[list[dict[str, Any]]], request_id: str
+    ) -> list[tuple[dict[str, Any], float] | ApiError]:
+        """Score several requests in as few calls as the endpoint takes (one while they fit a batch)."""
+        max_batch = self._max_batch()
+        outcomes: list[tuple[dict[str, Any], float] | ApiError] = []
+        chunk: list[_Pending] = []
+        bars = 0
+        for i, request in enumerate(requests):
+            if chunk and (len(chunk) >= max_batch or bars + len(request) > MAX_BATCH_BARS):
+                outcomes.extend(self._send_chunk(chunk))
+                chunk, bars = [], 0
+            chunk.append(_Pending(request, f"{request_id}-{i}"))
+            bars += len(request)
+        if chunk:
+            outcomes.extend(self._send_chunk(chunk))
+        return outcomes
+
+    def _send_chunk(self, chunk: list[_Pending]) -> list[tuple[dict[str, Any], float] | ApiError]:
+        """One call for ``chunk``; an exception other than an ApiError is raised, not returned."""
+        sent = self._send(chunk)
+        for outcome in sent:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+                raise outcome
+        return sent  # type: ignore[return-value]
+
     def _max_batch(self) -> int:
         """Requests one call may carry: as the endpoint said; untried, a batch (a refusal switches it off)."""
         now = time.monotonic()

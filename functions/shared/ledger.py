@@ -36,7 +36,7 @@ from functions.shared.bars import valid_symbol
 SERVED_PREFIX = "ledger/served/"
 STATE_BLOB = "ledger/state.json"
 SKILL_BLOB = "ledger/skill.json"
-SOURCES = ("get", "post")
+SOURCES = ("get", "post", "stream")  # predict's GET and POST, and the forecast stream
 _SERVED_NAME = re.compile(r"ledger/served/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/[\w.-]+\.parquet")
 
 SERVED_SCHEMA = pa.schema(
@@ -73,7 +73,7 @@ class ServedRecord:
     interval_low: float | None
     interval_high: float | None
     served_at_ms: int
-    source: str  # get | post
+    source: str  # get | post | stream
     request_id: str | None = None
 
     @property

@@ -81,7 +81,7 @@ class Consumer:
             self.error = exc
 
     def _deliver(self) -> None:
-        fn = self.host.function("eventHubTrigger")
+        fn = self.host.function("eventHubTrigger", "ingest")
         deadline = time.monotonic() + 180
         position, serving = 0, azurite.running(self.home)
         while position < len(self.batches):

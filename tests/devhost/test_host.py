@@ -57,7 +57,7 @@ def test_retry_waits(policy, expected):
 
 def test_ingest_metadata_is_read_from_the_registered_app():
     """The registered ingest function carries its trigger, blob outputs and retry policy."""
-    fn = Host().function("eventHubTrigger")
+    fn = Host().function("eventHubTrigger", "ingest")
     trigger = fn.get_trigger()
     assert (trigger.name, trigger.connection, trigger.event_hub_name) == (
         "events",

@@ -35,7 +35,11 @@ NOT_SET_IN_AZURE = {
     "SCORING_URL": "an override only: in Azure predict reads the endpoint's scoring_uri from Azure ML at run time",
 }
 # Where each kind of identity-based connection gets its endpoint.
-ENDPOINT_SUFFIX = {"eventHubTrigger": "fullyQualifiedNamespace", "blob": "blobServiceUri"}
+ENDPOINT_SUFFIX = {
+    "eventHubTrigger": "fullyQualifiedNamespace",
+    "eventHub": "fullyQualifiedNamespace",
+    "blob": "blobServiceUri",
+}
 
 
 def _bindings() -> list[dict]:
@@ -79,7 +83,7 @@ def settings(site):
 def test_required_settings_are_derived_from_the_code():
     """The required list comes from settings.py and the bindings, and is not empty by accident."""
     assert {"BARS_CONTAINER", "TRAIN_SCHEDULE", "AML_WORKSPACE", "AML_ENDPOINT", "BARS_EVENTHUB_NAME"} <= set(REQUIRED)
-    assert set(_connections()) == {"BarsEventHub", "BarsStorage", "AzureWebJobsStorage"}
+    assert set(_connections()) == {"BarsEventHub", "ForecastsEventHub", "BarsStorage", "AzureWebJobsStorage"}
 
 
 @pytest.mark.parametrize("key", REQUIRED)
@@ -125,12 +129,18 @@ def test_connections_use_the_user_assigned_identity(settings, connection):
         ("BARS_CONTAINER", "barsContainerName"),
         ("BARS_EVENTHUB_NAME", "eventHubName"),
         ("BARS_CONSUMER_GROUP", "consumerGroupName"),
+        ("FORECASTS_EVENTHUB_NAME", "forecastsEventHubName"),
+        ("FORECAST_CONSUMER_GROUP", "forecastConsumerGroupName"),
         ("TRAIN_SCHEDULE", "trainSchedule"),
         ("MODEL_NAME", "modelName"),
         ("EXPERIMENT_NAME", "experimentName"),
         ("BarsStorage__blobServiceUri", "storage.properties.primaryEndpoints.blob"),
         (
             "BarsEventHub__fullyQualifiedNamespace",
+            "replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, https://, ), :443/, )",
+        ),
+        (
+            "ForecastsEventHub__fullyQualifiedNamespace",
             "replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, https://, ), :443/, )",
         ),
         ("APPLICATIONINSIGHTS_CONNECTION_STRING", "appInsights.properties.ConnectionString"),
@@ -177,6 +187,8 @@ def test_main_passes_the_names_the_hooks_use(main):
     assert variables["amlBarsDatastoreName"]["value"] == "bars"
     assert variables["eventHubName"]["value"] == "stock_bars"
     assert variables["consumerGroupName"]["value"] == "ingest"
+    assert variables["forecastsEventHubName"]["value"] == "stock_forecasts"
+    assert variables["forecastConsumerGroupName"]["value"] == "forecast"
     assert main["parameters"]["trainSchedule"]["default"] == "0 */15 * * * *"
 
 

@@ -23,6 +23,7 @@ ROLE_NAMES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
     "a638d3c7-ab3a-418d-83e6-5f17a39d4fde": "Azure Event Hubs Data Receiver",
+    "2b629674-e913-4c01-ae53-ef4638d8f975": "Azure Event Hubs Data Sender",
     "f6c7c914-8db3-469d-8ca1-694a8f32e121": "AzureML Data Scientist",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
@@ -36,6 +37,7 @@ REGISTRY = "Microsoft.ContainerRegistry/registries"
 INTENDED_ROLES = {
     ("functionPrincipalId", "Storage Blob Data Owner", STORAGE),
     ("functionPrincipalId", "Azure Event Hubs Data Receiver", HUB),
+    ("functionPrincipalId", "Azure Event Hubs Data Sender", HUB),  # the forecasts hub only
     ("functionPrincipalId", "AzureML Data Scientist", WORKSPACE),
     ("functionPrincipalId", "Monitoring Metrics Publisher", APP_INSIGHTS),
     ("trainingPrincipalId", "Storage Blob Data Contributor", STORAGE),

@@ -35,11 +35,16 @@ def test_event_hubs_namespace_is_standard_with_kafka(module):
 
 
 def test_hub_consumer_group_and_send_only_rule(module):
-    """Hub stock_bars, consumer group ingest, and one authorization rule, on the hub, with Send only."""
+    """Hub stock_bars, consumer groups ingest and forecast on it, and one authorization rule, on the hub, Send only."""
     template = module("eventhubs")
     assert template["parameters"]["eventHubName"]["default"] == "stock_bars"
     assert template["parameters"]["consumerGroupName"]["default"] == "ingest"
-    assert one(template, "Microsoft.EventHub/namespaces/eventhubs/consumergroups").config["parent"] == "hub"
+    assert template["parameters"]["forecastConsumerGroupName"]["default"] == "forecast"
+    groups = of_type(template, "Microsoft.EventHub/namespaces/eventhubs/consumergroups")
+    assert sorted((g.name, g.config["parent"]) for g in groups) == [
+        ("consumerGroup", "hub"),
+        ("forecastConsumerGroup", "hub"),
+    ]
     rules = [r for r in of_type(template, "Microsoft.EventHub/namespaces/eventhubs/authorizationRules")]
     assert [(r.config["parent"], r.config["properties"]["rights"]) for r in rules] == [("hub", ["Send"])]
     assert of_type(template, "Microsoft.EventHub/namespaces/authorizationRules") == []
@@ -47,6 +52,15 @@ def test_hub_consumer_group_and_send_only_rule(module):
 
 
 # ---- Azure ML and AKS ----
+
+
+def test_forecasts_hub(module):
+    """Hub stock_forecasts in the same namespace, read over Kafka; the app sends to it with its identity only."""
+    template = module("eventhubs")
+    assert template["parameters"]["forecastsEventHubName"]["default"] == "stock_forecasts"
+    hubs = of_type(template, "Microsoft.EventHub/namespaces/eventhubs")
+    assert sorted((h.name, h.config["parent"]) for h in hubs) == [("forecastsHub", "namespace"), ("hub", "namespace")]
+    assert render(template["outputs"]["forecastsEventHubName"]["value"]) == "forecastsHub.name"
 
 
 def test_workspace_links_its_resources_with_a_system_identity(module):
@@ -401,7 +415,11 @@ def test_workbook_and_alerts_use_only_metrics_the_app_emits(module):
 def test_predict_function_names_in_queries_are_registered():
     """The HTTP function names the queries filter on are the registered predict functions."""
     text = (BICEP / "modules" / "monitoring.bicep").read_text()
-    http = {f.get_function_name() for f in registered_functions() if f.get_trigger().type == "httpTrigger"}
+    http = {
+        f.get_function_name()
+        for f in registered_functions()
+        if f.get_trigger().type == "httpTrigger" and f.get_user_function().__module__ == "functions.predict.blueprint"
+    }
     assert set(re.findall(r'"(predict_\w+)"', text)) == http
 
 

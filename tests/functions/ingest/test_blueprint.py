@@ -65,12 +65,12 @@ def test_corrupt_latest_is_rebuilt_and_the_batch_lands(container, small_window):
     hours = [(2, 22), (2, 23), (3, 0)]  # raw/ spans two dates, as a repair must read it
     for index, (day, hour) in enumerate(hours):
         [batch] = make_batches(hour_bodies(index), 1, 100, 0, start_sequence=100 * index)
-        at(day, hour).invoke(at(day, hour).function("eventHubTrigger"), batch)
+        at(day, hour).invoke(at(day, hour).function("eventHubTrigger", "ingest"), batch)
     container.upload_blob(latest_blob_name("AAA"), BAD, overwrite=True)
 
     [batch] = make_batches(hour_bodies(3), 1, 100, 0, start_sequence=300)
     host = at(3, 1)
-    result = host.invoke(host.function("eventHubTrigger"), batch)
+    result = host.invoke(host.function("eventHubTrigger", "ingest"), batch)
 
     assert result.attempts == 1
     assert [path.split("/", 1)[1].rsplit("/", 1)[0] for path in result.blobs] == ["raw/date=2026-11-03/hour=01"]
@@ -108,7 +108,7 @@ def test_failing_symbol_fails_the_batch_after_updating_the_others(container, run
     [batch] = make_batches([*hour_bodies(0), b"{not json"], 1, 100, 0)
     host = at(3, 0)
     with pytest.raises(LatestUpdateError, match="BBB"):
-        host.invoke(host.function("eventHubTrigger"), batch)
+        host.invoke(host.function("eventHubTrigger", "ingest"), batch)
     assert hook.failed == 3  # one per attempt: the host retried the whole batch
     for symbol in ("AAA", "CCC"):
         assert sorted(latest(container, symbol)) == [(symbol, T0 + 60 * i) for i in range(20)]

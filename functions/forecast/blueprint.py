@@ -1,0 +1,46 @@
+"""Event Hubs trigger on ``stock_bars`` (its own consumer group): publish each stored bar's next-minute forecast.
+
+Output: the batch's forecasts, one event each, to the ``stock_forecasts`` hub (an Event Hubs output
+binding, written by the host after the function returns).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from functions import telemetry
+from functions.forecast.publish import forecast_batch
+from functions.forecast.stream import encode
+from functions.ingest.airbyte import decode_batch
+from functions.ingest.blueprint import batch_id, to_raw_events
+from functions.settings import get_settings
+
+log = logging.getLogger(__name__)
+bp = func.Blueprint()
+
+
+@bp.function_name("forecast_stream")
+@bp.retry(
+    strategy="exponential_backoff", max_retry_count="-1", minimum_interval="00:00:02", maximum_interval="00:05:00"
+)
+@bp.event_hub_message_trigger(
+    arg_name="events",
+    connection="BarsEventHub",
+    event_hub_name="%BARS_EVENTHUB_NAME%",
+    consumer_group="%FORECAST_CONSUMER_GROUP%",
+    cardinality="many",
+    data_type="binary",
+)
+@bp.event_hub_output(arg_name="forecasts", event_hub_name="%FORECASTS_EVENTHUB_NAME%", connection="ForecastsEventHub")
+def forecast_stream(events: list[func.EventHubEvent], forecasts: func.Out[list[str]]) -> None:
+    """Decode the batch, forecast each symbol's newest bar, and hand the forecasts to the host."""
+    settings = get_settings()
+    telemetry.configure(settings)
+    raw_events = to_raw_events(events)
+    bid = batch_id(raw_events)
+    decoded = decode_batch(raw_events)
+    messages = forecast_batch(decoded.bars, settings, bid)
+    if messages:
+        forecasts.set(encode(messages))
