@@ -180,15 +180,24 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import threading
 
     from devhost.home import running_up
+    from devhost.processes import port_taken
     from devhost.runtime import prepare
     from devhost.up import UpOptions, serve
 
+    if running_up(stockcast_home()):
+        console.print(f"devhost up is already running for {stockcast_home()}")
+        return 1
+    if port_taken(args.port):  # before anything starts: nothing to start and stop again, no traceback
+        console.print(
+            f"port {args.port} is taken: stop what listens there, or pass --port N "
+            f"(make up ARGS='--port {args.port + 1}')",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
     if args.schedule:
         os.environ["TRAIN_SCHEDULE"] = args.schedule
     runtime = prepare()
-    if running_up(runtime.home):
-        console.print(f"devhost up is already running for {runtime.home}")
-        return 1
     # `devhost stop` (SIGTERM) gets the clean exit of Ctrl-C, and so does SIGINT where a shell ignored it for `&`
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _raise_interrupt)
@@ -200,6 +209,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         mlflow_port=args.mlflow_port,
         first_tick=not args.no_first_tick,
         seed=args.seed,
+        quiet=args.quiet,
     )
     stop = threading.Event()
     try:
@@ -232,6 +242,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.summary_out:
         Path(args.summary_out).write_bytes(orjson.dumps(dataclasses.asdict(result), option=orjson.OPT_INDENT_2))
     return 0
+
+
+def _cmd_forecasts(args: argparse.Namespace) -> int:
+    from devhost import forecast_stream  # the Kafka client and the host load only for this command
+
+    return forecast_stream.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep to the schedule even while nothing is served (by default the first tick fires at start)",
     )
     p.add_argument("--seed", type=int, default=7, help="seed of the backfill and the live market")
+    p.add_argument(
+        "--quiet", action="store_true", help="no narration: feed minutes, batches ingested, each tick's outcome"
+    )
     p.set_defaults(run=_cmd_up)
 
     p = sub.add_parser(
@@ -311,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=_cmd_stop)
 
     publish.add_parser(sub)  # send a feed over the Kafka protocol, as Airbyte does
+    p = sub.add_parser("forecasts", help="print the forecast stream (topic stock_forecasts), one line per forecast")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new forecasts until Ctrl-C")
+    p.add_argument("--new", action="store_true", help="only forecasts published from now on")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="default: the home's local broker")
+    p.set_defaults(run=_cmd_forecasts)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

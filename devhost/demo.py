@@ -7,9 +7,10 @@
    trains version 2 and promotes it only if a Diebold–Mariano test says it beats persistence;
    the rollout serves the champion;
 3. ``GET /api/predict/{symbol}`` over HTTP for every symbol, with its interval;
-4. replay one more day directly through the function and fire the timer again: version 3 against
-   the champion and persistence;
-5. predict again, then summarise storage, versions and aliases, plots, the MLflow UI, timings.
+4. replay one more day directly through the function (all but its last half hour) and fire the
+   timer again: version 3 against the champion and persistence;
+5. predict again, inside the session (with intervals), replay the day's last half hour, then
+   summarise storage, versions and aliases, plots, the MLflow UI, timings, and what keeps running.
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ def split_last_day(bodies: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     last = max(d for d in days if d is not None)
     first = [b for b, d in zip(bodies, days, strict=True) if d != last]
     return first, [b for b, d in zip(bodies, days, strict=True) if d == last]
+
+
+def hold_back(bodies: list[bytes], minutes: int) -> tuple[list[bytes], list[bytes]]:
+    """Split one day's feed: what was emitted until ``minutes`` before its last sync, and the rest (in order)."""
+
+    def emitted(body: bytes) -> int | None:
+        try:
+            return int(orjson.loads(body)["_airbyte_emitted_at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+    at = [emitted(b) for b in bodies]
+    cut = max(a for a in at if a is not None) - minutes * 60_000
+    early = [b for b, a in zip(bodies, at, strict=True) if a is None or a <= cut]
+    return early, [b for b, a in zip(bodies, at, strict=True) if a is not None and a > cut]
 
 
 def reset(console: Console, keep: bool) -> None:
@@ -136,12 +152,19 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
         with stage("3 predict", "3. predict: GET /api/predict/{symbol} over HTTP"):
             result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
             result.mid_session = views.mid_session_forecast(http.base_url, options.symbols[0], 30, console)
+        # the day's last syncs wait until after the GETs of stage 5: they stand inside the session, with intervals
+        day, last_syncs = hold_back(extra, 35)
         with stage("4 train again", "4. one more day, then train version 3 against the champion"):
-            console.print(f"{len(extra)} more messages -> {folder / 'feed-next-day.jsonl'} (replayed directly)")
-            views.replay_bodies(extra, options.batch_size, 4, options.seed + 1, console)
+            console.print(
+                f"{len(day)} more messages -> {folder / 'feed-next-day.jsonl'} (replayed directly; "
+                f"its last {len(last_syncs)}, the half hour before the close, after stage 5)"
+            )
+            views.replay_bodies(day, options.batch_size, 4, options.seed + 1, console)
             result.decisions.append(views.train(console) or {})
-        with stage("5 predict", "5. predict again, with whichever version is champion now"):
+        with stage("5 predict", "5. predict again inside the session, with whichever version is champion now"):
             result.forecasts = views.forecasts(http.base_url, options.symbols, console)
+            console.print(f"the day's last {len(last_syncs)} messages, to the close (replayed directly)")
+            views.replay_bodies(last_syncs, options.batch_size, 4, options.seed + 2, console)
     finally:
         http.stop()
     stored = views.show_bars(console)
@@ -169,6 +192,11 @@ def _summary(result: DemoResult, tracking_uri: str, console: Console) -> None:
     console.print(f"MLflow UI: {views.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
     console.print("stage timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     console.print(f"total: {sum(result.timings.values()):.1f}s")
+    from devhost.services import status
+
+    running = [f"{service.name} (pid {service.pid})" for service in status(stockcast_home()) if service.running]
     console.print(
-        "Azurite, the Kafka broker and the scoring server keep running: `make up` picks them up, `make stop` stops them"
+        f"left running: {', '.join(running) or 'nothing'}; `make up` picks them up, `make stop` stops them",
+        highlight=False,
+        soft_wrap=True,
     )

@@ -5,8 +5,9 @@ emulation (:mod:`devhost.kafka_trigger`) hands them to the ingest function.
 
 The market is simulated (see :class:`devhost.feed.Market`) on its own clock: one tick is one
 market minute, so a whole trading day can be watched in minutes with ``--feed-every``. The feed
-resumes where storage ends: the next trading day after the newest stored bar, each symbol
-starting from its last close, so the series stay continuous across runs and after ``make demo``.
+resumes where storage ends: the next trading day after the newest stored bar, 45 minutes into its
+session (:data:`RESUME_MINUTE`), each symbol starting from its last close, so the series stay
+continuous across runs and after ``make demo``.
 Storage is read as predict reads it: a corrupt ``latest/`` blob, or a missing one whose symbol was
 stored, is repaired from ``raw/`` first, so one damaged blob never stops ``devhost up``.
 """
@@ -65,16 +66,22 @@ def backfill(send: Send, cfg: FeedConfig) -> dict[int, int]:
     return send(list(generate(cfg)))
 
 
+# where the first live day starts: its first sync carries the session's first 45 minutes (as a sync
+# catching up does), so the served model's window (30 bars by default) lies inside the session and a
+# GET answers 200 from the first tick, not half an hour of ticks after a simulated open
+RESUME_MINUTE = 45
+
+
 class LiveFeed:
     """Sends one sync per symbol per tick; a day ends with the settled sync, then the next day opens."""
 
-    def __init__(self, send: Send, resume: Resume, seed: int) -> None:
+    def __init__(self, send: Send, resume: Resume, seed: int, start_minute: int = 1) -> None:
         self.send = send
         self.symbols = tuple(sorted(resume.prices))
         self.market = Market(self.symbols, seed, prices=resume.prices)
         self.date = trading_days(resume.last_date + dt.timedelta(days=1), 1)[0]
         self.day = self.market.simulate(self.date)
-        self.minute = 1
+        self.minute = max(1, min(start_minute, SESSION_MINUTES - 1))
         self.ticks = 0
 
     @property
@@ -95,13 +102,17 @@ class LiveFeed:
             self.minute = self.minute + 1 if self.minute < SESSION_MINUTES - 1 else SESSION_MINUTES + 5
         return len(bodies)
 
-    def run(self, stop: threading.Event, every: float) -> None:
-        """Step every ``every`` seconds until ``stop`` is set; a failed step is logged and retried."""
+    def run(
+        self, stop: threading.Event, every: float, on_step: Callable[[dt.datetime, int], None] | None = None
+    ) -> None:
+        """Step every ``every`` seconds until ``stop`` is set (``on_step`` hears each); a failed step is retried."""
         while not stop.is_set():
             at = self.clock
             try:
                 sent = self.step()
                 log.info("feed tick=%d market=%s sent=%d", self.ticks, f"{at:%Y-%m-%d %H:%M}", sent)
+                if on_step:
+                    on_step(at, sent)
             except Exception:  # the broker restarting, say: the next tick re-sends the whole day so far
                 log.exception("feed tick at market %s failed", f"{at:%Y-%m-%d %H:%M}")
             stop.wait(every)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -155,6 +157,29 @@ def listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def command_path(program: str = "python") -> str:
+    """``program`` beside this interpreter (``python``: this one), as a shell runs it from here: relative if below."""
+    path = Path(sys.executable).with_name(program) if program != "python" else Path(sys.executable)
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    return shlex.quote(shown)
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could not bind ``host:port`` now (0 asks for any port: never taken)."""
+    if not port:
+        return False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP host binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from devhost import azurite, kafka, live
+from devhost import azurite, forecast_stream, kafka, live
 from devhost.feed import FeedConfig
 from devhost.home import port_released, up_state_file
 from devhost.host import Host
@@ -34,8 +34,9 @@ from devhost.kafka_trigger import KafkaTrigger
 from devhost.local_jobs import running_job
 from devhost.local_rollout import LocalRollout, serving_state
 from devhost.mlflow_ui import MLFLOW_UI_PORT, start_mlflow_ui, wait_for_mlflow_ui
+from devhost.narrate import Narrator
 from devhost.orchestrate import fire_timer, next_fire
-from devhost.processes import preferred_or_free
+from devhost.processes import command_path, preferred_or_free
 from devhost.publish import publish_local
 from devhost.runtime import Runtime, keep_connected
 from devhost.services import stop_children
@@ -56,6 +57,7 @@ class UpOptions:
     first_tick: bool = True  # while nothing is served, fire the timer at start rather than a period later
     backfill_days: int = 3
     seed: int = 7
+    quiet: bool = False  # no narration (feed minutes, batches ingested, each tick's outcome)
 
 
 def keep_broker(
@@ -153,10 +155,19 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         # restarts this home's Azurite if it dies, and follows it if another command moved it
         threads.append(threading.Thread(target=keep_connected, args=(runtime, stop, say), name="azurite-watch"))
         broker = kafka.ensure(home, settings.bars_eventhub_name, settings.bars_consumer_group, say=say)
-        trigger = KafkaTrigger(host, broker.bootstrap, broker.topic, broker.group, owner_lock=kafka.owner_lock(home))
+        narrator = None if options.quiet else Narrator(home, say)
+        trigger = KafkaTrigger(
+            host,
+            broker.bootstrap,
+            broker.topic,
+            broker.group,
+            owner_lock=kafka.owner_lock(home),
+            on_batch=narrator.on_batch if narrator else None,
+        )
         consumer = threading.Thread(target=trigger.run, args=(stop,), name="kafka-trigger")
         threads.append(consumer)
         consumer.start()  # first: a backfill is ingested through it
+        threads.extend(forecast_stream.start(host, home, trigger, stop))  # the forecast stream, its own group
         watch = threading.Thread(target=keep_broker, args=(home, broker, trigger, stop, say), name="kafka-watch")
         threads.append(watch)
         say(
@@ -176,8 +187,11 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
                     raise RuntimeError("the backfill was not ingested within 600s; see `devhost status --json`")
                 resume = live.resume_point(runtime.container)
             assert resume is not None
-            feed = live.LiveFeed(send, resume, options.seed)
-            threads.append(threading.Thread(target=feed.run, args=(stop, options.feed_every), name="live-feed"))
+            feed = live.LiveFeed(send, resume, options.seed, live.RESUME_MINUTE)  # inside a session at once
+            on_step = narrator.on_feed if narrator else None
+            threads.append(
+                threading.Thread(target=feed.run, args=(stop, options.feed_every, on_step), name="live-feed")
+            )
             say(
                 f"live feed: {', '.join(feed.symbols)} from market {feed.clock:%Y-%m-%d %H:%M} UTC, "
                 f"one market minute every {options.feed_every:g}s"
@@ -213,13 +227,15 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         say(f"predict:     {http.base_url}/predict/{{symbol}}  (POST {http.base_url}/predict)")
         say(f"Azurite:     http://127.0.0.1:{runtime.azurite.port}/{azurite.ACCOUNT}")
         say(
-            f"publish:     python -m devhost publish --bootstrap {broker.bootstrap} --plaintext FILE.jsonl"
+            f"publish:     {command_path()} -m devhost publish --bootstrap {broker.bootstrap} --plaintext FILE.jsonl"
             + ("" if options.feed and options.feed_every > 0 else "   (live feed off)")
         )
         say(f"scoring:     http://127.0.0.1:{get_settings().scoring_port}/score")
         # with nothing to serve, the first model should not wait out a whole period (15 min by default)
         first_now = options.first_tick and serving_state(home) is None
         say(f"timer:       {schedule} (NCRONTAB){', first tick now' if first_now else ''}; Ctrl-C stops everything")
+        if narrator:
+            threads.append(threading.Thread(target=narrator.run, args=(stop,), name="narrator"))
         for thread in threads:
             if thread.ident is None:  # the consumer already runs
                 thread.start()

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from devhost.processes import command_path
+
 if TYPE_CHECKING:  # the replay path imports the host and the storage SDK: `devhost status` needs neither
     from devhost.replay import ReplayStats
 
@@ -182,6 +184,10 @@ def train(console: Console) -> dict | None:
     if summary is None:
         console.print(f"[red]no decision[/]: job {result.job_name} wrote no summary; see {result.log_path}")
         return None
+    if summary["decision"] == "skipped":  # no window after the last decision: nothing trained or registered
+        console.print(f"decision: skipped: {summary['reason']}", highlight=False, soft_wrap=True)
+        console.print(f"rollout: {result.rollout}   job log: {result.log_path}")
+        return summary
     console.print(decision_table(summary))
     for line in decision_lines(summary):
         console.print(line)
@@ -246,7 +252,7 @@ def decision_lines(summary: dict) -> list[str]:
 
 def mlflow_ui_command() -> str:
     """The command that opens the MLflow UI on this home's store."""
-    return f".venv/bin/mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}"
+    return f"{command_path('mlflow')} ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}"
 
 
 def forecasts(base: str, symbols: Iterable[str], console: Console) -> list[dict]:
@@ -287,9 +293,9 @@ def forecasts(base: str, symbols: Iterable[str], console: Console) -> list[dict]
                 _target(body),
                 f"v{model['version']} {model.get('kind', '')}".strip(),
             )
-    if out:
+    if out:  # only errors: they were printed, an empty table would add nothing
         table.caption = f"model {out[0]['model']['name']}"
-    console.print(table)
+        console.print(table)
     return out
 
 

@@ -138,7 +138,10 @@ def _train_twice(home: Path, bars: Path) -> tuple[TrainConfig, dict, dict]:
         with mlflow_store(uri), mlflow_registry(registry_uri(home / "mlflow.db", aliases=True)):
             cfg = TrainConfig(bars=bars, experiment="tests", summary_out=home / "first.json", **TINY)
             first = run(cfg)
-            crippled = replace(cfg, learning_rate=5.0, units=2, epochs=1, summary_out=home / "second.json")
+            # one more day: a decision needs windows after the last one's watermark, else the job skips
+            more = home / "bars-more"
+            write_bars(FeedConfig(symbols=("AAA", "BBB", "CCC"), days=5, seed=3), more)
+            crippled = replace(cfg, bars=more, learning_rate=5.0, units=2, epochs=1, summary_out=home / "second.json")
             second = run(crippled)
     finally:
         os.chdir(cwd)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,13 @@ def test_lock_holds_every_pin_of_the_requirements():
     lock = _pins(ROOT / "requirements-dev.lock")
     wanted = {**_pins(ROOT / "requirements.txt"), **_pins(ROOT / "requirements-dev.txt")}
     assert {name: lock.get(name) for name in wanted} == wanted
+
+
+def test_make_setup_says_nothing_when_everything_is_installed() -> None:
+    """With every stamp up to date, `make setup` (run before each target) prints no make[1] line at all."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # as a user runs it
+    stamps = [".venv/.installed", ".venv-infra/.installed", "node_modules/.installed"]
+    if subprocess.run(["make", "-q", *stamps], cwd=ROOT, env=env, capture_output=True).returncode != 0:
+        pytest.skip("a stamp is out of date here: make setup would install, and say so")
+    done = subprocess.run(["make", "setup"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -32,7 +32,7 @@ import pandas as pd
 
 from training_job import sessions
 from training_job.data import MAX_PRICE, MAX_VOLUME, MIN_TS, epoch_seconds
-from training_job.features import FEATURES, Windows, bars_needed, concat, symbol_windows
+from training_job.features import FEATURES, Windows, bars_needed, concat, segments, symbol_windows
 from training_job.intervals import IntervalScale
 
 META_FILE = "forecaster.json"
@@ -57,6 +57,47 @@ PERSISTENCE = "persistence"
 LSTM_ATTENTION = "lstm_attention"
 INPUT_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
 log = logging.getLogger(__name__)
+
+
+def ready(symbol: str, ts: np.ndarray, meta: ForecasterMeta, limit: int = 100_000) -> tuple[int, int | None]:
+    """How many of the bars a forecast needs ``ts`` has, and when (unix s) the last one needed will have closed.
+
+    The time assumes one bar a minute from the last one on, in the symbol's exchange sessions (none
+    outside them): a session's first bar after a gap longer than ``max_gap_minutes`` starts the
+    window again, while the warm-up bars may lie before it. None if no time is in sight.
+    """
+    n, need, window, gap = len(ts), meta.bars_needed, meta.window, meta.max_gap_minutes * 60
+    if n == 0:
+        return 0, None
+    seg = segments(ts, meta.max_gap_minutes)
+    tail = int(np.sum(seg == seg[-1]))  # the bars since the last gap: the window's run
+    missing = max(need - n, window - tail, 0)
+    t = int(ts[-1])
+    for _ in range(limit):
+        if n >= need and tail >= window:
+            return need - missing, t + 60
+        step = sessions.next_bar(symbol, t, 1)
+        nxt = step.next_open if step.session_closed else step.target_ts
+        if nxt is None:
+            return need - missing, None
+        tail = 1 if nxt - t > gap else tail + 1
+        n, t = n + 1, int(nxt)
+    return need - missing, None
+
+
+def short_of(symbol: str, ts: np.ndarray, meta: ForecasterMeta) -> str:
+    """Why ``symbol`` has no forecast yet: the usable bars of those needed, and when one becomes possible."""
+    have, at = ready(symbol, ts, meta)
+    if at is None:
+        when = "no time for a forecast is in sight"
+    else:
+        moment = dt.datetime.fromtimestamp(at, dt.UTC)
+        same_day = len(ts) and moment.date() == dt.datetime.fromtimestamp(int(ts[-1]), dt.UTC).date()
+        when = f"a forecast is possible from {moment:{'%H:%M' if same_day else '%Y-%m-%d %H:%M'}} UTC"
+    return (
+        f"{symbol}: {have} of {meta.bars_needed} usable bars (need the last {meta.bars_needed} bars, the last "
+        f"{meta.window} of them without a gap longer than {meta.max_gap_minutes} minutes); {when} at one bar a minute"
+    )
 
 
 class ForecastInputError(ValueError):
@@ -288,7 +329,12 @@ class Forecaster:
 
         import training_job.model  # noqa: F401  (registers the attention layer for deserialisation)
 
-        return cls(keras.models.load_model(directory / KERAS_FILE, compile=False), forecaster_meta, lite=lite)
+        with warnings.catch_warnings():
+            # each averaged member was saved with its training optimizer; a served model never trains
+            # (compile=False), so Keras skipping those optimizer variables is expected, not a fault
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer", UserWarning)
+            model = keras.models.load_model(directory / KERAS_FILE, compile=False)
+        return cls(model, forecaster_meta, lite=lite)
 
     @staticmethod
     def save(model: Any, meta: ForecasterMeta, directory: str | Path) -> Path:
@@ -338,11 +384,7 @@ class Forecaster:
                 continue
             parts.append(w)
         if short:
-            raise ForecastInputError(
-                "not_enough_bars",
-                f"{', '.join(short)}: need the last {m.bars_needed} bars, the last {m.window} of them "
-                f"without a gap longer than {m.max_gap_minutes} minutes",
-            )
+            raise ForecastInputError("not_enough_bars", "; ".join(short_of(s, series[s][0], m) for s in short))
         if not parts:
             raise ForecastInputError("malformed", "no bars")
         return parts[0] if len(parts) == 1 else concat(parts)

@@ -308,6 +308,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     mlflow.set_experiment(cfg.experiment)
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     registry = ModelRegistry(MlflowClient(), cfg.model_name)
+    last = read_evidence(registry)
+    if last.watermark is not None and not evaluate.fresh_windows(dec.as_of, last.watermark, cfg.horizon).any():
+        return nothing_new(cfg, registry, last, skipped)
     with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
@@ -536,6 +539,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "interval": interval,
             "shrinkage": result.shrinkage,
             "metrics": figures,
+            "skipped": skipped,  # symbol -> why it gave no windows (devhost up says it in the tick's line)
         }
         mlflow.log_dict(summary, "summary.json")
         log.info(
@@ -550,6 +554,30 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.summary_out:
         Path(cfg.summary_out).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary
+
+
+def nothing_new(
+    cfg: TrainConfig, registry: ModelRegistry, last: evaluate.Evidence, skipped: dict[str, str]
+) -> dict[str, Any]:
+    """The summary of a job with no window after the last decision's watermark: nothing trained or registered."""
+    champion = last.champion or registry.version_for(CHAMPION)
+    reason = (
+        f"no window after {evaluate.utc_minute(last.watermark)}, the newest minute the last decision used: "
+        "nothing new to decide on, so nothing was trained or registered"
+    )
+    outcome = {
+        "version": None,
+        "kind": None,
+        "decision": "skipped",
+        "reason": reason,
+        "champion_version": champion,
+        "champion_after": {"version": champion, "kind": registry.kind_of(champion) if champion else None},
+        "skipped": skipped,
+    }
+    log.info("decision=skipped champion=%s reason=%s", champion, reason)
+    if cfg.summary_out:
+        Path(cfg.summary_out).write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))
+    return outcome
 
 
 def read_evidence(registry: ModelRegistry) -> evaluate.Evidence:

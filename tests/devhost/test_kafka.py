@@ -165,7 +165,7 @@ def test_up_no_feed_ingests_published_truth_and_survives_a_broker_restart(home, 
     bad = [b for _, b in poison()]
     first = good[: len(good) // 2] + bad + good[len(good) // 2 :]
     port = free_port()
-    command = [sys.executable, "-m", "devhost", "up", "--no-feed", "--no-mlflow-ui", "--port", str(port)]
+    command = [sys.executable, "-m", "devhost", "up", "--no-feed", "--no-mlflow-ui", "--port", str(port), "--quiet"]
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -220,6 +220,7 @@ def test_up_no_feed_ingests_published_truth_and_survives_a_broker_restart(home, 
     assert code == 0, text[-3000:]
     assert "stopped: " in text and "kafka broker" in text.split("stopped: ")[-1]
     assert not alive(broker_pid)
+    assert [line for line in text.splitlines() if line.startswith(("feed:", "tick:", "rollout:"))] == []  # --quiet
     assert _status(env)["kafka"]["running"] is False
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import orjson
 import pyarrow as pa
 import pytest
 
-from devhost.live import Resume, resume_point
+from devhost.live import LiveFeed, Resume, resume_point
 from functions.shared.bars import from_parquet, to_parquet
 from functions.shared.latest import latest_blob_name, update_latest
 from functions.shared.rebuild import QUARANTINE_PREFIX
@@ -56,3 +57,17 @@ def test_resume_point_of_empty_storage_is_none(container):
     container.upload_blob(latest_blob_name("AAA"), b"junk")
     assert resume_point(container) is None
     assert not container.get_blob_client(latest_blob_name("AAA")).exists()
+
+
+@pytest.mark.parametrize(("start", "clock", "bars_sent"), [(1, "14:31", 2), (45, "15:15", 46)])
+def test_the_live_feed_starts_inside_the_session_at_its_start_minute(start: int, clock: str, bars_sent: int) -> None:
+    """The first sync carries the session's first ``start`` minutes and the forming one; the clock is there."""
+    sent: list[list[bytes]] = []
+    feed = LiveFeed(lambda bodies: sent.append(bodies) or {}, Resume(dt.date(2026, 11, 4), {"AAA": 50.0}), 7, start)
+    assert f"{feed.clock:%Y-%m-%d %H:%M}" == f"2026-11-05 {clock}"
+    assert feed.step() == 1
+    chart = orjson.loads(sent[0][0])["_airbyte_data"]["chart"]["result"][0]
+    stamps = chart["timestamp"]
+    assert (len(stamps), stamps[-1] - stamps[0]) == (bars_sent, 60 * (bars_sent - 1))
+    assert dt.datetime.fromtimestamp(stamps[0], dt.UTC).strftime("%H:%M") == "14:30"
+    assert f"{feed.clock:%H:%M}" == f"{dt.datetime.strptime(clock, '%H:%M') + dt.timedelta(minutes=1):%H:%M}"

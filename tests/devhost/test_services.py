@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,19 @@ def test_status_shows_the_live_skill_per_version(runtime, container):
     ]
     status = orjson.loads(_run(runtime.home, "status", "--json")[0].stdout)["live_skill"]
     assert list(status["versions"]) == ["2", "10"] and status["versions"]["10"]["p_worse"] == 0.02
+
+
+@pytest.mark.parametrize("bind_host", ["127.0.0.1", "0.0.0.0"])
+def test_up_on_a_taken_port_says_so_in_one_line_before_starting_anything(tmp_path: Path, bind_host: str) -> None:
+    """A real socket holding the port: `devhost up` names it and --port, starts nothing, shows no traceback."""
+    with socket.socket() as holder:
+        holder.bind((bind_host, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done, _ = _run(tmp_path, "up", "--port", str(port), "--no-mlflow-ui")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"port {port} is taken: stop what listens there, or pass --port N (make up ARGS='--port {port + 1}')"
+    ]
+    assert "Traceback" not in done.stderr and "OSError" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no Azurite, broker or state file was started

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
 import orjson
@@ -11,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from devhost.demo import split_last_day
 from devhost.feed import FeedConfig, generate
-from tests.e2e.cli import devhost, private_env
+from devhost.processes import free_port
+from tests.e2e.cli import ROOT, devhost, private_env
 from tests.factories import oracle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -109,10 +114,14 @@ def test_forecasts_are_finite_and_honest_about_the_session_close(demo, stage):
     assert sorted(f["symbol"] for f in forecasts) == sorted(SYMBOLS)
     for f in forecasts:
         assert math.isfinite(f["predicted_close"])
+        assert f["model"]["kind"] in ("persistence", "lstm_attention") and "skill" in f
+        if stage == "forecasts":  # stage 5 GETs before the day's last half hour: inside the session
+            assert f["as_of"][11:16] in ("20:29", "20:30") and f["session_closed"] is False
+            assert f["interval"]["low"] <= f["predicted_close"] <= f["interval"]["high"]
+            continue
         assert f["as_of"].endswith("T20:59:00Z")  # the feed ends each day at 15:59 New York
         assert f["session_closed"] is True and f["target_ts"] is None and f["next_open"] > f["as_of"]
         assert f["predicted_close"] == f["last_close"]  # no forecast across the close
-        assert f["model"]["kind"] in ("persistence", "lstm_attention") and "skill" in f
     if stage == "forecasts":  # after the extra day, the forecasts start from its last bar
         assert all(f["as_of"] > g["as_of"] for f, g in zip(forecasts, result["first_forecasts"], strict=True))
 
@@ -140,3 +149,36 @@ def test_demo_output_tells_every_stage_with_timings(demo):
     assert "one-sided p = " in stdout and "split-conformal, coverage" in stdout
     assert list(result["timings"]) == ["1 ingest", "2 train", "3 predict", "4 train again", "5 predict"]
     assert all(seconds > 0 for seconds in result["timings"].values())
+    left = stdout.split("left running: ", 1)[1].split(";", 1)[0]
+    assert [name.split(" (pid ")[0] for name in left.split(", ")] == ["azurite", "kafka broker", "scoring server"]
+    assert "`make stop` stops them" in stdout
+
+
+def test_up_after_the_demo_serves_a_forecast_of_the_next_session_within_90_s(demo, tmp_path):
+    """`make up` on the demo's home: the live market resumes inside the next session, so a GET is 200 at once."""
+    home, env, result, _ = demo
+    port = free_port()
+    command = [sys.executable, "-m", "devhost", "up", "--port", str(port), "--no-mlflow-ui", "--no-first-tick"]
+    log = tmp_path / "up.log"
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--schedule", "0 0 0 1 1 *"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    last_day = max(f["as_of"] for f in result["forecasts"])[:10]
+    body = None
+    try:
+        while time.monotonic() - started < 90 and body is None:
+            time.sleep(1)
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/predict/{SYMBOLS[0]}", timeout=10)
+            except httpx.TransportError:
+                continue
+            if response.status_code == 200 and response.json()["as_of"][:10] > last_day:
+                body = response.json()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    assert body is not None, log.read_text()[-3000:]
+    assert body["session_closed"] is False and body["interval"] is not None
+    assert code == 0 and not (home / "run" / "devhost.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,9 @@ def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
             assert any(service in line and "running" in line for line in status.splitlines()), status
         children = _pids(home)
         assert set(children) == {"azurite", "kafka broker", "mlflow ui", "scoring server"}
+        # persistence is served while the first job still trains; once it ends, its outcome is one line
+        tick = r"^tick: +job \S+: v\d+ lstm_attention (promoted|retained); champion v\d+ \(\w+\); .*serves v\d+$"
+        _wait_for(lambda: re.search(tick, log.read_text(), re.M), 300, "the first job's line")
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=120)
@@ -82,5 +86,7 @@ def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
     assert code == 0, text[-3000:]
     assert "backfilling 3 trading days" in text and "timer fired" in text and "stopped: " in text
     assert "timer:       */10 * * * * * (NCRONTAB), first tick now;" in text  # nothing served yet: train at once
+    # the narration: the feed's market minutes with the batches ingested
+    assert re.search(r"^feed: +market \d{4}-\d\d-\d\d [\d:-]+ UTC \(\d+ min\), ingested \d+ batch", text, re.M), text
     assert [name for name, pid in children.items() if alive(pid)] == []
     assert not (home / "run" / "devhost.json").exists()

@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def test_save_keeps_the_flatbuffer_and_the_graph_returns_it_was_checked_against(
     assert (saved / LITE_FILE).read_bytes()[4:8] == b"TFL3"  # the TensorFlow Lite flatbuffer identifier
     assert recorded.shape == (8,) and np.std(recorded) > 1e-6
     assert np.max(np.abs(recorded - xla.forward(probe_windows(META)))) <= 1e-6
+
+
+@pytest.mark.slow
+def test_loading_an_averaged_model_warns_nothing_of_its_members_optimizers(saved: Path) -> None:
+    """The members' training optimizers are saved with them; loading to serve (compile=False) says nothing of them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        served = Forecaster.load(saved, lite=False)
+    assert [str(w.message) for w in caught if "optimizer" in str(w.message)] == []
+    assert served.model is not None and served.single_window == "xla"
 
 
 @pytest.mark.slow
@@ -350,6 +361,47 @@ def test_too_few_bars_says_how_many_are_needed():
         Forecaster.persistence(META).forecast(series_from_records(records(NEED - 1)))
     assert caught.value.code == "not_enough_bars"
     assert f"need the last {NEED} bars" in str(caught.value)
+
+
+CLOSE = T0 + 390 * 60  # 21:00 UTC, the Wednesday's close; the next open is Thursday 14:30 UTC
+
+
+def _hhmm(seconds: int, fmt: str = "%H:%M") -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime(fmt)
+
+
+@pytest.mark.parametrize(
+    ("ts", "have", "possible"),
+    [
+        # 12 bars from the open: NEED - 12 minutes more, the same day
+        ([T0 + 60 * i for i in range(12)], 12, _hhmm(T0 + 60 * NEED)),
+        # a gap of 10 minutes 5 bars before the end: the window needs 25 bars more after it
+        (
+            [T0 + 60 * i for i in range(NEED - 5)] + [T0 + 60 * (NEED + 5 + i) for i in range(5)],
+            NEED - 25,
+            _hhmm(T0 + 60 * (NEED + 5 + 4 + 25 + 1)),
+        ),
+        # the last 10 minutes of a session: the night breaks the run, so the window fills the next morning
+        (
+            [CLOSE - 600 + 60 * i for i in range(10)],
+            10,
+            _hhmm(T0 + 86_400 + 60 * (NEED - 10), "%Y-%m-%d %H:%M"),
+        ),
+    ],
+    ids=["from-the-open", "after-a-gap", "at-the-close"],
+)
+def test_too_few_bars_says_how_many_are_usable_and_when_a_forecast_is_possible(
+    ts: list[int], have: int, possible: str
+) -> None:
+    """The 422's message: usable bars of those needed, and the minute a forecast becomes possible, sessions minded."""
+    bars = [{**record, "ts": _iso(t)} for record, t in zip(records(len(ts)), ts, strict=True)]
+    with pytest.raises(ForecastInputError) as caught:
+        Forecaster.persistence(META).forecast(series_from_records(bars))
+    assert (caught.value.code, str(caught.value)) == (
+        "not_enough_bars",
+        f"AAA: {have} of {NEED} usable bars (need the last {NEED} bars, the last 30 of them without a gap longer "
+        f"than 5 minutes); a forecast is possible from {possible} UTC at one bar a minute",
+    )
 
 
 def test_a_mid_session_forecast_has_its_interval_around_the_last_close():

@@ -6,12 +6,14 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from devhost.feed import FeedConfig, write_bars
 from tests.conftest import TINY, mlflow_registry, mlflow_store
 from tests.training_job.azureml_mlflow import registry_uri
 from training_job import data
@@ -63,12 +65,10 @@ def test_crippled_second_run_is_retained_and_champion_stays(trained):
     for test in ("vs_champion", "vs_persistence", "champion_vs_persistence"):
         assert set(second["tests"][test]) >= {"dm_stat", "p_value", "n", "min_detectable_ratio"}
     assert second["tests"]["champion_vs_persistence"]["p_value"] > 0.05  # the champion still holds up
-    # the same bars again: every minute was used by the first decision, so there is nothing new to decide on
+    # one more day: the decision uses only the minutes after the first decision's watermark
     evidence = second["evidence"]
-    assert evidence["first_decision"] is False and evidence["minutes"] == 0
-    assert evidence["watermark"] == trained.first["evidence"]["watermark"] and evidence["since"] is None
-    assert evidence["e_value"] == 1.0 and evidence["champion_worse"] == {"e": 1.0, "n": 0}
-    assert second["reason"].startswith("no minute after ")
+    assert evidence["first_decision"] is False and 0 < evidence["minutes"] <= second["n_minutes"]
+    assert evidence["watermark"] > trained.first["evidence"]["watermark"]
 
 
 @pytest.mark.integration
@@ -121,9 +121,12 @@ def test_run_records_params_metrics_plots_profile_and_tags(trained):
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
     assert run.data.tags["decision"] == "retained" and version.tags["decision"] == "retained"
     assert version.tags["kind"] == "lstm_attention" and float(version.tags["p_vs_champion"]) > 0.05
-    assert version.tags["n_minutes"] == str(trained.second["n_minutes"]) and version.tags["fresh_minutes"] == "0"
+    evidence = trained.second["evidence"]  # one more day: the minutes after the first decision's watermark
+    assert version.tags["n_minutes"] == str(trained.second["n_minutes"])
     tags = version.tags
-    assert (tags["e_value"], tags["e_champion_worse"], tags["evidence_since"]) == ("1", "1", "-")
+    assert (tags["fresh_minutes"], tags["evidence_since"]) == (str(evidence["minutes"]), evidence["since"] or "-")
+    assert float(tags["e_value"]) == pytest.approx(evidence["e_value"], rel=1e-4)
+    assert float(tags["e_champion_worse"]) == pytest.approx(evidence["champion_worse"]["e"], rel=1e-4)
     promoted = client.get_model_version(trained.config.model_name, "2").tags["evidence"]
     assert json.loads(promoted)["champion"] == "self" and json.loads(version.tags["evidence"])["champion"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -131,10 +134,11 @@ def test_run_records_params_metrics_plots_profile_and_tags(trained):
     assert {"data_profile.json", "summary.json", "model", "plots", "decision_forecasts.parquet"} <= artifacts
     assert plots == {"plots/loss_curve.png", "plots/predicted_vs_actual.png"}
     profile = json.loads(Path(client.download_artifacts(run.info.run_id, "data_profile.json")).read_text())
-    assert set(profile["symbols"]) == {"AAA", "BBB", "CCC"} and profile["symbols"]["AAA"]["gaps_over_max"] == 3
+    # v3 trained on five days: four nights, each a gap over the maximum
+    assert set(profile["symbols"]) == {"AAA", "BBB", "CCC"} and profile["symbols"]["AAA"]["gaps_over_max"] == 4
     for symbol in profile["symbols"].values():  # each session's last minute has no next minute: at a gap
         dropped = symbol["windows_without_target"]
-        assert dropped["at_gap"] == symbol["gaps_over_max"] == 3
+        assert dropped["at_gap"] == symbol["gaps_over_max"] == 4
         assert 0 < dropped["in_segment"] <= symbol["missing_minutes_within_sessions"]
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/MLmodel", "model/input_example.json", "model/code"} <= model_files
@@ -193,14 +197,19 @@ def test_skill_travels_inside_the_served_model(trained):
 def test_a_committed_decision_whose_roles_never_moved_is_completed_by_the_next_job(tmp_path, bars_dir, monkeypatch):
     """A version registered with its record commits its decision: a job stopped before moving the role is completed."""
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    more = tmp_path / "bars-more"  # one more day: the second job has windows after the first decision
+    write_bars(FeedConfig(symbols=("AAA", "BBB", "CCC"), days=5, seed=3), more)
     with mlflow_store(f"sqlite:///{tmp_path}/mlflow.db"), mlflow_registry(registry_uri(tmp_path / "mlflow.db")):
         cfg = TrainConfig(bars=bars_dir, experiment="tests", **TINY)
         first = run(cfg)
         registry = ModelRegistry(MlflowClient(), cfg.model_name)
         registry.assign(CHAMPION, "1")  # the role as it stood had the job stopped right after registering v2
         evidence = read_evidence(registry)
-        second = run(cfg)
+        second = run(replace(cfg, bars=more))
         roles = {v: registry.role_of(v) for v in ("1", "2", "3")}
+        # the same bars again: no window after the last decision, so nothing is trained or registered
+        third = run(replace(cfg, bars=more, summary_out=tmp_path / "third.json"))
+        versions = sorted(int(v.version) for v in registry._versions())  # every page of the registry's answer
     assert first["champion_after"]["version"] == "2" and evidence.champion == "2"
     assert evidence.watermark == int(pd.Timestamp(first["evidence"]["watermark"]).timestamp())
     assert (second["champion_version"], second["champion_after"]["version"], second["decision"]) == (
@@ -209,6 +218,13 @@ def test_a_committed_decision_whose_roles_never_moved_is_completed_by_the_next_j
         "retained",
     )
     assert roles == {"1": "retired", "2": "champion", "3": "challenger"}
+    assert (third["version"], third["decision"], third["champion_after"]) == (
+        None,
+        "skipped",
+        {"version": "2", "kind": "lstm_attention"},
+    )
+    assert third["reason"].startswith(f"no window after {second['evidence']['watermark']}, ")
+    assert versions == [1, 2, 3] and json.loads((tmp_path / "third.json").read_text()) == third
 
 
 def test_every_option_has_a_default():
