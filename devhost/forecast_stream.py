@@ -64,8 +64,9 @@ class NothingToSave(azurite.UnsavedWrites):
 class KafkaOutput:
     """The Event Hubs output binding, emulated: produce the events to the broker, keyed by symbol, and flush."""
 
-    def __init__(self, bootstrap: Callable[[], str]) -> None:
+    def __init__(self, bootstrap: Callable[[], str], on_published: Callable[[int], None] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._on_published = on_published  # told how many forecasts each acked call published
         self._lock = threading.Lock()
         self._producer: Any = None
         self._for: str | None = None
@@ -99,6 +100,8 @@ class KafkaOutput:
             left = producer.flush(DELIVERY_TIMEOUT_S)
         if left or failures:
             raise PublishError(f"{left + len(failures)} of {len(events)} forecasts to {topic} not delivered")
+        if self._on_published is not None:
+            self._on_published(len(events))
 
 
 def forecast_trigger(
@@ -107,6 +110,7 @@ def forecast_trigger(
     bootstrap: str,
     options: TriggerOptions | None = None,
     on_batch: Callable[[BatchDone], None] | None = None,
+    on_published: Callable[[int], None] | None = None,
 ) -> KafkaTrigger:
     """The forecast function's trigger on the bars topic, its output binding writing to the broker at ``bootstrap``.
 
@@ -126,13 +130,22 @@ def forecast_trigger(
         unsaved=NothingToSave(home),
         function=FUNCTION,
     )
-    host.outputs[BINDING_TYPE] = KafkaOutput(lambda: trigger.bootstrap)
+    host.outputs[BINDING_TYPE] = KafkaOutput(lambda: trigger.bootstrap, on_published)
     return trigger
 
 
-def start(host: Host, home: Path, ingest: KafkaTrigger, stop: threading.Event) -> list[threading.Thread]:
-    """Run the forecast trigger beside ``ingest``'s, following it to a restarted broker; returns the started threads."""
-    trigger = forecast_trigger(host, home, ingest.bootstrap)
+def start(
+    host: Host,
+    home: Path,
+    ingest: KafkaTrigger,
+    stop: threading.Event,
+    on_published: Callable[[int], None] | None = None,
+) -> list[threading.Thread]:
+    """Run the forecast trigger beside ``ingest``'s, following it to a restarted broker; returns the started threads.
+
+    ``on_published`` is told how many forecasts each invocation put on the broker (the console counts them).
+    """
+    trigger = forecast_trigger(host, home, ingest.bootstrap, on_published=on_published)
 
     def follow_broker() -> None:
         while not stop.wait(2.0):

@@ -49,6 +49,7 @@ class Narrator:
         self._minutes: list[dt.datetime] = []
         self._batches = 0
         self._events = 0
+        self._forecasts = 0
         self._job: str | None = None
         self._serves: str | None = None
 
@@ -63,18 +64,25 @@ class Narrator:
             self._batches += 1
             self._events += done.batch.events
 
+    def on_published(self, count: int) -> None:
+        """The forecast stream put ``count`` forecasts on the broker."""
+        with self._lock:
+            self._forecasts += count
+
     def activity(self) -> str | None:
         """The line for what happened since the last one (None if nothing did); the counts start again."""
         with self._lock:
-            minutes, batches, events = self._minutes, self._batches, self._events
-            self._minutes, self._batches, self._events = [], 0, 0
-        if not minutes and not batches:
+            minutes, batches, events, forecasts = self._minutes, self._batches, self._events, self._forecasts
+            self._minutes, self._batches, self._events, self._forecasts = [], 0, 0, 0
+        if not minutes and not batches and not forecasts:
             return None
         parts = []
         if minutes:
             span = f"{minutes[0]:%H:%M}" if len(minutes) == 1 else f"{minutes[0]:%H:%M}-{minutes[-1]:%H:%M}"
             parts.append(f"market {minutes[-1]:%Y-%m-%d} {span} UTC ({len(minutes)} min)")
         parts.append(f"ingested {batches} batch{'' if batches == 1 else 'es'} ({events} events)")
+        if forecasts:
+            parts.append(f"published {forecasts} forecast{'' if forecasts == 1 else 's'}")
         return "feed:        " + ", ".join(parts)
 
     def check_job(self) -> str | None:

@@ -167,7 +167,8 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         consumer = threading.Thread(target=trigger.run, args=(stop,), name="kafka-trigger")
         threads.append(consumer)
         consumer.start()  # first: a backfill is ingested through it
-        threads.extend(forecast_stream.start(host, home, trigger, stop))  # the forecast stream, its own group
+        published = narrator.on_published if narrator else None
+        threads.extend(forecast_stream.start(host, home, trigger, stop, published))  # the stream, its own group
         watch = threading.Thread(target=keep_broker, args=(home, broker, trigger, stop, say), name="kafka-watch")
         threads.append(watch)
         say(

@@ -68,3 +68,22 @@ def test_the_activity_line_counts_market_minutes_and_batches_then_starts_again(t
     narrator.on_batch(_done(4))
     assert narrator.activity() == "feed:        ingested 1 batch (4 events)"
     assert (narrator.activity(), narrator.check_job(), said) == (None, None, [])
+
+
+@pytest.mark.parametrize(
+    ("published", "line"),
+    [
+        ((1,), "feed:        ingested 1 batch (4 events), published 1 forecast"),
+        ((2, 3), "feed:        ingested 1 batch (4 events), published 5 forecasts"),
+        ((), "feed:        ingested 1 batch (4 events)"),
+    ],
+)
+def test_the_activity_line_counts_the_forecasts_the_stream_published(tmp_path: Path, published, line) -> None:
+    """The stream's acked forecasts since the last line join it; none published says nothing of them."""
+    narrator = Narrator(tmp_path, [].append)
+    narrator.on_batch(_done(4))
+    for count in published:
+        narrator.on_published(count)
+    assert narrator.activity() == line
+    narrator.on_published(2)
+    assert narrator.activity() == "feed:        ingested 0 batches (0 events), published 2 forecasts"
