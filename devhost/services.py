@@ -106,6 +106,10 @@ def _version_order(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
 
 
+# what status shows of each version's live figures (the ledger's bookkeeping stays out)
+STATUS_FIGURES = ("kind", "n", "ratio_to_persistence", "p_value", "p_worse", "coverage", "interval_n")
+
+
 def live_skill(home: Path) -> dict[str, Any] | None:
     """The live figures per version from ``ledger/skill.json`` in the home's Azurite; None if it is down or none yet.
 
@@ -127,15 +131,7 @@ def live_skill(home: Path) -> dict[str, Any] | None:
     return {
         "updated_at": document.updated_at,
         "versions": {
-            version: {
-                "kind": f.kind,
-                "n": f.n,
-                "ratio_to_persistence": f.ratio_to_persistence,
-                "p_value": f.p_value,
-                "p_worse": f.p_worse,
-                "coverage": f.coverage,
-                "interval_n": f.interval_n,
-            }
+            version: {key: value for key, value in f.as_json().items() if key in STATUS_FIGURES}
             for version, f in sorted(document.versions.items(), key=lambda item: _version_order(item[0]))
         },
     }

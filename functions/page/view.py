@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from functions.shared.ledger import SERVED_PREFIX, ServedRecord, decode_served, read_skill
 from functions.shared.rebuild import CorruptBlobError, decode_bars
+from functions.shared.storage import download
 from functions.train_trigger.ports import ModelSnapshot
 from functions.train_trigger.report import DECISION, MODEL_RMSE, PERSISTENCE_RMSE
 
@@ -169,10 +169,7 @@ class PageData:
         blob = self.container.get_blob_client(f"latest/{symbol}.parquet")
         known = self._bars.get(symbol)
         try:
-            if known is None:
-                downloader = blob.download_blob()
-            else:
-                downloader = blob.download_blob(etag=known[0], match_condition=MatchConditions.IfModified)
+            downloader = download(blob, None if known is None else known[0])
             data = downloader.readall()
         except ResourceModifiedError as exc:  # the SDK's type for a 304
             if known is None or exc.status_code != 304:

@@ -26,6 +26,7 @@ from azure.storage.blob import BlobClient, ContainerClient
 
 from functions.shared.bars import last_bars, to_parquet, valid_symbol
 from functions.shared.rebuild import CorruptBlobError, decode_bars, quarantine, rebuild_from_raw
+from functions.shared.storage import download
 
 log = logging.getLogger(__name__)
 LATEST_PREFIX = "latest/"
@@ -100,10 +101,7 @@ def _read(
     With ``known_etag``, a blob that still has it is answered with a 304 (raised) instead of being downloaded.
     """
     try:
-        if known_etag is None:
-            downloader = blob.download_blob()
-        else:
-            downloader = blob.download_blob(etag=known_etag, match_condition=MatchConditions.IfModified)
+        downloader = download(blob, known_etag)
     except ResourceNotFoundError:
         # the cost of an unknown symbol: one HEAD; only a symbol stored before pays for the rebuild
         try:

@@ -27,11 +27,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from functions.shared.bars import valid_symbol
+from functions.shared.storage import download
 
 SERVED_PREFIX = "ledger/served/"
 STATE_BLOB = "ledger/state.json"
@@ -151,21 +151,11 @@ def served_hour(name: str) -> str | None:
 def encode_served(records: Iterable[ServedRecord]) -> bytes:
     """A flush's records as one zstd Parquet file."""
     rows = list(records)
-    columns = {field.name: [] for field in SERVED_SCHEMA}
-    for record in rows:
-        columns["symbol"].append(record.symbol)
-        columns["version"].append(record.version)
-        columns["kind"].append(record.kind)
-        columns["as_of"].append(record.as_of)
-        columns["target_ts"].append(record.target_ts)
-        columns["predicted_close"].append(record.predicted_close)
-        columns["last_close"].append(record.last_close)
-        columns["interval_level"].append(record.interval_level)
-        columns["interval_low"].append(record.interval_low)
-        columns["interval_high"].append(record.interval_high)
-        columns["served_at"].append(record.served_at_ms)
-        columns["source"].append(record.source)
-        columns["request_id"].append(record.request_id)
+    # a column holds the record's field of the same name, but served_at, which the record keeps in ms
+    columns = {
+        field.name: [getattr(r, "served_at_ms" if field.name == "served_at" else field.name) for r in rows]
+        for field in SERVED_SCHEMA
+    }
     table = pa.table({name: pa.array(values, type=SERVED_SCHEMA.field(name).type) for name, values in columns.items()})
     sink = io.BytesIO()
     pq.write_table(table.cast(SERVED_SCHEMA), sink, compression="zstd")
@@ -199,6 +189,21 @@ class LiveFigures:
     first_target: int | None
     last_target: int | None
     last_served_at_ms: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as ``ledger/skill.json`` holds them under their version."""
+        return {
+            "kind": self.kind,
+            "n": self.n,
+            "ratio_to_persistence": self.ratio_to_persistence,
+            "p_value": self.p_value,
+            "p_worse": self.p_worse,
+            "coverage": self.coverage,
+            "interval_n": self.interval_n,
+            "first_target": self.first_target,
+            "last_target": self.last_target,
+            "last_served_at_ms": self.last_served_at_ms,
+        }
 
     def api(self, updated_at: str) -> dict[str, Any]:
         """The ``skill.live`` object of the predict API."""
@@ -240,21 +245,7 @@ def encode_skill(document: SkillDocument) -> bytes:
     return orjson.dumps(
         {
             "updated_at": document.updated_at,
-            "versions": {
-                version: {
-                    "kind": f.kind,
-                    "n": f.n,
-                    "ratio_to_persistence": f.ratio_to_persistence,
-                    "p_value": f.p_value,
-                    "p_worse": f.p_worse,
-                    "coverage": f.coverage,
-                    "interval_n": f.interval_n,
-                    "first_target": f.first_target,
-                    "last_target": f.last_target,
-                    "last_served_at_ms": f.last_served_at_ms,
-                }
-                for version, f in sorted(document.versions.items())
-            },
+            "versions": {version: f.as_json() for version, f in sorted(document.versions.items())},
         }
     )
 
@@ -309,10 +300,7 @@ def read_skill(container: ContainerClient, known_etag: str | None = None) -> Sto
     """
     blob = container.get_blob_client(SKILL_BLOB)
     try:
-        if known_etag is None:
-            downloader = blob.download_blob()
-        else:
-            downloader = blob.download_blob(etag=known_etag, match_condition=MatchConditions.IfModified)
+        downloader = download(blob, known_etag)
     except ResourceNotFoundError:
         return StoredSkill(None, None)
     except ResourceModifiedError as exc:  # the SDK's type for a 304

@@ -11,7 +11,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
+from azure.core import MatchConditions
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, LinearRetry, StorageStreamDownloader
 
 from functions.settings import Settings, http_environment
 from functions.shared.identity import azure_credential
@@ -52,3 +53,14 @@ def bars_container(settings: Settings) -> ContainerClient:
             **client_options(settings),
         )
     return service.get_container_client(settings.bars_container)
+
+
+def download(blob: BlobClient, known_etag: str | None = None) -> StorageStreamDownloader:
+    """Start downloading ``blob``; with ``known_etag``, only if it changed since (else the SDK raises its 304).
+
+    The 304 comes as ``ResourceModifiedError`` with ``status_code`` 304: a reader that passed an ETag
+    keeps what it read with it.
+    """
+    if known_etag is None:
+        return blob.download_blob()
+    return blob.download_blob(etag=known_etag, match_condition=MatchConditions.IfModified)
