@@ -89,7 +89,8 @@ train: setup
 	$(PY) -m devhost train
 
 SYMBOL ?= AAPL
-# an error answer is printed with its status, code and message: make adds no "*** Error 1" to it
+# an error answer is printed with its status, code and message, and make adds no "*** Error 1" to it;
+# a script that needs the exit status runs `.venv/bin/python -m devhost predict SYMBOL` (1 on an error answer)
 predict: setup
 	$(PY) -m devhost predict $(SYMBOL) || true
 

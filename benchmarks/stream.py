@@ -3,8 +3,8 @@
 Set-up (not timed): a temporary home with its own Azurite and Tansu broker (topic ``stock_bars``,
 4 partitions), a small model trained on the simulated feed and served by azmlinfsrv, and both
 Event Hubs functions consuming in this process through the trigger emulation, each on its own
-consumer group: ``ingest`` (host.json's batching) and ``forecast_stream`` (host.json's batching
-with ``minEventBatchSize`` 1, as devhost runs it), whose output binding produces to the broker.
+consumer group: ``ingest`` and ``forecast_stream``, both with host.json's batching; the stream's
+own Kafka producer (``functions/forecast/producer.py``) writes its forecasts to the broker.
 
 Measured: 50 symbols, one market minute per ``1 / MINUTES_PER_S`` seconds, each minute's 50 sync
 messages (the day so far, as Airbyte sends it) published evenly spread, at a steady rate. Each

@@ -1,9 +1,10 @@
 """The forecast stream offline: the ``forecast_stream`` function on its own consumer group, its output on the broker.
 
 :func:`start` runs a second Kafka trigger (consumer group ``FORECAST_CONSUMER_GROUP``, default
-``forecast``) on the bars topic and registers the Event Hubs output binding's writer on the host:
-each invocation's forecasts are produced to the topic ``FORECASTS_EVENTHUB_NAME`` (default
-``stock_forecasts``), keyed by symbol, and flushed before the invocation counts as done, so the
+``forecast``) on the bars topic and points the function's own Kafka producer
+(``functions/forecast/producer.py``, PLAINTEXT here, OAUTHBEARER in Azure) at the same broker: each
+invocation's forecasts are produced to the topic ``FORECASTS_EVENTHUB_NAME`` (default
+``stock_forecasts``), keyed by symbol, and acknowledged before the invocation returns, so the
 trigger's checkpoint comes after the forecasts are on the broker (at least once; the key
 ``symbol|as_of|version`` in each message deduplicates). The function writes nothing to Azurite
 (its ledger records are flushed by their own thread), so its checkpoints wait for no Azurite save.
@@ -15,28 +16,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from devhost import azurite, kafka
-from devhost.host import Host, resolve_path
+from devhost.host import Host
 from devhost.kafka_trigger import BatchDone, KafkaTrigger, TriggerOptions
-from devhost.publish import PublishError, kafka_producer, producer_config
-from functions.forecast.stream import partition_key
 from functions.settings import Settings, get_settings, setting_specs
 
 log = logging.getLogger("devhost.forecast_stream")
 FUNCTION = "forecast_stream"
-BINDING_TYPE = "eventHub"
-DELIVERY_TIMEOUT_S = 10.0
+BOOTSTRAP_KEY = "FORECASTS_KAFKA_BOOTSTRAP"
+SECURITY_KEY = "FORECASTS_KAFKA_SECURITY"
 
 
 def export_settings() -> None:
@@ -61,47 +58,12 @@ class NothingToSave(azurite.UnsavedWrites):
         """Nothing to save."""
 
 
-class KafkaOutput:
-    """The Event Hubs output binding, emulated: produce the events to the broker, keyed by symbol, and flush."""
-
-    def __init__(self, bootstrap: Callable[[], str], on_published: Callable[[int], None] | None = None) -> None:
-        self._bootstrap = bootstrap
-        self._on_published = on_published  # told how many forecasts each acked call published
-        self._lock = threading.Lock()
-        self._producer: Any = None
-        self._for: str | None = None
-        self._topics: set[tuple[str, str]] = set()
-
-    def _ready(self, topic: str) -> Any:
-        bootstrap = self._bootstrap()
-        if self._producer is None or self._for != bootstrap:
-            config = producer_config(bootstrap, "PLAINTEXT", timeout_s=DELIVERY_TIMEOUT_S)
-            self._producer, self._for = kafka_producer({**config, "linger.ms": 0}), bootstrap
-        if (bootstrap, topic) not in self._topics:
-            kafka.ensure_topic(bootstrap, topic)
-            self._topics.add((bootstrap, topic))
-        return self._producer
-
-    def __call__(self, binding: Any, value: Any) -> None:
-        """Produce ``value`` (one event or a list) to the binding's hub; raise unless every event was acked."""
-        topic = resolve_path(binding.get_dict_repr()["eventHubName"], os.environ, dt.datetime.now(dt.UTC))
-        events = value if isinstance(value, list) else [value]
-        failures: list[str] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        with self._lock:
-            producer = self._ready(topic)
-            for event in events:
-                body = event.encode() if isinstance(event, str) else bytes(event)
-                producer.produce(topic, value=body, key=partition_key(body), on_delivery=delivered)
-            left = producer.flush(DELIVERY_TIMEOUT_S)
-        if left or failures:
-            raise PublishError(f"{left + len(failures)} of {len(events)} forecasts to {topic} not delivered")
-        if self._on_published is not None:
-            self._on_published(len(events))
+def use_broker(bootstrap: str) -> None:
+    """Point the function's producer at the local broker (PLAINTEXT); settings are read again on the next batch."""
+    if os.environ.get(BOOTSTRAP_KEY) != bootstrap or os.environ.get(SECURITY_KEY) != "PLAINTEXT":
+        os.environ[BOOTSTRAP_KEY] = bootstrap
+        os.environ[SECURITY_KEY] = "PLAINTEXT"
+        get_settings.cache_clear()
 
 
 def forecast_trigger(
@@ -110,27 +72,26 @@ def forecast_trigger(
     bootstrap: str,
     options: TriggerOptions | None = None,
     on_batch: Callable[[BatchDone], None] | None = None,
-    on_published: Callable[[int], None] | None = None,
 ) -> KafkaTrigger:
-    """The forecast function's trigger on the bars topic, its output binding writing to the broker at ``bootstrap``.
+    """The forecast function's trigger on the bars topic at ``bootstrap``, its producer writing to the same broker.
 
-    Batches are cut with host.json's options except ``minEventBatchSize`` 1 unless ``options`` say
-    otherwise: a forecast is wanted as soon as its bar arrives (see docs/design.md, forecast stream).
+    Batches are cut with host.json's options unless ``options`` say otherwise.
     """
     export_settings()
+    use_broker(bootstrap)
     settings = get_settings()
+    kafka.ensure_topic(bootstrap, settings.forecasts_eventhub_name)
     trigger = KafkaTrigger(
         host,
         bootstrap,
         settings.bars_eventhub_name,
         os.environ["FORECAST_CONSUMER_GROUP"],
-        options or TriggerOptions.from_host_json(min_batch=1),
+        options or TriggerOptions.from_host_json(),
         on_batch=on_batch,
         owner_lock=owner_lock(home),
         unsaved=NothingToSave(home),
         function=FUNCTION,
     )
-    host.outputs[BINDING_TYPE] = KafkaOutput(lambda: trigger.bootstrap, on_published)
     return trigger
 
 
@@ -143,19 +104,32 @@ def start(
 ) -> list[threading.Thread]:
     """Run the forecast trigger beside ``ingest``'s, following it to a restarted broker; returns the started threads.
 
-    ``on_published`` is told how many forecasts each invocation put on the broker (the console counts them).
+    ``on_published`` is told of each forecast that became readable on the broker (the console counts them).
     """
-    trigger = forecast_trigger(host, home, ingest.bootstrap, on_published=on_published)
+    trigger = forecast_trigger(host, home, ingest.bootstrap)
 
     def follow_broker() -> None:
         while not stop.wait(2.0):
             if ingest.bootstrap != trigger.bootstrap:
+                use_broker(ingest.bootstrap)
                 trigger.reconnect(ingest.bootstrap)
+
+    def count_published() -> None:
+        topic = get_settings().forecasts_eventhub_name
+        while not stop.is_set():
+            try:
+                for _doc in read(trigger.bootstrap, topic, stop, follow=True, from_start=False):
+                    on_published(1)
+            except Exception as exc:  # a restarting broker: count again from its new end
+                log.debug("forecast counter restarts: %s", exc)
+                stop.wait(2.0)
 
     threads = [
         threading.Thread(target=trigger.run, args=(stop,), name="kafka-forecast-trigger"),
         threading.Thread(target=follow_broker, name="kafka-forecast-watch"),
     ]
+    if on_published is not None:
+        threads.append(threading.Thread(target=count_published, name="kafka-forecast-count", daemon=True))
     for thread in threads:
         thread.start()
     return threads

@@ -163,8 +163,6 @@ class Host:
         self.retry_cap = retry_cap
         self.retry_wait_cap = retry_wait_cap
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        # writers of the output bindings other than blob, by binding type (devhost.forecast_stream: eventHub)
-        self.outputs: dict[str, Callable[[Any, Any], None]] = {}
 
     def functions(self, trigger_type: str) -> list[Function]:
         """Registered functions whose trigger is of ``trigger_type`` (e.g. ``eventHubTrigger``)."""
@@ -199,10 +197,6 @@ class Host:
         written = []
         for binding, out in outputs.values():
             if not out.is_set or out.get() is None:
-                continue
-            if binding.type in self.outputs:
-                self.outputs[binding.type](binding, out.get())
-                written.append(f"{binding.type}:{binding.name}")
                 continue
             if binding.type != "blob":
                 raise BindingError(f"devhost does not emulate {binding.type} output bindings")

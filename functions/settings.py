@@ -30,6 +30,12 @@ def _scoring_auth(raw: str) -> str:
     return raw
 
 
+def _kafka_security(raw: str) -> str:
+    if raw not in ("SASL_SSL", "PLAINTEXT"):
+        raise ValueError("must be 'SASL_SSL' (Event Hubs, managed identity) or 'PLAINTEXT' (a local broker)")
+    return raw
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
@@ -87,6 +93,9 @@ class Settings:
     # the forecast stream: its consumer group of the bars hub, and the hub it publishes to
     forecast_consumer_group: str = setting("FORECAST_CONSUMER_GROUP", default="forecast")
     forecasts_eventhub_name: str = setting("FORECASTS_EVENTHUB_NAME", default="stock_forecasts")
+    # where the stream is produced over Kafka: the namespace's <name>.servicebus.windows.net:9093 in Azure
+    forecasts_kafka_bootstrap: str | None = setting("FORECASTS_KAFKA_BOOTSTRAP", default=None)
+    forecasts_kafka_security: str = setting("FORECASTS_KAFKA_SECURITY", _kafka_security, default="SASL_SSL")
     # storage clients: bounded, so a dead endpoint fails in seconds, not the SDK's minutes
     storage_connect_timeout_s: float = setting("STORAGE_CONNECT_TIMEOUT_SECONDS", _positive_seconds, default=3.0)
     storage_timeout_s: float = setting("STORAGE_TIMEOUT_SECONDS", _positive_seconds, default=10.0)

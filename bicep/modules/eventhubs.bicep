@@ -87,7 +87,7 @@ resource forecastConsumerGroup 'Microsoft.EventHub/namespaces/eventhubs/consumer
   }
 }
 
-// The forecasts, one event per symbol and minute (Kafka-readable on 9093 like the bars).
+// The forecasts, one Kafka record per symbol and minute, keyed by symbol (readable on 9093 like the bars).
 resource forecastsHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
   parent: namespace
   name: forecastsEventHubName

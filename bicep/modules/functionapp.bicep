@@ -183,18 +183,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'BarsEventHub__clientId'
           value: identityClientId
         }
-        // Event Hubs output binding connection "ForecastsEventHub" (the forecast stream)
+        // the forecast stream's Kafka producer (functions/forecast/producer.py): the namespace's Kafka endpoint,
+        // signed in with the managed identity (OAUTHBEARER; Data Sender on the forecasts hub), no key
         {
-          name: 'ForecastsEventHub__fullyQualifiedNamespace'
-          value: replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')
+          name: 'FORECASTS_KAFKA_BOOTSTRAP'
+          value: '${replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')}:9093'
         }
         {
-          name: 'ForecastsEventHub__credential'
-          value: 'managedidentity'
-        }
-        {
-          name: 'ForecastsEventHub__clientId'
-          value: identityClientId
+          name: 'FORECASTS_KAFKA_SECURITY'
+          value: 'SASL_SSL'
         }
         // Blob bindings and SDK connection "BarsStorage"
         {

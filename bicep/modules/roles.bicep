@@ -109,7 +109,7 @@ resource functionEventHub 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// Azure Event Hubs Data Sender: the forecast stream's output binding publishes to the forecasts hub only.
+// Azure Event Hubs Data Sender: the forecast stream's Kafka producer (OAUTHBEARER) publishes to the forecasts hub only.
 // (It reads the bars with the Data Receiver role above, on its own consumer group.)
 resource functionForecastsHub 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(forecastsHub.id, functionPrincipalId, roleIds.eventHubsDataSender)

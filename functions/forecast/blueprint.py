@@ -1,7 +1,8 @@
 """Event Hubs trigger on ``stock_bars`` (its own consumer group): publish each stored bar's next-minute forecast.
 
-Output: the batch's forecasts, one event each, to the ``stock_forecasts`` hub (an Event Hubs output
-binding, written by the host after the function returns).
+Output: the batch's forecasts, one Kafka record each keyed by symbol, to the ``stock_forecasts`` hub
+(``producer.py``: produced and acknowledged before the function returns, so the trigger's checkpoint
+follows the forecasts).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import logging
 import azure.functions as func
 
 from functions import telemetry
+from functions.forecast.producer import forecast_producer
 from functions.forecast.publish import forecast_batch
-from functions.forecast.stream import encode
 from functions.ingest.airbyte import decode_batch
 from functions.ingest.blueprint import batch_id, to_raw_events
 from functions.settings import get_settings
@@ -33,9 +34,8 @@ bp = func.Blueprint()
     cardinality="many",
     data_type="binary",
 )
-@bp.event_hub_output(arg_name="forecasts", event_hub_name="%FORECASTS_EVENTHUB_NAME%", connection="ForecastsEventHub")
-def forecast_stream(events: list[func.EventHubEvent], forecasts: func.Out[list[str]]) -> None:
-    """Decode the batch, forecast each symbol's newest bar, and hand the forecasts to the host."""
+def forecast_stream(events: list[func.EventHubEvent]) -> None:
+    """Decode the batch, forecast each symbol's newest bar, and publish the forecasts keyed by symbol."""
     settings = get_settings()
     telemetry.configure(settings)
     raw_events = to_raw_events(events)
@@ -43,4 +43,4 @@ def forecast_stream(events: list[func.EventHubEvent], forecasts: func.Out[list[s
     decoded = decode_batch(raw_events)
     messages = forecast_batch(decoded.bars, settings, bid)
     if messages:
-        forecasts.set(encode(messages))
+        forecast_producer(settings).publish(messages, bid)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -82,18 +81,3 @@ def message(doc: Mapping[str, Any]) -> dict[str, Any] | None:
         "kind": model.get("kind"),
         "key": idempotency_key(doc["symbol"], doc["as_of"], str(version)),
     }
-
-
-def encode(messages: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The output binding's events: one JSON document per message."""
-    return [orjson.dumps(m).decode() for m in messages]
-
-
-def partition_key(body: str | bytes) -> str | None:
-    """The symbol an encoded message is keyed by (None for a body that is not a stream message)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    symbol = doc.get("symbol") if isinstance(doc, dict) else None
-    return symbol if isinstance(symbol, str) else None

@@ -56,10 +56,11 @@ class FakeMessage:
 def test_host_json_batching_options():
     """TriggerOptions carry host.json's eventHubs batch size, wait, prefetch, checkpoint frequency and start."""
     options = TriggerOptions.from_host_json()
-    assert (options.max_batch, options.min_batch, options.max_wait_s) == (256, 32, 5.0)
+    assert (options.max_batch, options.min_batch, options.max_wait_s) == (256, 1, 60.0)
     assert (options.prefetch, options.checkpoint_every, options.from_start) == (512, 1, True)
-    assert options.due(256, 0.0) and options.due(32, 0.0) and not options.due(31, 4.9) and options.due(31, 5.0)
-    assert not options.due(0, 60.0)
+    assert options.due(1, 0.0) and not options.due(0, 60.0)
+    filling = TriggerOptions.from_host_json(min_batch=32, max_wait_s=5.0)
+    assert filling.due(256, 0.0) and filling.due(32, 0.0) and not filling.due(31, 4.9) and filling.due(31, 5.0)
 
 
 def test_events_carry_azure_metadata():

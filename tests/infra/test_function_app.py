@@ -37,7 +37,6 @@ NOT_SET_IN_AZURE = {
 # Where each kind of identity-based connection gets its endpoint.
 ENDPOINT_SUFFIX = {
     "eventHubTrigger": "fullyQualifiedNamespace",
-    "eventHub": "fullyQualifiedNamespace",
     "blob": "blobServiceUri",
 }
 
@@ -83,7 +82,7 @@ def settings(site):
 def test_required_settings_are_derived_from_the_code():
     """The required list comes from settings.py and the bindings, and is not empty by accident."""
     assert {"BARS_CONTAINER", "TRAIN_SCHEDULE", "AML_WORKSPACE", "AML_ENDPOINT", "BARS_EVENTHUB_NAME"} <= set(REQUIRED)
-    assert set(_connections()) == {"BarsEventHub", "ForecastsEventHub", "BarsStorage", "AzureWebJobsStorage"}
+    assert set(_connections()) == {"BarsEventHub", "BarsStorage", "AzureWebJobsStorage"}
 
 
 @pytest.mark.parametrize("key", REQUIRED)
@@ -140,9 +139,10 @@ def test_connections_use_the_user_assigned_identity(settings, connection):
             "replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, https://, ), :443/, )",
         ),
         (
-            "ForecastsEventHub__fullyQualifiedNamespace",
-            "replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, https://, ), :443/, )",
+            "FORECASTS_KAFKA_BOOTSTRAP",
+            "${replace(replace(eventHubsNamespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')}:9093",
         ),
+        ("FORECASTS_KAFKA_SECURITY", "SASL_SSL"),
         ("APPLICATIONINSIGHTS_CONNECTION_STRING", "appInsights.properties.ConnectionString"),
         ("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "Authorization=AAD;ClientId=${identityClientId}"),
     ],

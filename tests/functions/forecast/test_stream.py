@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pytest
 
-from functions.forecast.stream import encode, idempotency_key, message, newest_bars, partition_key, records, window
+from functions.forecast.stream import idempotency_key, message, newest_bars, records, window
 
 T0 = 1_762_094_000  # a minute (unix seconds)
 
@@ -117,11 +116,8 @@ def test_unpublished_forecasts(overrides):
     assert message(_doc(**overrides)) is None
 
 
-def test_idempotent_key_and_partition_key():
-    """The same forecast encodes to the same event, keyed by its symbol; another version is another key."""
-    first, again = encode([message(_doc())]), encode([message(_doc())])
-    assert first == again
-    assert partition_key(first[0]) == "AAA"
-    assert orjson.loads(first[0])["key"] == idempotency_key("AAA", "2026-11-02T14:33:00Z", "4")
-    assert idempotency_key("AAA", "2026-11-02T14:33:00Z", "5") != orjson.loads(first[0])["key"]
-    assert partition_key(b"not json") is None
+def test_idempotent_key():
+    """The same forecast gives the same message and key; another version is another key."""
+    assert message(_doc()) == message(_doc())
+    assert message(_doc())["key"] == idempotency_key("AAA", "2026-11-02T14:33:00Z", "4")
+    assert idempotency_key("AAA", "2026-11-02T14:33:00Z", "5") != message(_doc())["key"]
