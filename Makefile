@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: setup installed lock aml-env lint format test test-fast demo up train predict status bench stop clean
+.PHONY: setup installed lock aml-env lint format test test-fast demo up train predict status bench bench-table stop clean
 
 # the two venvs and Azurite install side by side
 # (through `installed`, whose recipe does nothing: make says nothing of stamps that are up to date)
@@ -106,6 +106,11 @@ bench: setup
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/kafka.py
 	$(PY) benchmarks/sequential.py
+
+# README.md's benchmark table from benchmarks/results/*.json (reads files only: no set-up needed);
+# `.venv/bin/python benchmarks/table.py --record NAME` reruns one benchmark and keeps its figures
+bench-table:
+	$(PYTHON) benchmarks/table.py
 
 stop: setup
 	$(PY) -m devhost stop

@@ -587,7 +587,7 @@ resource alertLiveWorse 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'Stockcast: champion worse than persistence live'
-    description: 'On the forecasts it served and that have come true, the champion loses to "no change" (one-sided DM p < 0.05, n >= 100): see docs/deploy.md, "When something fails".'
+    description: 'On the forecasts it served and that have come true, the champion loses to "no change" (one-sided DM p < 0.05, n >= 100): see docs/operations.md.'
     severity: 1
     enabled: true
     scopes: [
