@@ -2,6 +2,7 @@
 
 import azure.functions as func
 
+from functions.compact.blueprint import bp as compact_bp
 from functions.forecast.blueprint import bp as forecast_bp
 from functions.ingest.blueprint import bp as ingest_bp
 from functions.page.blueprint import bp as page_bp
@@ -14,3 +15,4 @@ app.register_functions(train_trigger_bp)
 app.register_functions(predict_bp)
 app.register_functions(forecast_bp)
 app.register_functions(page_bp)
+app.register_functions(compact_bp)

@@ -1,4 +1,4 @@
-"""Command line of devhost: ``python -m devhost {feed,replay,bars,demo,train,predict,up,status,stop,publish}``."""
+"""Command line of devhost: ``python -m devhost COMMAND`` (feed, replay, bars, compact, demo, train, up, …)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,28 @@ def _cmd_bars(args: argparse.Namespace) -> int:
         _export(stored.bars, Path(args.out))
         console.print(f"exported {stored.bars.num_rows} bars to {args.out}")
     return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    from devhost import compaction, views
+    from devhost.home import running_up
+    from devhost.runtime import prepare
+    from functions.settings import get_settings
+    from functions.shared.compaction import compact
+
+    if args.all:
+        if running_up(stockcast_home()):
+            console.print("devhost up is running and may still write to raw/: stop it first, or run without --all")
+            return 1
+        return 0 if views.compact_all(console) else 1
+    runtime, settings = prepare(), get_settings()
+    run = f"devhost-compact-{uuid.uuid4().hex[:8]}"
+    report = compact(runtime.container, time.time(), settings.compact_margin_s, settings.compact_max_hours, run)
+    compaction.show(report, console)
+    return 0 if not report.outcomes().get("failed") else 1
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -277,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--symbol")
     p.add_argument("--out", help="FILE.csv or FILE.parquet")
     p.set_defaults(run=_cmd_bars)
+
+    p = sub.add_parser("compact", help="merge each closed hour's raw/ blobs into one, as the compact timer does")
+    p.add_argument("--all", action="store_true", help="every hour, the current one too (refused while `up` runs)")
+    p.set_defaults(run=_cmd_compact)
 
     p = sub.add_parser("demo", help="run the whole offline story once")
     p.add_argument("--days", type=int, default=3)

@@ -43,19 +43,51 @@ GARBAGE_STALE_SECONDS = 3600.0
 _children: dict[int, subprocess.Popen] = {}  # reaped on the next check, so no zombie lingers
 
 
+def _copy(container: ContainerClient, name: str, target: Path) -> bool:
+    """Copy one blob to ``target`` through a partial file; False when the blob is gone (compacted meanwhile)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        data = container.download_blob(name).readall()
+    except ResourceNotFoundError:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return True
+
+
 def sync_raw(container: ContainerClient, dest: Path) -> tuple[int, int]:
-    """Copy new ``raw/`` blobs into ``dest`` (same relative paths); returns (copied, total)."""
+    """Copy new ``raw/`` blobs into ``dest`` (same relative paths); returns (copied, total).
+
+    Raw blob names are unique per batch and never rewritten, so one of the same size is kept. An
+    hour's compacted blob is rewritten when late blobs are merged, so it is copied whenever its
+    ETag changed, and only after the raw blobs, from a second listing: a raw blob that vanished
+    while this ran was deleted after a compacted blob covering it was written, which that listing
+    finds. Local copies of deleted raw blobs may stay: readers skip what a compacted blob covers.
+    """
+    from functions.shared.rebuild import COMPACTED_NAME
+
     copied = total = 0
     for blob in container.list_blobs(name_starts_with="raw/"):
+        if blob.name.rpartition("/")[2] == COMPACTED_NAME:
+            continue
         total += 1
         target = dest / blob.name
         if target.exists() and target.stat().st_size == blob.size:
-            continue  # raw blob names are unique per batch and never rewritten
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(container.download_blob(blob.name).readall())
-        partial.replace(target)
-        copied += 1
+            continue
+        copied += _copy(container, blob.name, target)
+    for blob in container.list_blobs(name_starts_with="raw/"):
+        if blob.name.rpartition("/")[2] != COMPACTED_NAME:
+            continue
+        total += 1
+        target, stamp = dest / blob.name, dest / (blob.name + ".etag")
+        if target.exists() and stamp.exists() and stamp.read_text() == blob.etag:
+            continue
+        if _copy(container, blob.name, target):
+            stamp.write_text(blob.etag)
+            copied += 1
     return copied, total
 
 

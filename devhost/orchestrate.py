@@ -29,14 +29,18 @@ class TrainResult:
     rollout: str
 
 
-def fire_timer(host: Host, past_due: bool = False) -> None:
-    """Invoke the registered timer function once."""
-    host.invoke(host.function("timerTrigger"), TimerRequest(past_due=past_due))
+TRAIN_TIMER = "train_trigger"
+COMPACT_TIMER = "compact"
 
 
-def next_fire(host: Host, after: dt.datetime) -> dt.datetime:
-    """When the timer's NCRONTAB schedule (six fields, seconds first) fires next after ``after``."""
-    schedule = resolve_path(host.function("timerTrigger").get_trigger().schedule, os.environ, after)
+def fire_timer(host: Host, past_due: bool = False, name: str = TRAIN_TIMER) -> None:
+    """Invoke the registered timer function ``name`` once."""
+    host.invoke(host.function("timerTrigger", name), TimerRequest(past_due=past_due))
+
+
+def next_fire(host: Host, after: dt.datetime, name: str = TRAIN_TIMER) -> dt.datetime:
+    """When timer ``name``'s NCRONTAB schedule (six fields, seconds first) fires next after ``after``."""
+    schedule = resolve_path(host.function("timerTrigger", name).get_trigger().schedule, os.environ, after)
     return croniter(schedule, after, second_at_beginning=True).get_next(dt.datetime)
 
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from azure.storage.blob import ContainerClient
 
 from functions.shared.bars import empty_bars, true_bars
-from functions.shared.rebuild import RAW_PREFIX, CorruptBlobError, decode_bars
+from functions.shared.rebuild import RAW_PREFIX, CorruptBlobError, decode_bars, read_bar_blobs
 
 log = logging.getLogger("devhost.store")
 
@@ -41,9 +41,12 @@ class RawBars:
 
 
 def read_raw(container: ContainerClient, symbol: str | None = None, request_id: str = "devhost-bars") -> RawBars:
-    """All true bars under ``raw/`` (optionally of one symbol), sorted by symbol and ts; unreadable blobs skipped."""
+    """All true bars under ``raw/`` (optionally of one symbol), sorted by symbol and ts; unreadable blobs skipped.
+
+    Compacted hours are read from their compacted blob, the raw blobs it covers are not read again.
+    """
     tables, skipped = [], []
-    for name, data in _download_named(container, RAW_PREFIX):
+    for name, data in read_bar_blobs(container, RAW_PREFIX, request_id):
         try:
             tables.append(decode_bars(data))
         except CorruptBlobError as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from devhost import azurite, forecast_stream, kafka, live
+from devhost import azurite, compaction, forecast_stream, kafka, live
 from devhost.feed import FeedConfig
 from devhost.home import port_released, up_state_file
 from devhost.host import Host
@@ -235,6 +235,8 @@ def serve(runtime: Runtime, options: UpOptions, stop: threading.Event, say: Call
         # with nothing to serve, the first model should not wait out a whole period (15 min by default)
         first_now = options.first_tick and serving_state(home) is None
         say(f"timer:       {schedule} (NCRONTAB){', first tick now' if first_now else ''}; Ctrl-C stops everything")
+        say(f"compaction:  {compaction.settings_summary()}")
+        threads.append(threading.Thread(target=compaction.run_timer, args=(host, stop, say), name="compaction-timer"))
         if narrator:
             threads.append(threading.Thread(target=narrator.run, args=(stop,), name="narrator"))
         for thread in threads:

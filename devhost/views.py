@@ -160,6 +160,27 @@ def show_bars(console: Console, symbol: str | None = None) -> StoredSummary:
     return StoredSummary(bars, letters.events, letters.by_reason(), raw.skipped)
 
 
+def compact_all(console: Console) -> bool:
+    """Compact every hour of raw/ (no writer is left), print what it did; return whether the true bars are unchanged."""
+    from devhost.compaction import compact_everything, show
+    from devhost.runtime import prepare
+    from devhost.store import read_raw
+
+    runtime = prepare()
+    before = read_raw(runtime.container).bars
+    blobs = sum(1 for _ in runtime.container.list_blobs(name_starts_with="raw/"))
+    report = compact_everything(runtime.container)
+    show(report, console)
+    after = read_raw(runtime.container).bars
+    left = sum(1 for _ in runtime.container.list_blobs(name_starts_with="raw/"))
+    kept = after.equals(before)
+    console.print(
+        f"raw/ blobs: {blobs} -> {left}; true bars {'unchanged' if kept else 'CHANGED'} ({after.num_rows})",
+        highlight=False,
+    )
+    return kept
+
+
 def train(console: Console) -> dict | None:
     """Fire the timer, wait for the local job and the rollout, print the decision; return the summary.
 

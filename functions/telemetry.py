@@ -40,6 +40,9 @@ MODEL_RMSE = "stockcast.model.rmse"
 LIVE_FOLDS = "stockcast.live.folds"
 LIVE_SKILL_RATIO = "stockcast.live.skill_ratio"
 LIVE_WORSE = "stockcast.live.worse_than_persistence"
+COMPACTION_HOURS = "stockcast.compaction.hours"
+COMPACTION_BLOBS = "stockcast.compaction.blobs"
+COMPACTION_BYTES = "stockcast.compaction.bytes"
 TRAINING_DECISION = "training decision"
 SUBMISSION_OUTCOMES = ("submitted", "active", "failed")
 ROLLOUT_OUTCOMES = ("succeeded", "failed")
@@ -73,6 +76,9 @@ class _Instruments:
     live_folds: Counter
     live_skill_ratio: _Gauge
     live_worse: _Gauge
+    compaction_hours: Counter
+    compaction_blobs: Counter
+    compaction_bytes: Counter
 
 
 _provider: MeterProvider | None = None  # None: the global provider (set by configure_azure_monitor)
@@ -181,6 +187,15 @@ def _get() -> _Instruments:
                 live_worse=meter.create_gauge(
                     LIVE_WORSE, description="live one-sided DM p-value that a version is worse than persistence"
                 ),
+                compaction_hours=meter.create_counter(
+                    COMPACTION_HOURS, unit="{hour}", description="raw/ hours a compaction run handled, by outcome"
+                ),
+                compaction_blobs=meter.create_counter(
+                    COMPACTION_BLOBS, unit="{blob}", description="raw/ blobs merged, deleted or left unreadable"
+                ),
+                compaction_bytes=meter.create_counter(
+                    COMPACTION_BYTES, unit="By", description="raw/ bytes compaction merged (read) and wrote"
+                ),
             )
         return _instruments
 
@@ -251,6 +266,18 @@ def live_skill(version: str, kind: str, n: int, ratio: float | None, p_worse: fl
         instruments.live_skill_ratio.set(ratio, attributes)
     if p_worse is not None:  # none for persistence itself, or below 3 forecasts
         instruments.live_worse.set(p_worse, attributes)
+
+
+def compaction(hours: Mapping[str, int], blobs: Mapping[str, int], bytes_by_direction: Mapping[str, int]) -> None:
+    """Count a compaction run: hours by outcome, blobs by action (merged, deleted, unreadable), bytes by direction."""
+    instruments = _get()
+    for counter, key, counts in (
+        (instruments.compaction_hours, "outcome", hours),
+        (instruments.compaction_blobs, "action", blobs),
+        (instruments.compaction_bytes, "direction", bytes_by_direction),
+    ):
+        for value, count in counts.items():
+            counter.add(count, {key: value})
 
 
 def training_decision(

@@ -48,7 +48,7 @@ def test_runtime_requirements_are_pinned_and_light():
 
 
 FIRST_PARTY = ("functions", "devhost", "training_job", "function_app")
-FUNCTION_PACKAGES = ("ingest", "predict", "train_trigger")
+FUNCTION_PACKAGES = ("ingest", "predict", "train_trigger", "compact")
 
 
 def _module_name(path: Path) -> str:
@@ -132,7 +132,7 @@ def test_cycle_finder_finds_cycles(graph, expected):
 
 
 def test_function_packages_import_no_other_package_internals():
-    """ingest, predict and train_trigger import only their own modules, shared contracts, settings and telemetry."""
+    """ingest, predict, train_trigger and compact import only their own modules, shared contracts, settings and telemetry."""
     allowed_common = ("functions.shared", "functions.settings", "functions.telemetry")
     offenders = []
     for module, imports in _module_graph().items():

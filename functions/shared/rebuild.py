@@ -9,6 +9,12 @@ ETag-conditional write, so repairing never races a concurrent update.
 holds old minutes, and an older folder may hold a minute's true bar. So the rebuild stops only where
 no unread folder can change the window: it is full, and every older folder's bars are older than its
 oldest minute (a bar lies at most :data:`REACH_S` past its folder's hour).
+
+Every reader of ``raw/`` applies the manifest rule (:func:`bar_blobs_to_read`): a folder may hold a
+compacted blob, ``_compacted.parquet`` (:mod:`functions.shared.compaction` writes it), whose Parquet
+key-value metadata names the raw blobs of that folder whose bars it holds; those are skipped, and
+everything else in the folder is read. :func:`read_bar_blobs` lists, then downloads, and lists again
+when a blob vanished in between (compaction deletes the raw blobs it covered).
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobPrefix, ContainerClient
 
 from functions.shared.bars import BAR_SCHEMA, MAX_EMITTED_AHEAD_MS, MAX_TS_AHEAD_S, empty_bars, last_bars
@@ -42,6 +50,13 @@ _HOUR_PREFIX = re.compile(r"raw/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
 REACH_S = MAX_EMITTED_AHEAD_MS // 1000 + MAX_TS_AHEAD_S + 2 * 3600
 # raw/ blobs of one hour are downloaded in parallel: a repair reads hours of per-batch blobs
 _DOWNLOAD_THREADS = 8
+# The compacted blob of a raw/ folder, and the Parquet key-value metadata key of its manifest: a JSON
+# object whose "covers" lists the names (relative to the folder) of the raw blobs whose bars it holds.
+COMPACTED_NAME = "_compacted.parquet"
+MANIFEST_KEY = b"stockcast.compaction"
+# A listing goes stale only when a compaction deletes what it just covered, at most every few minutes;
+# a read that loses that race this often in a row is a storage fault, not bad luck.
+_READ_ATTEMPTS = 4
 
 
 class CorruptBlobError(ValueError):
@@ -74,6 +89,129 @@ def decode_bars(data: bytes, symbol: str | None = None) -> pa.Table:
     return table
 
 
+class RawChangedError(RuntimeError):
+    """Blobs kept vanishing between the listing of ``raw/`` and their download, for every attempt."""
+
+
+def manifest(metadata: Mapping[bytes, bytes] | None) -> dict[str, frozenset[str]]:
+    """A compacted blob's manifest from its Parquet key-value metadata: ``covers`` and ``unreadable`` names.
+
+    Absent or garbled, it covers nothing: the raw blobs beside it are then read too, and the
+    true-bar rule makes a bar read twice count once.
+    """
+    try:
+        doc = orjson.loads((metadata or {})[MANIFEST_KEY])
+    except (KeyError, orjson.JSONDecodeError):
+        doc = None
+
+    def names(key: str) -> frozenset[str]:
+        found = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(found, list):
+            return frozenset()
+        # only plain names of the same folder, never the compacted blob itself
+        return frozenset(n for n in found if isinstance(n, str) and n and "/" not in n and n != COMPACTED_NAME)
+
+    return {"covers": names("covers"), "unreadable": names("unreadable")}
+
+
+def covered_by(data: bytes) -> frozenset[str]:
+    """The raw blob names a compacted blob's bytes cover (none when its footer cannot be read)."""
+    try:
+        metadata = pq.ParquetFile(io.BytesIO(data)).metadata.metadata
+    except (pa.ArrowException, OSError, ValueError):
+        return frozenset()
+    return manifest(metadata)["covers"]
+
+
+def bar_blobs_to_read(names: Iterable[str], covers: Mapping[str, frozenset[str]]) -> list[str]:
+    """The manifest rule: ``names`` less those a compacted blob of their folder covers (``covers``: folder → names).
+
+    A folder is a name's part before its last ``/``; the compacted blob itself is always read.
+    """
+    kept = []
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        if base == COMPACTED_NAME or base not in covers.get(folder, frozenset()):
+            kept.append(name)
+    return kept
+
+
+def _download_each(
+    container: ContainerClient, names: list[str], pool: ThreadPoolExecutor
+) -> list[tuple[str, bytes]] | None:
+    """Each blob's bytes, or None when one of them is gone."""
+
+    def one(name: str) -> bytes | None:
+        try:
+            return container.download_blob(name).readall()
+        except ResourceNotFoundError:
+            return None
+
+    found = list(zip(names, pool.map(one, names), strict=True))
+    if any(data is None for _, data in found):
+        return None
+    return [(name, data) for name, data in found if data is not None]
+
+
+def _read_once(container: ContainerClient, prefix: str, pool: ThreadPoolExecutor) -> list[tuple[str, bytes]] | None:
+    """One listing of ``prefix`` read by the manifest rule, or None if a listed blob vanished meanwhile."""
+    names = sorted(b.name for b in container.list_blobs(name_starts_with=prefix))
+    compacted = [n for n in names if n.rpartition("/")[2] == COMPACTED_NAME]
+    # compacted blobs first: a raw blob that one covers may be deleted by now, and must not be fetched
+    found = _download_each(container, compacted, pool)
+    if found is None:
+        return None
+    covers = {name.rpartition("/")[0]: covered_by(data) for name, data in found}
+    rest = [n for n in bar_blobs_to_read(names, covers) if n.rpartition("/")[2] != COMPACTED_NAME]
+    more = _download_each(container, rest, pool)
+    return None if more is None else sorted(found + more)
+
+
+def read_bar_blobs(
+    container: ContainerClient,
+    prefix: str = RAW_PREFIX,
+    request_id: str = "read",
+    pool: ThreadPoolExecutor | None = None,
+) -> list[tuple[str, bytes]]:
+    """Name and bytes of each blob under ``prefix`` a bars reader reads: compacted blobs, raw blobs none covers.
+
+    A raw blob listed but gone by its download was covered by a compacted blob written before it
+    was deleted, possibly after this listing; the prefix is then listed and read again. Bytes are
+    returned undecoded: the caller skips what does not decode, as every reader does.
+    """
+    own = pool is None
+    pool = pool or ThreadPoolExecutor(max_workers=_DOWNLOAD_THREADS)
+    try:
+        for attempt in range(1, _READ_ATTEMPTS + 1):
+            found = _read_once(container, prefix, pool)
+            if found is not None:
+                return found
+            log.info(
+                "read=%s %s changed while read (compacted), attempt %d/%d", request_id, prefix, attempt, _READ_ATTEMPTS
+            )
+    finally:
+        if own:
+            pool.shutdown()
+    raise RawChangedError(f"{prefix}: blobs vanished between listing and download {_READ_ATTEMPTS} times")
+
+
+def list_bar_blobs(container: ContainerClient, prefix: str = RAW_PREFIX) -> list[str]:
+    """Names of the blobs under ``prefix`` a reader of bars reads (compacted blobs, and raw blobs none covers).
+
+    A name may be gone by the time it is downloaded (compacted and deleted since): a reader that
+    downloads them should use :func:`read_bar_blobs`, which reads again then.
+    """
+    names = sorted(b.name for b in container.list_blobs(name_starts_with=prefix))
+    compacted = [n for n in names if n.rpartition("/")[2] == COMPACTED_NAME]
+    covers: dict[str, frozenset[str]] = {}
+    for name in compacted:
+        try:
+            covers[name.rpartition("/")[0]] = covered_by(container.download_blob(name).readall())
+        except ResourceNotFoundError:
+            continue  # never deleted by compaction; someone removed it, so it covers nothing
+    return bar_blobs_to_read(names, covers)
+
+
 def quarantine(container: ContainerClient, symbol: str, data: bytes, reason: str, batch_id: str) -> str:
     """Keep a copy of a bad latest blob's bytes under ``quarantine/latest/<SYMBOL>/``; return its name."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -99,24 +237,29 @@ def _iter_hours(container: ContainerClient) -> Iterator[str]:
         yield from _prefixes(container, date, _HOUR_PREFIX)
 
 
+def hour_start(hour: str) -> float | None:
+    """The start (unix s) of the ``raw/date=…/hour=…/`` folder ``hour``; None for a folder the host never names."""
+    match = _HOUR_PREFIX.fullmatch(hour)
+    try:
+        start = dt.datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}:00:00+00:00") if match else None
+    except ValueError:  # date=2026-13-40, hour=24
+        return None
+    return None if start is None else start.timestamp()
+
+
 def newest_minute_in(hour: str) -> float:
     """The newest minute (unix s) a bar stored under the ``raw/`` hour folder ``hour`` can have; inf if unparsable.
 
     A folder the host never names (``date=2026-13-40``) bounds nothing: the scan never stops at it.
     """
-    match = _HOUR_PREFIX.fullmatch(hour)
-    try:
-        start = dt.datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}:00:00+00:00") if match else None
-    except ValueError:
-        start = None
-    return math.inf if start is None else start.timestamp() + REACH_S
+    start = hour_start(hour)
+    return math.inf if start is None else start + REACH_S
 
 
 def _hour_bars(container: ContainerClient, hour: str, symbol: str, pool: ThreadPoolExecutor, batch_id: str) -> pa.Table:
-    """Bars of ``symbol`` in the raw/ blobs of one hour; an unreadable blob is skipped with a warning."""
-    names = [b.name for b in container.list_blobs(name_starts_with=hour)]
+    """Bars of ``symbol`` in one hour's blobs, by the manifest rule; an unreadable blob is skipped with a warning."""
     tables = []
-    for name, data in zip(names, pool.map(lambda n: container.download_blob(n).readall(), names), strict=True):
+    for name, data in read_bar_blobs(container, hour, batch_id, pool):
         try:
             table = decode_bars(data)
         except CorruptBlobError as exc:

@@ -1,0 +1,1 @@
+"""Timer compacting each closed hour of ``raw/`` into one Parquet blob (:mod:`functions.shared.compaction`)."""
