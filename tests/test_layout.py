@@ -132,7 +132,7 @@ def test_cycle_finder_finds_cycles(graph, expected):
 
 
 def test_function_packages_import_no_other_package_internals():
-    """ingest, predict, train_trigger and compact import only their own modules, shared contracts, settings and telemetry."""
+    """The function packages (forecast aside) import only their own modules, shared ones, settings and telemetry."""
     allowed_common = ("functions.shared", "functions.settings", "functions.telemetry")
     offenders = []
     for module, imports in _module_graph().items():

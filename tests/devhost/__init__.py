@@ -1,0 +1,1 @@
+"""Tests of devhost, the offline host: broker, trigger emulation, Azurite, serving, jobs, CLI."""

@@ -1,0 +1,1 @@
+"""Tests of the Function App's functions and their shared modules."""

@@ -1,0 +1,1 @@
+"""Tests of the Azure ML training job, run locally with TensorFlow on tiny data."""

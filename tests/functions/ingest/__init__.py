@@ -1,0 +1,1 @@
+"""Tests of the ingest function: decoding Airbyte events and storing bars."""

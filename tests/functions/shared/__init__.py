@@ -1,0 +1,1 @@
+"""Tests of the modules the functions share: bars, storage, latest/, compaction, the ledger."""

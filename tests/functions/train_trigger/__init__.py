@@ -1,0 +1,1 @@
+"""Tests of the training timer: job submission, rollout, live skill."""

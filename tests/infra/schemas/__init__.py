@@ -1,0 +1,1 @@
+"""Resource schemas the offline Bicep checks validate against."""
