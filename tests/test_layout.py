@@ -197,3 +197,19 @@ def test_make_setup_says_nothing_when_everything_is_installed() -> None:
         pytest.skip("a stamp is out of date here: make setup would install, and say so")
     done = subprocess.run(["make", "setup"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def _python_files() -> list[Path]:
+    """Every first-party Python file: the app, devhost, the training job, benchmarks and tests."""
+    folders = ("functions", "devhost", "training_job", "benchmarks", "tests")
+    return sorted([ROOT / "function_app.py", *(p for f in folders for p in ROOT.joinpath(f).rglob("*.py"))])
+
+
+def test_every_module_says_what_it_is_for():
+    """Each module opens with a docstring whose first line says what it is for."""
+    missing = [
+        str(p.relative_to(ROOT))
+        for p in _python_files()
+        if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip().splitlines()[:1]
+    ]
+    assert missing == []
