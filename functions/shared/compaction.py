@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import pyarrow as pa
@@ -231,6 +231,90 @@ def _delete(container: ContainerClient, name: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Compacted:
+    """An hour's compacted blob as read: its bars, manifest and ETag (all empty when there is none yet)."""
+
+    held: pa.Table
+    covers: frozenset[str] = frozenset()
+    recorded: frozenset[str] = frozenset()  # the undecodable blobs its manifest names
+    etag: str | None = None
+
+
+def _read_compacted(container: ContainerClient, name: str, run: str) -> _Compacted | None:
+    """The hour's compacted blob, or None when it does not decode (the hour is then left for a person)."""
+    try:
+        downloader = container.download_blob(name)
+        old, etag = downloader.readall(), downloader.properties.etag
+    except ResourceNotFoundError:
+        return _Compacted(empty_bars())
+    try:
+        held = decode_bars(old)
+    except CorruptBlobError as exc:
+        # the only copy of the bars of every raw blob it covered: never overwritten, left for a person
+        log.error("run=%s %s does not decode (%s); hour left as it is", run, name, exc)
+        return None
+    found = manifest(pq.ParquetFile(io.BytesIO(old)).metadata.metadata)
+    return _Compacted(held, found["covers"], found["unreadable"], etag)
+
+
+@dataclass
+class _Merge:
+    """What folding an hour's uncovered raw blobs into its bars did."""
+
+    held: pa.Table
+    merged: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+def _merge_uncovered(
+    container: ContainerClient, prefix: str, uncovered: list[str], held: pa.Table, run: str, pool: ThreadPoolExecutor
+) -> _Merge | None:
+    """Fold the uncovered raw blobs into ``held`` by the true-bar rule; None when one vanished (another run is here)."""
+    merge = _Merge(held)
+    for start in range(0, len(uncovered), _CHUNK):
+        chunk = uncovered[start : start + _CHUNK]
+        tables = []
+        for name, data in zip(chunk, pool.map(lambda n: _download(container, prefix + n), chunk), strict=True):
+            if data is None:
+                # only a compaction deletes raw blobs: another run is at this hour, and its write beats ours
+                log.info("run=%s %s%s vanished: another compaction is at this hour", run, prefix, name)
+                return None
+            try:
+                tables.append(decode_bars(data))
+            except CorruptBlobError as exc:
+                log.warning("run=%s leaving unreadable %s%s uncompacted (%s)", run, prefix, name, exc)
+                merge.unreadable.append(name)
+                continue
+            merge.merged.append(name)
+            merge.bytes_read += len(data)
+        if tables:
+            merge.held = true_bars(pa.concat_tables([merge.held, *tables]))
+    return merge
+
+
+def _write_compacted(
+    container: ContainerClient, name: str, payload: bytes, metadata: dict[str, str], etag: str | None
+) -> bool:
+    """Write the compacted blob only if it is still the one read (absent: If-None-Match *); False if it is not."""
+    try:
+        if etag is None:
+            container.upload_blob(name, payload, overwrite=False, metadata=metadata)
+        else:
+            container.upload_blob(
+                name,
+                payload,
+                overwrite=True,
+                metadata=metadata,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+    except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+        return False
+    return True
+
+
 def compact_hour(
     container: ContainerClient,
     prefix: str,
@@ -240,23 +324,9 @@ def compact_hour(
 ) -> HourOutcome:
     """Merge one hour folder's raw blobs into its compacted blob, then delete the raw blobs it covers."""
     compacted_name = prefix + COMPACTED_NAME
-    try:
-        downloader = container.download_blob(compacted_name)
-        old, etag = downloader.readall(), downloader.properties.etag
-    except ResourceNotFoundError:
-        old, etag = None, None
-    held = empty_bars()
-    covers: frozenset[str] = frozenset()
-    recorded: frozenset[str] = frozenset()  # the undecodable blobs the old manifest names
-    if old is not None:
-        try:
-            held = decode_bars(old)
-        except CorruptBlobError as exc:
-            # the only copy of the bars of every raw blob it covered: never overwritten, left for a person
-            log.error("run=%s %s does not decode (%s); hour left as it is", run, compacted_name, exc)
-            return HourOutcome(prefix, "failed")
-        found = manifest(pq.ParquetFile(io.BytesIO(old)).metadata.metadata)
-        covers, recorded = found["covers"], found["unreadable"]
+    old = _read_compacted(container, compacted_name, run)
+    if old is None:
+        return HourOutcome(prefix, "failed")
     # listed after the compacted blob was read: a name it covers that is not listed is deleted for good
     listed = frozenset(
         name.removeprefix(prefix)
@@ -264,52 +334,18 @@ def compact_hour(
         if "/" not in (name := b.name).removeprefix(prefix) and name != compacted_name
     )
     checkpoint(f"listed {prefix}")
-    uncovered = sorted(listed - covers)
-    merged: list[str] = []
-    unreadable: list[str] = []
-    bytes_read = 0
-    for start in range(0, len(uncovered), _CHUNK):
-        chunk = uncovered[start : start + _CHUNK]
-        tables = []
-        for name, data in zip(chunk, pool.map(lambda n: _download(container, prefix + n), chunk), strict=True):
-            if data is None:
-                # only a compaction deletes raw blobs: another run is at this hour, and its write beats ours
-                log.info("run=%s %s%s vanished: another compaction is at this hour", run, prefix, name)
-                return HourOutcome(prefix, "conflict")
-            try:
-                tables.append(decode_bars(data))
-            except CorruptBlobError as exc:
-                log.warning("run=%s leaving unreadable %s%s uncompacted (%s)", run, prefix, name, exc)
-                unreadable.append(name)
-                continue
-            merged.append(name)
-            bytes_read += len(data)
-        if tables:
-            held = true_bars(pa.concat_tables([held, *tables]))
+    merge = _merge_uncovered(container, prefix, sorted(listed - old.covers), old.held, run, pool)
+    if merge is None:
+        return HourOutcome(prefix, "conflict")
     checkpoint(f"merged {prefix}")
-    new_covers = next_covers(covers, listed, merged)
+    new_covers = next_covers(old.covers, listed, merge.merged)
     bytes_written = 0
     # a write only when something changed: new bars, or another set of undecodable blobs to record
-    if merged or frozenset(unreadable) != recorded:
-        payload = encode_compacted(held, new_covers, unreadable)
-        metadata = unreadable_metadata(unreadable)
-        try:
-            if etag is None:
-                container.upload_blob(compacted_name, payload, overwrite=False, metadata=metadata)
-            else:
-                container.upload_blob(
-                    compacted_name,
-                    payload,
-                    overwrite=True,
-                    metadata=metadata,
-                    etag=etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as exc:
+    if merge.merged or frozenset(merge.unreadable) != old.recorded:
+        payload = encode_compacted(merge.held, new_covers, merge.unreadable)
+        if not _write_compacted(container, compacted_name, payload, unreadable_metadata(merge.unreadable), old.etag):
             # another run wrote this hour since we read it: nothing of ours is in force, so nothing is deleted
-            log.info(
-                "run=%s %s changed concurrently (%s); left to the next run", run, compacted_name, type(exc).__name__
-            )
+            log.info("run=%s %s changed concurrently; left to the next run", run, compacted_name)
             return HourOutcome(prefix, "conflict")
         bytes_written = len(payload)
         checkpoint(f"written {prefix}")
@@ -327,15 +363,22 @@ def compact_hour(
         run,
         prefix,
         outcome,
-        len(merged),
+        len(merge.merged),
         deleted,
-        len(unreadable),
-        held.num_rows,
-        bytes_read,
+        len(merge.unreadable),
+        merge.held.num_rows,
+        merge.bytes_read,
         bytes_written,
     )
     return HourOutcome(
-        prefix, outcome, len(merged), deleted, tuple(unreadable), bytes_read, bytes_written, held.num_rows
+        prefix,
+        outcome,
+        len(merge.merged),
+        deleted,
+        tuple(merge.unreadable),
+        merge.bytes_read,
+        bytes_written,
+        merge.held.num_rows,
     )
 
 
