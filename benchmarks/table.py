@@ -236,8 +236,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "kafka.py",
         PY + "kafka.py",
         "{messages_per_s:,.0f} messages/s = {bars_per_s:si} bars/s; lag at {rate_messages_per_s:g} messages/s "
-        "p50 {lag_p50_ms:ms}, p99 {lag_p99_ms:ms} (filling batches of 32 for up to 5 s: {lag_p50_ms_filling_batches:ms}, "
-        "{lag_p99_ms_filling_batches:ms})",
+        "p50 {lag_p50_ms:ms}, p99 {lag_p99_ms:ms} (filling batches of 32 for up to 5 s: "
+        "{lag_p50_ms_filling_batches:ms}, {lag_p99_ms_filling_batches:ms})",
         (equals("final_lag", 0, "final lag 0"),),
     ),
     Benchmark(

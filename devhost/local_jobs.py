@@ -27,6 +27,7 @@ import orjson
 from devhost.mlflow_store import check_store
 from devhost.processes import alive, child_environment, started, stop_group
 from functions.settings import Settings
+from functions.train_trigger.job_record import FULL, training_mode
 from functions.train_trigger.ports import Submission
 
 if TYPE_CHECKING:  # `devhost status` reads job records without the storage SDK
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # `devhost status` reads job records without the storage SDK
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_NAME = "train.lock"
+MODE_NAME = "training-mode.json"  # when the last full retrain was submitted, as Azure's job record keeps it
 # A lock this code writes always holds a record, so an unreadable one comes from elsewhere: an
 # older version that created the lock empty and filled it after the bar sync, a hand edit or a
 # crash of the disk. It may be a lock being filled right now, so only an old one is broken; an
@@ -258,6 +260,24 @@ class LocalSubmitter:
         with _guarded(self.lock):
             return _check(self.lock)[1]
 
+    def mode(self, now: dt.datetime) -> tuple[str, str]:
+        """The mode of the job a tick at ``now`` starts, and why; a full one is recorded before it starts.
+
+        An unreadable record counts as none: a full retrain is then due, which is never wrong, only slower.
+        """
+        path = self.jobs / MODE_NAME
+        try:
+            last: dt.datetime | None = dt.datetime.fromisoformat(orjson.loads(path.read_bytes())["last_full_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            last = None
+        mode, reason = training_mode(last, now, dt.timedelta(hours=self.settings.training_full_every_hours))
+        if mode == FULL:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(orjson.dumps({"last_full_at": now.isoformat()}))
+            partial.replace(path)
+        return mode, reason
+
     def summary(self, job_name: str) -> dict | None:
         """The decision summary a finished job wrote."""
         path = self.jobs / f"{job_name}.summary.json"
@@ -289,7 +309,9 @@ class LocalSubmitter:
             inputs = self.jobs / "inputs" / "bars"
             copied, total = sync_raw(self.container, inputs)
             log.info("tick=%s job=%s synced %d new of %d raw blobs", tick_id, name, copied, total)
-            proc = self._start(name, inputs)
+            mode, why = self.mode(now)
+            log.info("tick=%s job=%s mode=%s: %s", tick_id, name, mode, why)
+            proc = self._start(name, inputs, mode)
         except BaseException:
             release(self.lock, syncing)
             raise
@@ -301,9 +323,9 @@ class LocalSubmitter:
             stop_group(proc.pid)
             release(self.lock, syncing)
             raise
-        return Submission(True, name, "submitted")
+        return Submission(True, name, f"submitted ({mode}: {why})")
 
-    def _start(self, name: str, inputs: Path) -> subprocess.Popen:
+    def _start(self, name: str, inputs: Path, mode: str) -> subprocess.Popen:
         s = self.settings
         mlflow_dir = self.home / "mlflow"
         mlflow_dir.mkdir(parents=True, exist_ok=True)
@@ -319,7 +341,9 @@ class LocalSubmitter:
             s.experiment,
             "--summary-out",
             str(self.jobs / f"{name}.summary.json"),
-            *shlex.split(s.train_args),
+            "--mode",
+            mode,
+            *shlex.split(s.train_args),  # last: TRAIN_ARGS may override any option, the mode too
         ]
         env = child_environment(
             {

@@ -103,6 +103,15 @@ class Settings:
     storage_retry_backoff_s: float = setting("STORAGE_RETRY_BACKOFF_SECONDS", _non_negative_seconds, default=0.5)
     latest_window: int = setting("LATEST_WINDOW", _positive_int, default=512)
     latest_max_attempts: int = setting("LATEST_MAX_ATTEMPTS", _positive_int, default=8)
+    # raw/ compaction (functions/compact): the timer's NCRONTAB schedule, which the host resolves from the app
+    # setting (this default is what local.settings.sample.json and Bicep set: every 15 minutes, 7 minutes after
+    # train_trigger's ticks); how long after its end an hour counts as closed; the most hours one run compacts
+    compact_schedule: str = setting("COMPACT_SCHEDULE", default="0 7-59/15 * * * *")
+    # an ingest invocation names its raw/ folder as it starts and the host writes the blob as it returns, at
+    # most functionTimeout (10 min, host.json) later; 30 min leaves 20 for upload retries and clock skew
+    compact_margin_s: float = setting("COMPACT_MARGIN_SECONDS", _non_negative_seconds, default=1800.0)
+    # a day of backlog per run: an hour of 720 batch blobs took 7 s on Azurite, 24 hours ~3 of functionTimeout's 10 min
+    compact_max_hours: int = setting("COMPACT_MAX_HOURS", _positive_int, default=24)
     ml_backend: str = setting("ML_BACKEND", _backend, default="local")
     model_name: str = setting("MODEL_NAME", default="stockcast-lstm-attention")
     experiment: str = setting("EXPERIMENT_NAME", default="stockcast")
@@ -138,6 +147,9 @@ class Settings:
     training_timeout_s: int = setting("TRAINING_TIMEOUT_SECONDS", _positive_int, default=7200)
     # where the timer keeps the name of the last job it submitted (in the bars container)
     training_record_blob: str = setting("TRAINING_RECORD_BLOB", default="state/training-job.json")
+    # a tick submits a full retrain (from scratch, on the longer history) when none was submitted within
+    # this many hours, else a warm one; the job record keeps when the last full one was submitted
+    training_full_every_hours: int = setting("TRAINING_FULL_EVERY_HOURS", _positive_int, default=24)
     azure_client_id: str | None = setting("AZURE_CLIENT_ID", default=None)
     # telemetry: custom metrics and events go to App Insights only when this is set
     applicationinsights_connection_string: str | None = setting("APPLICATIONINSIGHTS_CONNECTION_STRING", default=None)

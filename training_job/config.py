@@ -31,6 +31,12 @@ class TrainConfig:
     interval_level: float = 0.9
     patience: int = 4
     min_windows_per_symbol: int = 200
+    # what one tick trains on: the timer picks the mode (warm most ticks, full on a slower schedule)
+    mode: str = "warm"
+    history_days: int = 10
+    full_history_days: int = 20
+    max_train_windows: int = 20_000
+    warm_epochs: int = 5
     summary_out: Path | None = None
 
 
@@ -47,8 +53,17 @@ _HELP = {
     "seeds": "members trained from consecutive seeds and averaged",
     "alpha": "level of the one-sided Diebold-Mariano tests that promote (and demote) a champion",
     "interval_level": "nominal coverage of the split-conformal forecast interval, in each volatility tercile",
+    "mode": "warm: the last --history-days, starting from the champion's weights where its architecture matches and "
+    "its weights never saw this decision slice; full: from scratch on the last --full-history-days",
+    "history_days": "trading days (weekdays, UTC) of bars a warm tick reads, the newest bar's day included; 0: all",
+    "full_history_days": "trading days (weekdays, UTC) of bars a full retrain reads; 0: all",
+    "max_train_windows": "most training windows a tick fits on, sampled evenly across symbols and time "
+    "(validation is sampled in the same proportion; the decision slice never); 0: no cap",
+    "warm_epochs": "maximum epochs of a warm start (early stopping as usual)",
     "summary_out": "write the decision summary as JSON here",
 }
+MODES = ("warm", "full")
+_CHOICES = {"mode": MODES}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -63,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             type=kind,
             default=default,
             required=f.name == "bars",
+            choices=_CHOICES.get(f.name),
             help=f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})",
         )
     return TrainConfig(**vars(parser.parse_args(argv)))

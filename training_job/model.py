@@ -11,8 +11,10 @@ persistence). Input normalisation, target scale and λ live inside the exported 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -21,6 +23,28 @@ from keras import layers, ops
 
 log = logging.getLogger(__name__)
 RET_1 = 0  # column of the 1-minute log return in the feature matrix (features.FEATURES)
+# bump whenever build_member changes what a member's weights mean: every older champion then cold-starts
+ARCHITECTURE = 1
+
+
+def architecture(
+    *, window: int, horizon: int, units: int, ar_lags: int, seeds: int, features: Sequence[str]
+) -> dict[str, object]:
+    """What a member's weights depend on: two models with the same one can start from each other's weights."""
+    return {
+        "architecture": ARCHITECTURE,
+        "window": window,
+        "horizon": horizon,
+        "units": units,
+        "ar_lags": min(ar_lags, window),  # what fit builds: a longer AR path is cut to the window
+        "seeds": max(seeds, 1),
+        "features": list(features),
+    }
+
+
+def fingerprint(spec: dict[str, object]) -> str:
+    """A short, stable hash of an :func:`architecture` (a version tag compared before a warm start)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 @keras.saving.register_keras_serializable(package="stockcast")
@@ -76,6 +100,37 @@ class FitResult:
     shrinkage: float
     seeds: int
     best_val_loss: float  # of the first member, the initial point included
+    initial_val_loss: float = float("nan")  # of the first member before its first epoch (a warm start: the champion's)
+    warm: bool = False  # the members started from a champion's weights
+
+
+class WarmStartError(ValueError):
+    """A champion's weights cannot start this fit: another layout, or no target scale to predict in."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The weights each member starts from (a champion's members, in order) and the target scale they predict in."""
+
+    members: list[list[np.ndarray]]
+    y_scale: float
+
+
+def warm_start_from(model: keras.Model, seeds: int) -> WarmStart:
+    """The member weights and target scale of ``model``, a model :func:`fit` exported with ``seeds`` members.
+
+    The members predict in units of the target scale of the fit that trained them; a warm start
+    keeps that scale, so the weights mean what they meant. It is read off the AR path's input
+    layer, which divides by it; a model without one (``ar_lags=0``) raises :class:`WarmStartError`.
+    """
+    try:
+        members = [model.get_layer(f"lstm_attention_ar_{k}") for k in range(max(seeds, 1))]
+        scale = float(members[0].get_layer("recent_returns").get_config()["scale"])
+    except (ValueError, KeyError) as exc:  # Keras raises ValueError for a layer it does not have
+        raise WarmStartError(f"not a model of {max(seeds, 1)} members with an AR path: {exc}") from None
+    if not np.isfinite(scale) or scale <= 0:
+        raise WarmStartError(f"target scale {scale} is not a positive number")
+    return WarmStart([m.get_weights() for m in members], scale)
 
 
 def symbol_weights(symbols: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -145,7 +200,7 @@ class _KeepBest(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Record the initial validation loss and weights."""
         x, y, w = self.val
-        self.best = float(self.model.evaluate(x, y, sample_weight=w, verbose=0, batch_size=4096))
+        self.best = self.initial = float(self.model.evaluate(x, y, sample_weight=w, verbose=0, batch_size=4096))
         self.best_weights = self.model.get_weights()
         self.best_epoch, self.wait = 0, 0
 
@@ -187,23 +242,32 @@ def fit(
     seed: int,
     seeds: int = 1,
     on_epoch: Callable[[int, dict], None] | None = None,
+    warm: WarmStart | None = None,
 ) -> FitResult:
     """Train ``seeds`` members with early stopping, average them and fit λ on validation.
 
     The loss is weighted by 1/var of each symbol's returns, so a volatile ticker does not drown
-    the others; the exported model outputs log returns.
+    the others; the exported model outputs log returns. With ``warm``, each member starts from the
+    matching member of a champion (its normalisation included) and predicts in the champion's
+    target scale; early stopping then counts the champion's own weights as the starting point.
+    A ``warm`` whose weights do not fit these members raises :class:`WarmStartError` before any training.
     """
     window, n_features = x_train.shape[1], x_train.shape[2]
     lags = min(ar_lags, window)
-    y_scale = float(np.std(y_train)) or 1.0
+    y_scale = warm.y_scale if warm else float(np.std(y_train)) or 1.0
     w_train = symbol_weights(symbols_train, y_train)
     w_val = symbol_weights(symbols_val, y_val)
-    coef, intercept = ridge_ar(x_train, y_train / y_scale, w_train, lags, y_scale) if lags else (None, 0.0)
+    if warm is not None and len(warm.members) != max(seeds, 1):
+        raise WarmStartError(f"{len(warm.members)} members to start from, {max(seeds, 1)} to train")
+    ridge = lags and warm is None  # a warm start keeps the champion's AR path, fitted and tuned
+    coef, intercept = ridge_ar(x_train, y_train / y_scale, w_train, lags, y_scale) if ridge else (None, 0.0)
     members, first = [], None
     for k in range(max(seeds, 1)):
         keras.utils.set_random_seed(seed + k)
         member = build_member(window, n_features, units, lags, learning_rate, x_train, y_scale, k)
-        if lags:
+        if warm is not None:
+            _set_member_weights(member, warm.members[k])
+        elif lags:
             weights = [coef.reshape(-1, 1).astype(np.float32), np.array([intercept], np.float32)]
             member.get_layer("ar").set_weights(weights)
         keep = _KeepBest(x_val, y_val / y_scale, w_val, patience)
@@ -222,7 +286,7 @@ def fit(
             callbacks=callbacks,
         )
         if first is None:
-            first = (history.history["loss"], history.history["val_loss"], keep.best_epoch, keep.best)
+            first = (history.history["loss"], history.history["val_loss"], keep.best_epoch, keep.best, keep.initial)
         members.append(member)
     inputs = keras.Input(shape=(window, n_features), name="features")
     outs = [m(inputs) for m in members]
@@ -233,11 +297,28 @@ def fit(
     exported = keras.Model(
         inputs, layers.Rescaling(y_scale * lam, name="shrunk_log_return")(mean), name="lstm_attention"
     )
-    loss, val_loss, best_epoch, best_val = first
-    log.info("members=%d best_epoch=%d shrinkage=%.3f", len(members), best_epoch, lam)
+    loss, val_loss, best_epoch, best_val, initial = first
+    log.info("members=%d warm=%s best_epoch=%d shrinkage=%.3f", len(members), warm is not None, best_epoch, lam)
     return FitResult(
-        exported, [float(v) for v in loss], [float(v) for v in val_loss], best_epoch, lam, len(members), best_val
+        exported,
+        [float(v) for v in loss],
+        [float(v) for v in val_loss],
+        best_epoch,
+        lam,
+        len(members),
+        best_val,
+        initial,
+        warm is not None,
     )
+
+
+def _set_member_weights(member: keras.Model, weights: list[np.ndarray]) -> None:
+    """Give ``member`` a champion member's weights; :class:`WarmStartError` if their shapes differ."""
+    own = [w.shape for w in member.get_weights()]
+    theirs = [np.shape(w) for w in weights]
+    if own != theirs:
+        raise WarmStartError(f"the champion's member weights have shapes {theirs}, this member's {own}")
+    member.set_weights(weights)
 
 
 def _all_layers(layer: layers.Layer) -> Iterator[layers.Layer]:

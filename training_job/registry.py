@@ -74,7 +74,11 @@ class ModelRegistry:
 
     def kind_of(self, version: str) -> str:
         """What ``version`` is (``persistence`` or a trained kind), from its ``kind`` tag."""
-        return self.client.get_model_version(self.name, version).tags.get(KIND_TAG, DEFAULT_KIND)
+        return self.tags_of(version).get(KIND_TAG, DEFAULT_KIND)
+
+    def tags_of(self, version: str) -> dict[str, str]:
+        """Every tag of ``version`` (one read: its kind, roles and what a warm start is decided on)."""
+        return dict(self.client.get_model_version(self.name, version).tags)
 
     def persistence_version(self) -> str | None:
         """The newest version tagged ``kind=persistence``, if any."""

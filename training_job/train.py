@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import json
 import logging
+import math
+import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from training_job import data, evaluate, intervals
 from training_job.config import TrainConfig, parse_args
-from training_job.features import WARMUP, Windows, concat, symbol_windows, window_ends
+from training_job.features import FEATURES, WARMUP, Windows, concat, symbol_windows, window_ends
 from training_job.forecaster import (
     LSTM_ATTENTION,
     MODEL_CONFIG,
@@ -40,7 +44,7 @@ from training_job.forecaster import (
     ForecastInputError,
     series_from_frame,
 )
-from training_job.model import FitResult, fit
+from training_job.model import FitResult, WarmStart, WarmStartError, architecture, fingerprint, fit, warm_start_from
 from training_job.registry import CHALLENGER, CHAMPION, KIND_TAG, ModelRegistry
 
 log = logging.getLogger("training_job")
@@ -49,6 +53,14 @@ CODE_DIR = Path(__file__).resolve().parent
 # in Azure ML CODE_DIR is the uploaded working directory, named otherwise (job.yml links it as training_job)
 CODE_PACKAGE = "training_job"
 EVIDENCE_TAG = "evidence"  # the version tag holding the promotion record (evaluate.Evidence as JSON)
+# version tags a warm start is decided on: the architecture its weights fit (a hash, and the spec it hashes)
+# and the newest minute (unix s) any data its weights learned from reached, over its whole lineage
+FINGERPRINT_TAG = "fingerprint"
+ARCHITECTURE_TAG = "architecture"
+TRAINED_UNTIL_TAG = "trained_until"
+WARM, FULL = "warm", "full"
+DAY = 86_400
+NEWEST_FILES = 16  # files of the newest partition read to find where the history window ends
 
 
 class NotEnoughDataError(SystemExit):
@@ -110,6 +122,212 @@ def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[s
     return concat(parts), skipped, without_target
 
 
+def history_start(newest: int, days: int) -> int | None:
+    """Where a history of ``days`` trading days ending at the bar ``newest`` (unix s) starts; None: all history.
+
+    Trading days are weekdays, counted on UTC dates with the newest bar's own day as the first (a
+    weekend rolls back to Friday): a window holds the same number of sessions whatever the weekday,
+    where calendar days would give a Monday tick two sessions fewer than a Friday one. Holidays are
+    not known across exchanges, so a window that spans one holds a session fewer.
+    """
+    if days <= 0:
+        return None
+    first = np.busday_offset(np.datetime64(int(newest) // DAY, "D"), -(days - 1), roll="backward")
+    return int(first.astype("datetime64[s]").astype(np.int64))
+
+
+def _newest_partition(folder: Path) -> list[Path]:
+    """The Parquet files of the newest partition under ``folder``, at most :data:`NEWEST_FILES` of them.
+
+    Names sort by time in every layout the job reads (``raw/date=…/hour=…/``, one file per date), so
+    the greatest-named folder is descended at each level: a few listings, however long the history.
+    A folder's files are those a reader reads (:func:`training_job.data.folder_files`: compaction).
+    """
+    try:
+        folders = sorted((e.path for e in os.scandir(folder) if e.is_dir()), reverse=True)
+        for sub in folders:
+            found = _newest_partition(Path(sub))
+            if found:
+                return found
+        return data.folder_files(Path(folder))[::-1][:NEWEST_FILES]
+    except OSError:  # a folder gone or unreadable mid-scan (compaction, a mount): no hint from it
+        return []
+
+
+def newest_bar_hint(folder: Path, now: float | None = None) -> int | None:
+    """A time (unix s) no later than the newest bar under ``folder``: the newest of its newest partition's.
+
+    Only a lower bound matters: the history read from it may hold more than the window, never less,
+    and is cut again at the newest bar read. Its rows pass the bar contract first, so a bad row
+    cannot move the window past the bars. None where nothing there is readable.
+    """
+    newest = None
+    for path in _newest_partition(Path(folder)):
+        try:
+            table = data._read(str(path))  # read_bars' own reader: the same columns, schema and skips
+        except FileNotFoundError:  # compacted since it was listed: the compacted file holds its bars
+            continue
+        if table is None or not table.num_rows:
+            continue
+        ts = data.epoch_seconds(table.filter(data.contract_mask(table, now)).column("ts").to_pandas())
+        if len(ts):
+            newest = int(ts.max()) if newest is None else max(newest, int(ts.max()))
+    return newest
+
+
+@dataclass(frozen=True)
+class History:
+    """The bars a tick read: the mode that chose the window, its trading days and the span they cover."""
+
+    mode: str
+    days: int  # 0: all history
+    since: int | None  # unix s: 00:00 UTC of the window's first weekday; None: all history
+    until: int  # unix s: the newest bar read
+    bars: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The window as plain JSON values (ISO UTC times)."""
+        return {
+            "days": self.days,
+            "since": evaluate.utc_minute(self.since),
+            "until": evaluate.utc_minute(self.until),
+            "bars": self.bars,
+        }
+
+
+def read_history(folder: Path, cfg: TrainConfig, now: float | None = None) -> tuple[pd.DataFrame, History]:
+    """The true bars of the tick's history window: the last ``history_days`` (``full_history_days`` in full mode).
+
+    The window ends at the newest bar, not the clock, so a replay of old bars trains as live ones do.
+    """
+    days = cfg.full_history_days if cfg.mode == FULL else cfg.history_days
+    hint = newest_bar_hint(folder, now) if days > 0 else None
+    bars = data.read_bars(folder, now=now, since=None if hint is None else history_start(hint, days))
+    ts = data.epoch_seconds(bars["ts"])
+    newest = int(ts.max())
+    since = history_start(newest, days)
+    if since is not None and (ts < since).any():  # the hint fell short of the newest bar: more was read
+        bars = bars[ts >= since].reset_index(drop=True)
+    return bars, History(cfg.mode, max(days, 0), since, newest, len(bars))
+
+
+def fair_shares(counts: np.ndarray, cap: int) -> np.ndarray:
+    """How many of each group's ``counts`` items to keep so that at most ``cap`` are kept, as evenly as they allow.
+
+    Water filling: a group with fewer items than an equal share keeps all of them, and what it
+    leaves is shared among the others.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    shares = np.zeros_like(counts)
+    left = int(cap)
+    order = np.argsort(counts, kind="stable")
+    for i, group in enumerate(order):
+        shares[group] = min(int(counts[group]), left // (len(order) - i))
+        left -= int(shares[group])
+    return shares
+
+
+def sample_windows(symbols: np.ndarray, as_of: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Indices of at most ``cap`` windows, shared evenly across symbols and spread evenly over each one's time.
+
+    Each symbol's share (:func:`fair_shares`) takes one window from each of as many equal runs of
+    its windows in time order, at a position drawn from ``seed`` and the symbol's name: the same
+    bars and seed give the same sample, and a symbol's sample does not move when another is added.
+    ``cap`` of 0, or no more windows than it: every window.
+    """
+    n = len(symbols)
+    if cap <= 0 or n <= cap:
+        return np.arange(n)
+    names, inverse = np.unique(np.asarray(symbols).astype(str), return_inverse=True)
+    shares = fair_shares(np.bincount(inverse, minlength=len(names)), cap)
+    picked = []
+    for k, name in enumerate(names):
+        rows = np.flatnonzero(inverse == k)
+        rows = rows[np.argsort(np.asarray(as_of)[rows], kind="stable")]
+        share = int(shares[k])
+        if share >= len(rows):
+            picked.append(rows)
+            continue
+        if share == 0:
+            continue
+        edges = np.floor(np.linspace(0, len(rows), share + 1)).astype(np.int64)  # each run holds ≥ 1 window
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        offsets = np.floor(rng.random(share) * (edges[1:] - edges[:-1])).astype(np.int64)
+        picked.append(rows[edges[:-1] + offsets])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class WarmPlan:
+    """Whether this tick's members start from the champion's weights, and why (or why not)."""
+
+    use: bool
+    source: str | None  # the champion version whose weights start the fit
+    reason: str
+    source_trained_until: int | None = None  # the newest minute its lineage's data reached
+
+
+def plan_warm_start(
+    mode: str,
+    champion: str,
+    champion_kind: str,
+    tags: dict[str, str],
+    spec: dict[str, Any],
+    unseen_from: int,
+) -> WarmPlan:
+    """Start from ``champion``'s weights only where it is trained, of this architecture, and never saw these slices.
+
+    ``tags`` are the champion's version tags; ``spec`` is this run's :func:`training_job.model.architecture`.
+    Honesty first: a decision judges a challenger only on minutes it has not seen, and the intervals
+    are calibrated on errors of unseen windows, so the weights it starts from must have learned from
+    data (over their whole lineage) older than ``unseen_from``, the first minute of this tick's
+    calibration slice, which the decision slice follows; otherwise, as on any doubt, from scratch.
+    """
+    if mode == FULL:
+        return WarmPlan(False, None, "full retrain: from scratch")
+    if champion_kind == PERSISTENCE:
+        return WarmPlan(False, None, f"champion v{champion} is persistence: no weights to start from")
+    found = tags.get(FINGERPRINT_TAG)
+    if found is None:
+        return WarmPlan(False, None, f"champion v{champion} records no architecture (registered before warm starts)")
+    if found != fingerprint(spec):
+        return WarmPlan(False, None, f"champion v{champion}'s architecture differs: {_differences(tags, spec)}")
+    try:
+        until = int(tags[TRAINED_UNTIL_TAG])
+    except (KeyError, ValueError):
+        return WarmPlan(False, None, f"champion v{champion} does not record when its training data ends")
+    if until >= unseen_from:
+        return WarmPlan(
+            False,
+            None,
+            f"champion v{champion}'s weights learned from data up to {evaluate.utc_minute(until)}, not before "
+            f"this tick's calibration and decision slices (from {evaluate.utc_minute(unseen_from)})",
+        )
+    return WarmPlan(
+        True,
+        champion,
+        f"champion v{champion} has the same architecture and its weights learned from data up to "
+        f"{evaluate.utc_minute(until)}, before this tick's calibration and decision slices "
+        f"(from {evaluate.utc_minute(unseen_from)})",
+        until,
+    )
+
+
+def _differences(tags: dict[str, str], spec: dict[str, Any]) -> str:
+    """Which architecture settings differ, where the champion's spec is readable; else its fingerprint."""
+    try:
+        theirs = json.loads(tags[ARCHITECTURE_TAG])
+    except (KeyError, ValueError):
+        return f"fingerprint {tags.get(FINGERPRINT_TAG)} against {fingerprint(spec)}"
+    changed = [f"{key} {theirs.get(key)} → {spec[key]}" for key in spec if theirs.get(key) != spec[key]]
+    return ", ".join(changed) or f"fingerprint {tags.get(FINGERPRINT_TAG)} against {fingerprint(spec)}"
+
+
+def lineage_trained_until(own: int, source: int | None) -> int:
+    """The newest minute the data behind a version's weights reached: its own fit's, or its source's if later."""
+    return own if source is None else max(own, source)
+
+
 def predicted_returns(forecasts: pd.DataFrame, w: Windows) -> np.ndarray:
     """Predicted log returns aligned with the windows ``w`` (by symbol and as_of); NaN where missing."""
     key = pd.MultiIndex.from_arrays([forecasts["symbol"], data.epoch_seconds(forecasts["as_of"])])
@@ -155,15 +373,24 @@ class Prepared:
     calibration: Windows  # the intervals' conformal calibration, and nothing else
     decision: Windows
     without_target: dict[str, dict[str, int]]  # windows dropped per symbol: no bar at the target minute
+    history: History | None = None  # the window of bars read (None: bars handed in, not read)
+    # windows the fit uses of those the split gave: {"train", "train_available", "validation", "validation_available"}
+    sampled: dict[str, int] = field(default_factory=dict)
 
 
 def prepare(bars_folder: Path, cfg: TrainConfig) -> Prepared:
-    """Read the true bars and prepare them (:func:`prepare_bars`)."""
-    return prepare_bars(data.read_bars(bars_folder), cfg)
+    """Read the tick's history window of true bars (:func:`read_history`) and prepare them (:func:`prepare_bars`)."""
+    bars, history = read_history(bars_folder, cfg)
+    return prepare_bars(bars, cfg, history)
 
 
-def prepare_bars(bars: pd.DataFrame, cfg: TrainConfig) -> Prepared:
-    """Build every usable window of ``bars`` and split train / validation / calibration / decision."""
+def prepare_bars(bars: pd.DataFrame, cfg: TrainConfig, history: History | None = None) -> Prepared:
+    """Build every usable window of ``bars``, split train / validation / calibration / decision, and cap the fit's.
+
+    At most ``max_train_windows`` training windows (:func:`sample_windows`), and validation windows
+    in the same proportion, so a tick's fit costs the same however many symbols there are; the
+    calibration and decision slices keep every window, so every symbol is judged.
+    """
     windows, skipped, without_target = build_windows(bars, cfg)
     split = evaluate.chronological_split(
         windows, cfg.validation_fraction, cfg.decision_fraction, cfg.calibration_fraction
@@ -174,11 +401,27 @@ def prepare_bars(bars: pd.DataFrame, cfg: TrainConfig) -> Prepared:
             f"not enough time covered: train={len(split.train)} validation={len(split.validation)} "
             f"calibration={len(split.calibration)} decision={len(split.decision)} windows"
         )
-    return Prepared(bars, windows, split, skipped, *(windows.take(i) for i in slices), without_target)
+    train, val = split.train, split.validation
+    if 0 < cfg.max_train_windows < len(train):
+        share = cfg.max_train_windows / len(train)
+        train = train[sample_windows(windows.symbol[train], windows.as_of[train], cfg.max_train_windows, cfg.seed)]
+        val_cap = max(1, math.ceil(share * len(val)))
+        val = val[sample_windows(windows.symbol[val], windows.as_of[val], val_cap, cfg.seed + 1)]
+    sampled = {
+        "train": len(train),
+        "train_available": len(split.train),
+        "validation": len(val),
+        "validation_available": len(split.validation),
+    }
+    fitted = (windows.take(train), windows.take(val))
+    rest = (windows.take(split.calibration), windows.take(split.decision))
+    return Prepared(bars, windows, split, skipped, *fitted, *rest, without_target, history, sampled)
 
 
-def fit_model(train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = None) -> FitResult:
-    """Train the model with the config's hyper-parameters."""
+def fit_model(
+    train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = None, warm: WarmStart | None = None
+) -> FitResult:
+    """Train the model with the config's hyper-parameters; from ``warm`` for fewer epochs (:func:`max_epochs`)."""
     return fit(
         train.x,
         train.y,
@@ -189,13 +432,36 @@ def fit_model(train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = No
         units=cfg.units,
         ar_lags=cfg.ar_lags,
         learning_rate=cfg.learning_rate,
-        epochs=cfg.epochs,
+        epochs=max_epochs(cfg, warm is not None),
         batch_size=cfg.batch_size,
         patience=cfg.patience,
         seed=cfg.seed,
         seeds=cfg.seeds,
         on_epoch=on_epoch,
+        warm=warm,
     )
+
+
+def max_epochs(cfg: TrainConfig, warm: bool) -> int:
+    """Most epochs a fit runs: a warm start needs fewer, never more than a cold one."""
+    return min(cfg.warm_epochs, cfg.epochs) if warm else cfg.epochs
+
+
+def config_architecture(cfg: TrainConfig) -> dict[str, Any]:
+    """The architecture this config trains (what a champion's weights must fit to start from them)."""
+    return architecture(
+        window=cfg.window,
+        horizon=cfg.horizon,
+        units=cfg.units,
+        ar_lags=cfg.ar_lags,
+        seeds=cfg.seeds,
+        features=FEATURES,
+    )
+
+
+def fitted_until(*slices: Windows) -> int:
+    """The newest target minute (unix s) of the windows a fit learned from or stopped and shrank on."""
+    return max(int(w.target_ts.max()) for w in slices if len(w))
 
 
 def interval_scale(forecaster: Forecaster, cal: Windows, level: float) -> intervals.IntervalScale:
@@ -278,23 +544,52 @@ def register_persistence(
     forecaster = Forecaster.persistence(meta)
     save_pyfunc(forecaster, input_example(prepared.bars, dec, meta), tmp / "persistence")
     mlflow.log_artifacts(str(tmp / "persistence"), "persistence_model")
-    version = registry.register(
-        f"{artifact_uri}/persistence_model", run_id, {KIND_TAG: PERSISTENCE, "interval_q": _fmt_q(scale)}
-    )
+    tags = {
+        KIND_TAG: PERSISTENCE,
+        "interval_q": _fmt_q(scale),
+        # no weights: the newest data it was fitted on is what calibrated its interval scale
+        TRAINED_UNTIL_TAG: str(fitted_until(prepared.calibration)),
+    }
+    version = registry.register(f"{artifact_uri}/persistence_model", run_id, tags)
     log.info("model=%s registered persistence as version %s", cfg.model_name, version)
     return version
 
 
-def _score_champion(
-    registry: ModelRegistry, version: str, bars: pd.DataFrame, dec: Windows, run_name: str
-) -> tuple[np.ndarray | None, str | None]:
-    """The champion's predicted returns on the decision windows, or why it could not be scored."""
+def _load_champion(registry: ModelRegistry, version: str, run_name: str) -> tuple[Any, str | None]:
+    """The champion's pyfunc (loaded once: its weights may start the fit, its forecasts are scored), or why not."""
     try:
-        champion = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version}")
+        return mlflow.pyfunc.load_model(f"models:/{registry.name}/{version}"), None
+    except Exception as exc:  # a champion that cannot be loaded must not stop training for good
+        log.exception("run=%s champion v%s could not be loaded", run_name, version)
+        return None, f"champion v{version} could not be scored ({type(exc).__name__}: {exc})"
+
+
+def _score_champion(
+    champion: Any, version: str, bars: pd.DataFrame, dec: Windows, run_name: str
+) -> tuple[np.ndarray | None, str | None]:
+    """The loaded champion's predicted returns on the decision windows, or why it could not be scored."""
+    try:
         return predicted_returns(champion.predict(data.model_input(bars), params={"mode": "all"}), dec), None
-    except Exception as exc:  # a champion that cannot be loaded or scored must not stop training for good
+    except Exception as exc:  # a champion that cannot be scored must not stop training for good
         log.exception("run=%s champion v%s could not be scored", run_name, version)
         return None, f"champion v{version} could not be scored ({type(exc).__name__}: {exc})"
+
+
+def warm_start(
+    plan: WarmPlan, champion: Any, load_error: str | None, cfg: TrainConfig, run_name: str
+) -> tuple[WarmStart | None, WarmPlan]:
+    """The champion's weights to start from where ``plan`` says so and they can be read; else None and why not."""
+    if not plan.use:
+        return None, plan
+    if champion is None:
+        return None, replace(plan, use=False, source=None, reason=f"{load_error}: from scratch")
+    try:
+        model = champion.unwrap_python_model().forecaster.model
+        return warm_start_from(model, cfg.seeds), plan
+    except (AttributeError, WarmStartError) as exc:
+        log.warning("run=%s champion v%s cannot start the fit: %s", run_name, plan.source, exc)
+        reason = f"champion v{plan.source}'s weights cannot start this fit ({exc}): from scratch"
+        return None, replace(plan, use=False, source=None, reason=reason)
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -308,17 +603,29 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     mlflow.set_experiment(cfg.experiment)
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     registry = ModelRegistry(MlflowClient(), cfg.model_name)
+    history = prepared.history
+    log.info(
+        "run=%s mode=%s history %s..%s (%s trading days, %d bars)",
+        run_name,
+        cfg.mode,
+        evaluate.utc_minute(history.since) if history else "-",
+        evaluate.utc_minute(history.until) if history else "-",
+        history.days if history and history.days else "all",
+        len(bars),
+    )
     last = read_evidence(registry)
     if last.watermark is not None and not evaluate.fresh_windows(dec.as_of, last.watermark, cfg.horizon).any():
-        return nothing_new(cfg, registry, last, skipped)
+        return nothing_new(cfg, registry, last, skipped, history)
     with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
         log.info(
-            "run=%s windows train=%d val=%d calibration=%d decision=%d",
+            "run=%s windows train=%d of %d val=%d of %d calibration=%d decision=%d",
             run_name,
             len(train),
+            prepared.sampled["train_available"],
             len(val),
+            prepared.sampled["validation_available"],
             len(cal),
             len(dec),
         )
@@ -336,7 +643,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             {
                 "symbols": ",".join(sorted(set(windows.symbol))),
                 "windows_train": len(train),
+                "windows_train_available": prepared.sampled["train_available"],
                 "windows_validation": len(val),
+                "windows_validation_available": prepared.sampled["validation_available"],
+                "history_since": evaluate.utc_minute(history.since) if history else "-",
+                "history_until": evaluate.utc_minute(history.until) if history else "-",
                 "windows_calibration": len(cal),
                 "windows_decision": len(dec),
                 "skipped_symbols": ",".join(skipped) or "-",
@@ -351,14 +662,53 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 registry.assign(CHAMPION, persistence_version)
         evidence = read_evidence(registry)  # what the last committed decision left; its champion is the champion
         champion_version = evidence.champion or registry.version_for(CHAMPION) or persistence_version
-        champion_kind = registry.kind_of(champion_version)
+        champion_tags = registry.tags_of(champion_version)
+        champion_kind = champion_tags.get(KIND_TAG, LSTM_ATTENTION)
+        champion, champion_error = None, None
+        if champion_kind != PERSISTENCE:
+            champion, champion_error = _load_champion(registry, champion_version, run_name)
+        spec = config_architecture(cfg)
+        plan = plan_warm_start(
+            cfg.mode, champion_version, champion_kind, champion_tags, spec, prepared.split.calibration_start
+        )
+        warm, plan = warm_start(plan, champion, champion_error, cfg, run_name)
+        log.info("run=%s %s: %s", run_name, "warm start" if warm else "from scratch", plan.reason)
 
         def on_epoch(epoch: int, logs: dict) -> None:
             mlflow.log_metrics({"loss": logs["loss"], "val_loss": logs["val_loss"]}, step=epoch + 1)
             log.info("run=%s epoch=%d loss=%.3g val_loss=%.3g", run_name, epoch + 1, logs["loss"], logs["val_loss"])
 
-        result = fit_model(train, val, cfg, on_epoch)
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "shrinkage": result.shrinkage, "seeds": result.seeds})
+        try:
+            result = fit_model(train, val, cfg, on_epoch, warm)
+        except WarmStartError as exc:  # raised before any epoch: the fit starts again from scratch
+            log.warning("run=%s champion v%s cannot start the fit: %s", run_name, plan.source, exc)
+            reason = f"champion v{plan.source}'s weights cannot start this fit ({exc}): from scratch"
+            warm, plan = None, replace(plan, use=False, source=None, reason=reason)
+            result = fit_model(train, val, cfg, on_epoch)
+        trained_until = lineage_trained_until(fitted_until(train, val), plan.source_trained_until if warm else None)
+        training = {
+            "mode": cfg.mode,
+            "history": history.as_dict() if history else None,
+            "windows": {**prepared.sampled, "max_train_windows": cfg.max_train_windows},
+            "warm_start": {"used": warm is not None, "from": plan.source if warm else None, "reason": plan.reason},
+            "epochs": {
+                "max": max_epochs(cfg, warm is not None),
+                "run": len(result.loss),
+                "best": result.best_epoch,
+            },
+            "trained_until": evaluate.utc_minute(trained_until),
+            "fingerprint": fingerprint(spec),
+        }
+        mlflow.log_params({"warm_start_from": plan.source if warm else "-", FINGERPRINT_TAG: fingerprint(spec)})
+        mlflow.log_metrics(
+            {
+                "best_epoch": result.best_epoch,
+                "shrinkage": result.shrinkage,
+                "seeds": result.seeds,
+                "initial_val_loss": result.initial_val_loss,
+                "warm_start": float(warm is not None),
+            }
+        )
         meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes, interval_level=cfg.interval_level)
         forecaster = Forecaster(result.model, meta)
         scale = interval_scale(forecaster, cal, cfg.interval_level)
@@ -368,9 +718,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         # every predictor is scored through the pyfunc path on the same unseen windows: each window's
         # features come from exactly the bars a live request sends, so this scores what is served
         model_ret = predicted_returns(forecaster.predict_frame(bars, latest_only=False), dec)
-        champion_ret, champion_error = np.zeros(len(dec)), None
+        champion_ret = np.zeros(len(dec))
         if champion_kind != PERSISTENCE:
-            champion_ret, champion_error = _score_champion(registry, champion_version, bars, dec, run_name)
+            champion_ret = None
+            if champion is not None:
+                champion_ret, champion_error = _score_champion(champion, champion_version, bars, dec, run_name)
         common = np.isfinite(model_ret) & (np.isfinite(champion_ret) if champion_ret is not None else True)
         d = dec.take(np.flatnonzero(common))
         model_ret = model_ret[common]
@@ -510,6 +862,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             # the record the next tick decides from: registering this version with it commits the decision
             EVIDENCE_TAG: verdict.evidence.to_tag(),
             "interval_coverage": f"{interval['coverage']:.4f}",
+            # what the next tick's warm start is decided on (plan_warm_start)
+            "mode": cfg.mode,
+            FINGERPRINT_TAG: fingerprint(spec),
+            ARCHITECTURE_TAG: json.dumps(spec, separators=(",", ":")),
+            TRAINED_UNTIL_TAG: str(trained_until),
+            "warm_start_from": plan.source if warm else "-",
         }
         if figures["champion"]:  # the Function App reports all three figures from the version's tags
             tags["champion_rmse"] = f"{figures['champion']['rmse']:.6g}"
@@ -540,15 +898,26 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "shrinkage": result.shrinkage,
             "metrics": figures,
             "skipped": skipped,  # symbol -> why it gave no windows (devhost up says it in the tick's line)
+            "training": training,
         }
         mlflow.log_dict(summary, "summary.json")
         log.info(
-            "run=%s version=%s decision=%s champion=%s(%s) reason=%s",
+            "run=%s version=%s decision=%s champion=%s(%s) mode=%s history=%s..%s windows train=%d/%d "
+            "validation=%d/%d warm_start=%s (%s) reason=%s",
             run_name,
             version,
             verdict.decision,
             champion_after,
             after_kind,
+            cfg.mode,
+            training["history"] and training["history"]["since"],
+            training["history"] and training["history"]["until"],
+            len(train),
+            prepared.sampled["train_available"],
+            len(val),
+            prepared.sampled["validation_available"],
+            f"v{plan.source}" if warm else "no",
+            plan.reason,
             reason,
         )
     if cfg.summary_out:
@@ -557,7 +926,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def nothing_new(
-    cfg: TrainConfig, registry: ModelRegistry, last: evaluate.Evidence, skipped: dict[str, str]
+    cfg: TrainConfig,
+    registry: ModelRegistry,
+    last: evaluate.Evidence,
+    skipped: dict[str, str],
+    history: History | None = None,
 ) -> dict[str, Any]:
     """The summary of a job with no window after the last decision's watermark: nothing trained or registered."""
     champion = last.champion or registry.version_for(CHAMPION)
@@ -573,8 +946,22 @@ def nothing_new(
         "champion_version": champion,
         "champion_after": {"version": champion, "kind": registry.kind_of(champion) if champion else None},
         "skipped": skipped,
+        # nothing was fitted: the window that was read, and no windows or warm start
+        "training": {
+            "mode": cfg.mode,
+            "history": history.as_dict() if history else None,
+            "windows": None,
+            "warm_start": None,
+        },
     }
-    log.info("decision=skipped champion=%s reason=%s", champion, reason)
+    log.info(
+        "decision=skipped champion=%s mode=%s history=%s..%s reason=%s",
+        champion,
+        cfg.mode,
+        evaluate.utc_minute(history.since) if history else "-",
+        evaluate.utc_minute(history.until) if history else "-",
+        reason,
+    )
     if cfg.summary_out:
         Path(cfg.summary_out).write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))
     return outcome

@@ -231,6 +231,20 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'TRAIN_SCHEDULE'
           value: trainSchedule
         }
+        // raw/ compaction (functions/compact): every 15 minutes, 7 minutes after train_trigger's default ticks;
+        // an hour is closed 30 minutes after it ends (functionTimeout is 10); at most a day of hours per run
+        {
+          name: 'COMPACT_SCHEDULE'
+          value: '0 7-59/15 * * * *'
+        }
+        {
+          name: 'COMPACT_MARGIN_SECONDS'
+          value: '1800'
+        }
+        {
+          name: 'COMPACT_MAX_HOURS'
+          value: '24'
+        }
         {
           name: 'ML_BACKEND'
           value: 'aml'
@@ -242,6 +256,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'EXPERIMENT_NAME'
           value: experimentName
+        }
+        // train_trigger submits a full retrain (from scratch, longer history) when none was submitted
+        // within this many hours; every other submission is a warm one (docs/design.md, training)
+        {
+          name: 'TRAINING_FULL_EVERY_HOURS'
+          value: '24'
         }
         {
           name: 'AZURE_SUBSCRIPTION_ID'

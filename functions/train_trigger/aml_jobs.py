@@ -3,7 +3,8 @@
 :func:`build_training_job` is pure (it builds the azure-ai-ml request, sends nothing), so the
 job spec is tested as it will be sent. Single-flight costs one blob read and one ``jobs.get`` a
 tick, whatever the workspace holds: the timer records the name of each job before submitting it
-(:mod:`functions.train_trigger.job_record`) and asks Azure ML about that job alone.
+(:mod:`functions.train_trigger.job_record`) and asks Azure ML about that job alone. The same record
+says when the last full retrain was submitted, from which each submission's ``--mode`` follows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from functions.settings import Settings
-from functions.train_trigger.job_record import JobRecord, JobRecordStore, RecordConflictError, job_name
+from functions.train_trigger.job_record import (
+    MODES,
+    WARM,
+    JobRecord,
+    JobRecordStore,
+    RecordConflictError,
+    job_name,
+    training_mode,
+)
 from functions.train_trigger.ports import Submission
 
 log = logging.getLogger(__name__)
@@ -52,8 +61,17 @@ MISSING = "<missing>"  # Azure ML has no job of the recorded name: the tick that
 UNREADABLE_GRACE = dt.timedelta(hours=1)
 
 
-def build_training_job(settings: Settings, tick_id: str, now: dt.datetime, name: str | None = None) -> Any:
-    """The azure-ai-ml command job the timer submits, named ``name`` (the name its tick recorded)."""
+def training_command(mode: str) -> str:
+    """The job's command for ``mode`` (``warm`` or ``full``): :data:`TRAIN_COMMAND`, the CLI twin's, plus its mode."""
+    if mode not in MODES:  # it becomes part of a shell command: only the two known words may
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    return f"{TRAIN_COMMAND} --mode {mode}"
+
+
+def build_training_job(
+    settings: Settings, tick_id: str, now: dt.datetime, name: str | None = None, mode: str = WARM
+) -> Any:
+    """The azure-ai-ml command job the timer submits, named ``name`` (the name its tick recorded), in ``mode``."""
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.constants import AssetTypes, InputOutputModes
     from azure.ai.ml.entities import Environment, ManagedIdentityConfiguration
@@ -61,7 +79,7 @@ def build_training_job(settings: Settings, tick_id: str, now: dt.datetime, name:
     return command(
         name=name,
         code=str(TRAINING_CODE),
-        command=TRAIN_COMMAND,
+        command=training_command(mode),
         inputs={
             "bars": Input(
                 type=AssetTypes.URI_FOLDER,
@@ -77,7 +95,13 @@ def build_training_job(settings: Settings, tick_id: str, now: dt.datetime, name:
         experiment_name=settings.experiment,
         display_name=f"stockcast-train-{now:%Y%m%d-%H%M}Z",
         description="LSTM-Attention forecaster: train on stored bars, compare with the champion",
-        tags={"app": "stockcast", "trigger": "timer", "tick": tick_id, "model_name": settings.model_name},
+        tags={
+            "app": "stockcast",
+            "trigger": "timer",
+            "tick": tick_id,
+            "model_name": settings.model_name,
+            "mode": mode,
+        },
         identity=ManagedIdentityConfiguration(),
         timeout=settings.training_timeout_s,
     )
@@ -129,7 +153,11 @@ class AmlSubmitter:
         return status if isinstance(status, str) and status else None
 
     def submit_unless_active(self, tick_id: str, now: dt.datetime) -> Submission:
-        """Single-flight submission: record the new job's name, then submit it under that name."""
+        """Single-flight submission: record the new job's name and mode, then submit it under that name.
+
+        The mode is ``full`` when no full retrain was submitted within ``TRAINING_FULL_EVERY_HOURS``
+        (:func:`training_mode`); the time of this one is recorded with the job, before it is submitted.
+        """
         stored = self.records.read(tick_id)
         record = stored.record
         status = None if record is None else self.job_status(record.job_name, tick_id)
@@ -138,11 +166,14 @@ class AmlSubmitter:
         if not submit:
             return Submission(False, record.job_name if record else None, reason)
         name = job_name(now, tick_id)
+        last_full = record.last_full_at if record else None
+        every = dt.timedelta(hours=self.settings.training_full_every_hours)
+        mode, why = training_mode(last_full, now, every)
         try:
-            self.records.write(JobRecord(name, tick_id, now), stored.etag)
+            self.records.write(JobRecord(name, tick_id, now, mode, now if mode != WARM else last_full), stored.etag)
         except RecordConflictError:  # another tick recorded its job in between: that one submits
             log.warning("tick=%s the job record changed under this tick; another tick is submitting", tick_id)
             return Submission(False, None, "another tick recorded a job first")
-        job = self.ml_client.jobs.create_or_update(build_training_job(self.settings, tick_id, now, name))
-        log.info("tick=%s submitted Azure ML job %s", tick_id, job.name)
-        return Submission(True, job.name, "submitted")
+        job = self.ml_client.jobs.create_or_update(build_training_job(self.settings, tick_id, now, name, mode))
+        log.info("tick=%s submitted Azure ML job %s mode=%s: %s", tick_id, job.name, mode, why)
+        return Submission(True, job.name, f"submitted {mode}: {why}")

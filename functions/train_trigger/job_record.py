@@ -4,6 +4,11 @@ The record is written *before* the job is submitted, under the name the job will
 concurrency. A tick that dies between the two leaves a record naming a job Azure ML never saw:
 the next tick gets a 404 for it and submits again. A record that names a job Azure ML has is
 never lost, so single-flight holds across restarts without listing the workspace's jobs.
+
+The same record carries the training mode of that job and when the last *full* retrain was
+submitted (:func:`training_mode`): a tick submits ``full`` (from scratch, on a longer history)
+when none was submitted within ``TRAINING_FULL_EVERY_HOURS``, else ``warm``. Being written before
+the submission, under the same ETag, a full retrain is never submitted twice by racing ticks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ if TYPE_CHECKING:  # the SDK loads when a record is read: devhost's status and s
 
 log = logging.getLogger(__name__)
 
+WARM = "warm"  # the job's --mode: its short history, from the champion's weights where it may
+FULL = "full"  # from scratch on its longer history, on the slower schedule
+MODES = (WARM, FULL)
+
 
 class RecordConflictError(RuntimeError):
     """A conditional write lost: another tick wrote the record in between."""
@@ -27,11 +36,13 @@ class RecordConflictError(RuntimeError):
 
 @dataclass(frozen=True)
 class JobRecord:
-    """The job a tick submitted (or was about to): its name, the tick and when."""
+    """The job a tick submitted (or was about to): its name, the tick, when, its mode and the last full retrain."""
 
     job_name: str
     tick: str
     submitted_at: dt.datetime
+    mode: str = WARM
+    last_full_at: dt.datetime | None = None  # when the last full retrain was submitted; None: never (as far as known)
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,25 @@ class StoredRecord:
 def encode_record(record: JobRecord) -> bytes:
     """The blob's bytes: a small JSON document."""
     return orjson.dumps(
-        {"job_name": record.job_name, "tick": record.tick, "submitted_at": record.submitted_at.isoformat()}
+        {
+            "job_name": record.job_name,
+            "tick": record.tick,
+            "submitted_at": record.submitted_at.isoformat(),
+            "mode": record.mode,
+            "last_full_at": None if record.last_full_at is None else record.last_full_at.isoformat(),
+        }
     )
+
+
+def _aware_time(value: object) -> dt.datetime | None:
+    """An ISO time with a time zone, or None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def decode_record(data: bytes) -> JobRecord:
@@ -68,7 +96,32 @@ def decode_record(data: bytes) -> JobRecord:
         raise ValueError(f"submitted_at {when!r} is not an ISO time") from None
     if submitted_at.tzinfo is None:
         raise ValueError("submitted_at has no time zone")
-    return JobRecord(name, tick if isinstance(tick, str) else "", submitted_at)
+    mode = doc.get("mode")
+    # older records hold neither; an odd value reads as unknown: no full retrain known, so the next is due
+    return JobRecord(
+        name,
+        tick if isinstance(tick, str) else "",
+        submitted_at,
+        mode if mode in MODES else WARM,
+        _aware_time(doc.get("last_full_at")),
+    )
+
+
+def training_mode(last_full_at: dt.datetime | None, now: dt.datetime, every: dt.timedelta) -> tuple[str, str]:
+    """The mode of the job a tick at ``now`` submits, and why: ``full`` when none was submitted within ``every``.
+
+    No full retrain recorded (a new deployment, an older or unreadable record) makes one due; so
+    does a recorded time after ``now``, which no tick could have written, so it cannot hold off a
+    full retrain for good.
+    """
+    if last_full_at is None:
+        return FULL, "no full retrain recorded"
+    if last_full_at > now:
+        return FULL, f"the last full retrain is recorded at {last_full_at:%Y-%m-%dT%H:%MZ}, after now"
+    last, due = f"{last_full_at:%Y-%m-%dT%H:%MZ}", last_full_at + every
+    if now >= due:
+        return FULL, f"the last full retrain was submitted at {last}, {every.total_seconds() / 3600:g} h or more ago"
+    return WARM, f"the last full retrain was submitted at {last}; the next is due at {due:%Y-%m-%dT%H:%MZ}"
 
 
 def job_name(now: dt.datetime, tick_id: str) -> str:

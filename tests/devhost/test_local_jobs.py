@@ -47,7 +47,8 @@ class SleepingJobs(LocalSubmitter):
         super().__init__(settings, bars)  # type: ignore[arg-type]
         self.started_jobs = started_jobs
 
-    def _start(self, name: str, inputs: Path) -> subprocess.Popen:
+    def _start(self, name: str, inputs: Path, mode: str) -> subprocess.Popen:
+        self.modes = [*getattr(self, "modes", []), mode]
         proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
         local_jobs._children[proc.pid] = proc
         self.started_jobs.append(proc)
@@ -169,7 +170,7 @@ def test_lock_names_the_submitter_while_syncing_then_the_job(tmp_path, jobs):
         tmp_path, Bars(during=lambda: seen.append((orjson.loads(lock.read_bytes()), running_job(tmp_path)))), jobs
     )
     submission = submitter.submit_unless_active("tick-abcd", NOW)
-    assert submission == Submission(True, "train-20261104T200000Z-abcd", "submitted")
+    assert submission == Submission(True, "train-20261104T200000Z-abcd", "submitted (full: no full retrain recorded)")
     during, job_while_syncing = seen[0]
     assert during == {
         "pid": os.getpid(),
@@ -249,7 +250,7 @@ def test_the_training_job_starts_with_the_least_environment(tmp_path, monkeypatc
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     submitter.jobs.mkdir(parents=True, exist_ok=True)
-    proc = submitter._start("job-env", inputs)
+    proc = submitter._start("job-env", inputs, "warm")
     jobs.append(proc)
     environ = dict(
         item.split("=", 1) for item in Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item
@@ -257,4 +258,40 @@ def test_the_training_job_starts_with_the_least_environment(tmp_path, monkeypatc
     assert environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlflow.db"
     assert environ["PATH"] == os.environ["PATH"]
     assert "BarsStorage" not in environ and "AZURE_CLIENT_SECRET" not in environ
+    argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode().split("\0")
+    assert argv[argv.index("--mode") + 1] == "warm"
     assert [name for name, value in environ.items() if key in value] == []
+
+
+@pytest.mark.parametrize(
+    ("record", "hours_later", "expected"),
+    [
+        (None, 0, "full"),
+        (b"not json", 0, "full"),
+        (b'{"last_full_at": "2026-11-04T20:00:00+00:00"}', 1, "warm"),
+        (b'{"last_full_at": "2026-11-04T20:00:00+00:00"}', 23, "warm"),
+        (b'{"last_full_at": "2026-11-04T20:00:00+00:00"}', 24, "full"),
+        (b'{"last_full_at": "2026-11-05T20:00:00+00:00"}', 0, "full"),  # recorded after now
+    ],
+)
+def test_mode_follows_the_last_full_retrain_recorded(tmp_path, jobs, record, hours_later, expected):
+    """A tick trains full when none was recorded within 24 h (or the record is unreadable), else warm."""
+    submitter = SleepingJobs(tmp_path, Bars(), jobs)
+    path = tmp_path / "jobs" / local_jobs.MODE_NAME
+    if record is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(record)
+    now = NOW + dt.timedelta(hours=hours_later)
+    assert submitter.mode(now)[0] == expected
+    kept = orjson.loads(path.read_bytes())["last_full_at"] if path.exists() and expected == "full" else None
+    assert kept in (None, now.isoformat()) and (expected != "full" or kept == now.isoformat())
+
+
+def test_the_job_is_started_full_then_warm(tmp_path, jobs):
+    """The first job of a home is a full retrain, the next one within the day a warm one."""
+    submitter = SleepingJobs(tmp_path, Bars(), jobs)
+    assert submitter.submit_unless_active("tick-0001", NOW).submitted
+    jobs[-1].kill()
+    jobs[-1].wait()
+    assert submitter.submit_unless_active("tick-0002", NOW + dt.timedelta(minutes=15)).submitted
+    assert submitter.modes == ["full", "warm"]

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import math
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from functions.ingest.airbyte import decode_batch, events_from_bodies
+from functions.shared import rebuild
+from functions.shared.bars import to_parquet
+from functions.shared.compaction import compact, encode_compacted
+from tests.factories import message
+from tests.factories import oracle as factories_oracle
+from tests.functions.shared.test_compaction import table_of
+from training_job import data
 from training_job.config import TrainConfig
 from training_job.data import NoDataError, read_bars
 from training_job.train import build_windows
@@ -98,3 +110,173 @@ def test_one_symbol_with_unusable_bars_does_not_stop_the_others():
     assert set(windows.symbol) == {"AAA"}
     assert list(skipped) == ["BAD"] and "unusable bars" in skipped["BAD"]
     assert without_target == {"AAA": {"in_segment": 0, "at_gap": 0}}  # contiguous minutes: every target is there
+
+
+# --- the raw/ layout: compacted folders, the manifest rule, reading since a time ---
+
+
+def _got(df: pd.DataFrame) -> dict:
+    return {(r.symbol, int(r.ts.timestamp())): (r.close, r.volume, r.emitted_at) for r in df.itertuples()}
+
+
+def test_the_layout_constants_mirror_the_apps():
+    """REACH_S, the compacted file's name and the manifest key are the app's (the job never imports it)."""
+    assert (data.REACH_S, data.COMPACTED_NAME, data.MANIFEST_KEY) == (
+        rebuild.REACH_S,
+        rebuild.COMPACTED_NAME,
+        rebuild.MANIFEST_KEY,
+    )
+
+
+@pytest.mark.parametrize(
+    ("date", "hour"),
+    [("2026-11-02", "14"), ("2026-12-31", "23"), ("2026-02-30", "14"), ("2026-11-02", "24"), ("x", "14")],
+)
+def test_a_hour_folder_bounds_its_bars_as_the_app_says(tmp_path, date, hour):
+    """data.newest_minute_in of date=…/hour=… equals rebuild.newest_minute_in of raw/date=…/hour=…/ (inf if unnamed)."""
+    folder = tmp_path / f"date={date}" / f"hour={hour}"
+    assert data.newest_minute_in(folder) == rebuild.newest_minute_in(f"raw/date={date}/hour={hour}/")
+    assert data.newest_minute_in(tmp_path) == math.inf
+
+
+def _compacted(folder: Path, rows, covers, manifest: bytes | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data_ = encode_compacted(table_of(rows), covers, [])
+    if manifest is not None:  # the same bars under another manifest
+        table = pq.read_table(io.BytesIO(data_)).replace_schema_metadata({rebuild.MANIFEST_KEY: manifest})
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        data_ = sink.getvalue()
+    (folder / data.COMPACTED_NAME).write_bytes(data_)
+
+
+# a.parquet holds a revision of minute T0 emitted later than the compacted one: it wins whenever a is read
+COMPACTED_ROW = ("AAA", T0, 10.0, 1, T0 * 1000)
+COVERED_ROW = ("AAA", T0, 99.0, 1, T0 * 1000 + 1)
+TAIL_ROW = ("AAA", T0 + 60, 11.0, 2, T0 * 1000)
+
+
+@pytest.mark.parametrize(
+    ("covers", "manifest", "close_at_t0"),
+    [
+        (["a.parquet"], None, 10.0),  # covered: skipped, the compacted bar stands
+        ([], None, 99.0),  # not covered: read, and its later revision wins
+        (["other.parquet"], None, 99.0),
+        (["a.parquet"], b"garbled", 99.0),  # no readable manifest covers nothing: everything is read
+        (["a.parquet"], b'{"covers": "a.parquet"}', 99.0),
+    ],
+)
+def test_the_reader_skips_exactly_what_the_manifest_covers(tmp_path, covers, manifest, close_at_t0):
+    """A file the folder's compacted file covers is never read; an uncovered one beside it always is."""
+    hour = tmp_path / "date=2026-11-02" / "hour=14"
+    _compacted(hour, [COMPACTED_ROW], covers, manifest)
+    (hour / "a.parquet").write_bytes(to_parquet(table_of([COVERED_ROW])))
+    (hour / "b.parquet").write_bytes(to_parquet(table_of([TAIL_ROW])))
+    got = _got(read_bars(tmp_path, now=NOW))
+    assert got[("AAA", T0)][0] == close_at_t0
+    assert got[("AAA", T0 + 60)] == (11.0, 2, T0 * 1000)
+
+
+def test_a_manifest_covers_only_its_own_folder(tmp_path):
+    """The same name in another folder is read."""
+    _compacted(tmp_path / "date=2026-11-02" / "hour=14", [COMPACTED_ROW], ["a.parquet"])
+    other = tmp_path / "date=2026-11-02" / "hour=15"
+    other.mkdir(parents=True)
+    (other / "a.parquet").write_bytes(to_parquet(table_of([COVERED_ROW])))
+    assert _got(read_bars(tmp_path, now=NOW))[("AAA", T0)][0] == 99.0
+
+
+HOUR_START = 1_793_628_000  # 2026-11-02 14:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("since", "read"),
+    [
+        (HOUR_START + rebuild.REACH_S, True),  # the folder may still hold a bar at exactly `since`
+        (HOUR_START + rebuild.REACH_S + 1, False),  # it cannot: never opened
+        (HOUR_START, True),
+    ],
+)
+def test_since_skips_hour_folders_that_cannot_hold_a_bar_at_or_after_it(tmp_path, since, read):
+    """An hour folder is read iff its start + REACH_S ≥ since; a file outside hour folders is always read."""
+    hour = tmp_path / "date=2026-11-02" / "hour=14"
+    hour.mkdir(parents=True)
+    # a bar the folder cannot really hold (past its reach): it shows whether the folder was read
+    probe = ("PRB", HOUR_START + rebuild.REACH_S + 120, 5.0, 1, HOUR_START * 1000)
+    (hour / "x.parquet").write_bytes(to_parquet(table_of([probe])))
+    (tmp_path / "loose.parquet").write_bytes(to_parquet(table_of([("LSE", since + 60, 7.0, 1, since * 1000)])))
+    got = _got(read_bars(tmp_path, now=HOUR_START + 10 * 86_400, since=since))
+    assert ("PRB", probe[1]) in got if read else ("PRB", probe[1]) not in got
+    assert got[("LSE", since + 60)] == (7.0, 1, since * 1000)
+
+
+def test_since_drops_earlier_rows_and_keeps_the_minute_at_it(tmp_path):
+    """Rows with ts < since go; the bar at exactly since stays; nothing left is a NoDataError."""
+    rows = [("AAA", T0 + 60 * i, 10.0 + i, 1, T0 * 1000) for i in range(5)]
+    (tmp_path / "a.parquet").write_bytes(to_parquet(table_of(rows)))
+    got = read_bars(tmp_path, now=NOW, since=T0 + 120)
+    assert [int(t.timestamp()) for t in got["ts"]] == [T0 + 120, T0 + 180, T0 + 240]
+    assert read_bars(tmp_path, now=NOW, since=T0 + 119.5)["ts"].iloc[0] == pd.Timestamp(T0 + 120, unit="s", tz="UTC")
+    with pytest.raises(NoDataError, match="at or after"):
+        read_bars(tmp_path, now=NOW, since=T0 + 241)
+
+
+def test_a_file_compacted_away_between_listing_and_reading_is_found_in_the_compacted_file(tmp_path, monkeypatch):
+    """A covered file deleted under the reader (a compaction) makes it scan the folder again: no bar is lost."""
+    hour = tmp_path / "date=2026-11-02" / "hour=14"
+    hour.mkdir(parents=True)
+    (hour / "a.parquet").write_bytes(to_parquet(table_of([COMPACTED_ROW])))
+    (hour / "b.parquet").write_bytes(to_parquet(table_of([TAIL_ROW])))
+    real, compacted = data._read, []
+
+    def read_after_compaction(path: str):
+        if path.endswith("a.parquet") and not compacted:
+            compacted.append(path)  # the compaction lands between the scan and this read
+            _compacted(hour, [COMPACTED_ROW, TAIL_ROW], ["a.parquet", "b.parquet"])
+            (hour / "a.parquet").unlink()
+            (hour / "b.parquet").unlink()
+        return real(path)
+
+    monkeypatch.setattr(data, "_read", read_after_compaction)
+    got = _got(read_bars(tmp_path, now=NOW))
+    assert compacted
+    assert got == {("AAA", T0): (10.0, 1, T0 * 1000), ("AAA", T0 + 60): (11.0, 2, T0 * 1000)}
+
+
+@pytest.mark.integration
+def test_bars_written_by_ingest_and_compacted_are_read_by_training_with_the_same_values(container, tmp_path):
+    """The contract across compaction: ingest's blobs, compacted (one hour killed after its write), read identically."""
+    hours = ("raw/date=2026-11-02/hour=14/", "raw/date=2026-11-02/hour=15/")
+    t0 = HOUR_START
+    bodies = [
+        message("AAA", t0 * 1000 + 1000, [t0, t0 + 60], [(10.0, 10.5, 9.5, 10.2, 100), (10.2, 10.2, 10.2, 10.2, 0)]),
+        message(
+            "AAA", t0 * 1000 + 2000, [t0 + 60, t0 + 120], [(10.2, 10.9, 10.1, 10.8, 350), (10.8, 11, 10.7, 10.9, 9)]
+        ),
+        message("BBB", t0 * 1000 + 3000, [t0, t0 + 60], [(5.0, 5.5, 4.5, 5.2, 10), (5.2, 5.3, 5.1, 5.2, 11)]),
+        message("AAA", t0 * 1000 + 500, [t0 + 60], [(9.0, 9.0, 9.0, 9.0, 1)]),  # a stale replay: loses
+    ]
+    for i, body in enumerate(bodies):
+        table = decode_batch(events_from_bodies([body])).bars
+        container.upload_blob(f"{hours[i % 2]}b{i}.parquet", to_parquet(table))
+
+    def crash_after_the_first_write(point: str) -> None:
+        if point == f"written {hours[0]}":
+            raise RuntimeError("killed between the write and the deletes")
+
+    now = t0 + 3 * 3600
+    report = compact(container, now, 1800.0, 24, "t-contract", checkpoint=crash_after_the_first_write)
+    assert report.outcomes()["failed"] == 1 and report.outcomes()["compacted"] == 1
+    late = message("AAA", t0 * 1000 + 9000, [t0 + 120], [(11.0, 11.5, 10.5, 11.2, 7)])
+    container.upload_blob(f"{hours[1]}late.parquet", to_parquet(decode_batch(events_from_bodies([late])).bars))
+    for blob in container.list_blobs(name_starts_with="raw/"):  # what the job's mount of raw/ shows
+        path = tmp_path / blob.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(container.download_blob(blob.name).readall())
+    assert sorted(p.name for p in (tmp_path / hours[0]).iterdir()) == ["_compacted.parquet", "b0.parquet", "b2.parquet"]
+
+    df = read_bars(tmp_path / "raw", now=now)
+    got = {(r.symbol, int(r.ts.timestamp())): (r.open, r.high, r.low, r.close, r.volume) for r in df.itertuples()}
+    assert got == factories_oracle([*bodies, late])
+    assert got[("AAA", t0 + 60)] == (10.2, 10.9, 10.1, 10.8, 350) and got[("AAA", t0 + 120)][3] == 11.2
+    assert str(df["ts"].dt.tz) == "UTC" and df["volume"].dtype == "int64"

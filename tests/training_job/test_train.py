@@ -227,6 +227,40 @@ def test_a_committed_decision_whose_roles_never_moved_is_completed_by_the_next_j
     assert versions == [1, 2, 3] and json.loads((tmp_path / "third.json").read_text()) == third
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_summary_names_the_mode_history_windows_and_why_there_was_no_warm_start(trained):
+    """Both runs read all their (fewer than history_days) days and fit every window; v3's narrower units cold-start."""
+    first, second = trained.first["training"], trained.second["training"]
+    assert first["mode"] == second["mode"] == "warm"
+    assert first["history"] == {
+        "days": 10,
+        "since": "2026-10-23T00:00:00Z",  # ten weekdays back, Thursday 2026-11-05 the first
+        "until": "2026-11-05T20:59:00Z",
+        "bars": first["history"]["bars"],
+    }
+    assert second["history"]["until"] == "2026-11-06T20:59:00Z" and second["history"]["bars"] > first["history"]["bars"]
+    windows = first["windows"]
+    assert windows["train"] == windows["train_available"] > 0 and windows["max_train_windows"] == 20_000
+    assert windows["validation"] == windows["validation_available"] > 0
+    assert first["warm_start"] == {
+        "used": False,
+        "from": None,
+        "reason": "champion v1 is persistence: no weights to start from",
+    }
+    assert second["warm_start"] == {
+        "used": False,
+        "from": None,
+        "reason": "champion v2's architecture differs: units 8 → 2",
+    }
+    assert second["epochs"] == {"max": 1, "run": 1, "best": second["epochs"]["best"]}
+    assert first["fingerprint"] != second["fingerprint"] and first["trained_until"] < second["trained_until"]
+    client = MlflowClient(trained.tracking_uri)
+    tags = client.get_model_version(trained.config.model_name, "2").tags
+    assert (tags["mode"], tags["fingerprint"], tags["warm_start_from"]) == ("warm", first["fingerprint"], "-")
+    assert tags["trained_until"] == str(int(pd.Timestamp(first["trained_until"]).timestamp()))
+
+
 def test_every_option_has_a_default():
     """Only --bars is required; the rest come from the config object."""
     cfg = parse_args(["--bars", "x", "--epochs", "3", "--learning-rate", "0.01"])

@@ -10,8 +10,15 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from functions.settings import load_settings
-from functions.train_trigger.aml_jobs import MISSING, TRAIN_COMMAND, AmlSubmitter, build_training_job, should_submit
+from functions.settings import SettingsError, load_settings
+from functions.train_trigger.aml_jobs import (
+    MISSING,
+    TRAIN_COMMAND,
+    AmlSubmitter,
+    build_training_job,
+    should_submit,
+    training_command,
+)
 from functions.train_trigger.aml_rollout import (
     MAX_DEPLOYMENTS,
     AmlRollout,
@@ -23,7 +30,16 @@ from functions.train_trigger.aml_rollout import (
     smoke_passed,
     smoke_request,
 )
-from functions.train_trigger.job_record import JobRecord, JobRecordStore, decode_record, encode_record, job_name
+from functions.train_trigger.job_record import (
+    FULL,
+    WARM,
+    JobRecord,
+    JobRecordStore,
+    decode_record,
+    encode_record,
+    job_name,
+    training_mode,
+)
 from tests.factories import AML_APP_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -36,7 +52,7 @@ def test_training_job_spec():
     job = build_training_job(SETTINGS, "tick-1", NOW)
     spec = job._to_job()._to_dict()  # the job document the SDK sends
     assert Path(spec["code"]) == ROOT / "training_job"
-    assert spec["command"] == TRAIN_COMMAND and "python -m training_job.train" in spec["command"]
+    assert spec["command"] == f"{TRAIN_COMMAND} --mode warm" and "python -m training_job.train" in spec["command"]
     assert spec["inputs"] == {
         "bars": {"mode": "ro_mount", "type": "uri_folder", "path": "azureml://datastores/bars/paths/raw/"},
         "model_name": "stockcast-lstm-attention",
@@ -58,7 +74,27 @@ def test_training_job_spec():
         "trigger": "timer",
         "tick": "tick-1",
         "model_name": "stockcast-lstm-attention",
+        "mode": "warm",
     }
+
+
+def test_a_full_retrain_job_differs_only_in_its_mode():
+    """--mode full in the command and the mode tag; inputs, outputs, time limit and the rest are the warm job's."""
+    warm = build_training_job(SETTINGS, "tick-1", NOW, "j")._to_job()._to_dict()
+    full = build_training_job(SETTINGS, "tick-1", NOW, "j", FULL)._to_job()._to_dict()
+    assert full["command"].endswith(" --summary-out ${{outputs.summary}}/summary.json --mode full")
+    assert full["command"] == TRAIN_COMMAND + " --mode full" and full["tags"]["mode"] == "full"
+    assert full["inputs"] == warm["inputs"] and full["limits"] == warm["limits"] == {"timeout": 7200}
+    assert {k: v for k, v in full.items() if k not in ("command", "tags")} == {
+        k: v for k, v in warm.items() if k not in ("command", "tags")
+    }
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm; rm -rf /", ""])
+def test_only_the_two_modes_reach_the_command(mode):
+    """The mode becomes part of a shell command: anything but warm or full is refused."""
+    with pytest.raises(ValueError, match="is not one of"):
+        training_command(mode)
 
 
 def test_job_yml_runs_the_same_command():
@@ -115,6 +151,7 @@ def test_two_ticks_submit_one_job(records):
     first = submitter.submit_unless_active("tick-aaaa", NOW)
     second = submitter.submit_unless_active("tick-bbbb", NOW + dt.timedelta(minutes=15))
     assert (first.submitted, first.job_name) == (True, "stockcast-train-20261103-153000-aaaa")
+    assert first.reason == "submitted full: no full retrain recorded"
     assert (second.submitted, second.job_name, second.reason) == (
         False,
         first.job_name,
@@ -171,7 +208,56 @@ def test_an_unreadable_record_is_replaced(records, stored):
     records.blob.upload_blob(stored, overwrite=True)
     jobs = FakeJobs()
     found = _submitter(jobs, records).submit_unless_active("tick-aaaa", NOW)
-    assert found.submitted and records.read("t").record == JobRecord(found.job_name, "tick-aaaa", NOW)
+    assert found.submitted and records.read("t").record == JobRecord(found.job_name, "tick-aaaa", NOW, FULL, NOW)
+
+
+def _command_mode(job) -> str:
+    return job._to_job()._to_dict()["command"].rsplit(" --mode ", 1)[1]
+
+
+@pytest.mark.integration
+def test_full_retrains_run_on_their_own_schedule_recorded_before_each_submission(records):
+    """First tick: full; then warm while the last full is younger than TRAINING_FULL_EVERY_HOURS; then full again."""
+    jobs = FakeJobs()
+    submitter = _submitter(jobs, records)
+    modes, recorded = [], []
+    for hours in (0, 1, 23.75, 24, 25):
+        at = NOW + dt.timedelta(hours=hours)
+        for job in jobs.created:
+            jobs.states[job.name] = "Completed"
+        found = submitter.submit_unless_active(f"tick-{int(hours * 60):04d}", at)
+        assert found.submitted
+        modes.append(_command_mode(jobs.created[-1]))
+        record = records.read("t").record
+        recorded.append((record.mode, record.last_full_at))
+    full_again = NOW + dt.timedelta(hours=24)
+    assert modes == ["full", "warm", "warm", "full", "warm"]
+    assert recorded == [
+        ("full", NOW),
+        ("warm", NOW),
+        ("warm", NOW),
+        ("full", full_again),
+        ("warm", full_again),
+    ]
+    assert [j.tags["mode"] for j in jobs.created] == modes
+
+
+@pytest.mark.integration
+def test_the_full_retrain_is_recorded_even_when_its_submission_fails(records):
+    """The record (with the full retrain's time) is written before submitting: a failed full one is not retried full."""
+    jobs = FakeJobs()
+
+    def refused(job):
+        raise ConnectionError("503")
+
+    failing = AmlSubmitter(
+        SimpleNamespace(jobs=SimpleNamespace(get=jobs.get, create_or_update=refused)), SETTINGS, records
+    )
+    with pytest.raises(ConnectionError):
+        failing.submit_unless_active("tick-aaaa", NOW)
+    assert records.read("t").record.last_full_at == NOW
+    retried = _submitter(jobs, records).submit_unless_active("tick-bbbb", NOW + dt.timedelta(minutes=15))
+    assert retried.submitted and _command_mode(jobs.created[-1]) == "warm"
 
 
 @pytest.mark.integration
@@ -276,6 +362,61 @@ def test_decode_record_rejects(data, error):
         decode_record(data)
 
 
+@pytest.mark.parametrize(
+    ("extra", "mode", "last_full_at"),
+    [
+        ("", WARM, None),  # a record written before modes: no full retrain known
+        (', "mode": "full", "last_full_at": "2026-11-03T14:30:00+00:00"', FULL, NOW - dt.timedelta(hours=1)),
+        (', "mode": "cold", "last_full_at": "yesterday"', WARM, None),  # odd values read as unknown
+        (', "mode": 3, "last_full_at": "2026-11-03T14:30:00"', WARM, None),  # no time zone: unknown
+    ],
+)
+def test_decode_record_reads_the_mode_and_the_last_full_retrain(extra, mode, last_full_at):
+    """Mode and last full retrain are read when valid; missing or odd ones never make a record unreadable."""
+    data = b'{"job_name": "j", "tick": "tick-1", "submitted_at": "2026-11-03T15:30:00+00:00"' + extra.encode() + b"}"
+    assert decode_record(data) == JobRecord("j", "tick-1", NOW, mode, last_full_at)
+
+
+EVERY = dt.timedelta(hours=24)
+WAITING = "the last full retrain was submitted at 2026-11-03T15:30Z; the next is due at 2026-11-04T15:30Z"
+
+
+@pytest.mark.parametrize(
+    ("last_full_at", "now", "expected"),
+    [
+        (None, NOW, (FULL, "no full retrain recorded")),
+        (
+            NOW,
+            NOW,
+            (WARM, WAITING),
+        ),
+        (
+            NOW,
+            NOW + EVERY - dt.timedelta(seconds=1),
+            (WARM, WAITING),
+        ),
+        (NOW, NOW + EVERY, (FULL, "the last full retrain was submitted at 2026-11-03T15:30Z, 24 h or more ago")),
+        (NOW, NOW + 3 * EVERY, (FULL, "the last full retrain was submitted at 2026-11-03T15:30Z, 24 h or more ago")),
+        (
+            NOW + dt.timedelta(minutes=1),  # no tick could have written it: it must not hold off full retrains
+            NOW,
+            (FULL, "the last full retrain is recorded at 2026-11-03T15:31Z, after now"),
+        ),
+    ],
+)
+def test_training_mode(last_full_at, now, expected):
+    """Full when no full retrain was submitted within the setting's hours, else warm; each with its reason."""
+    assert training_mode(last_full_at, now, EVERY) == expected
+
+
+def test_the_full_retrain_schedule_is_a_setting_of_whole_hours():
+    """TRAINING_FULL_EVERY_HOURS: 24 by default, a positive integer when set."""
+    assert SETTINGS.training_full_every_hours == 24
+    assert load_settings({**AML_APP_SETTINGS, "TRAINING_FULL_EVERY_HOURS": "6"}).training_full_every_hours == 6
+    with pytest.raises(SettingsError, match="TRAINING_FULL_EVERY_HOURS='0'"):
+        load_settings({**AML_APP_SETTINGS, "TRAINING_FULL_EVERY_HOURS": "0"})
+
+
 @pytest.mark.parametrize(("tick", "expected"), [('"tick-1"', "tick-1"), ("5", ""), ("null", "")])
 def test_decode_record_keeps_only_a_string_tick(tick, expected):
     """The tick is informative: a missing or odd one reads as empty, never as an error."""
@@ -286,6 +427,8 @@ def test_decode_record_keeps_only_a_string_tick(tick, expected):
 def test_record_round_trips_and_names_are_unique_per_tick():
     """What is written reads back; two ticks in the same second get different job names."""
     assert decode_record(encode_record(RECORD)) == RECORD
+    full = JobRecord("j", "tick-1", NOW, FULL, NOW - dt.timedelta(hours=1))
+    assert decode_record(encode_record(full)) == full
     assert job_name(NOW, "tick-0123456789abcdef") == "stockcast-train-20261103-153000-0123456789ab"
     assert job_name(NOW, "tick-a") != job_name(NOW, "tick-b")
 
