@@ -106,6 +106,7 @@ bench: setup
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/kafka.py
 	$(PY) benchmarks/sequential.py
+	$(PY) benchmarks/scale.py
 
 # README.md's benchmark table from benchmarks/results/*.json (reads files only: no set-up needed);
 # `.venv/bin/python benchmarks/table.py --record NAME` reruns one benchmark and keeps its figures

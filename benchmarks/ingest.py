@@ -32,7 +32,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from devhost.feed import FeedConfig, generate
+from devhost.market.feed import FeedConfig, generate
 from functions.ingest.airbyte import decode_batch, events_from_bodies
 from functions.shared.bars import to_parquet
 
@@ -113,10 +113,10 @@ def end_to_end_once(bodies: list[bytes]) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as home:
         os.environ.update({"STOCKCAST_HOME": home, "STOCKCAST_AZURITE_PORT": "0"})
         os.environ.pop("BarsStorage", None)
-        from devhost import azurite
-        from devhost.host import Host
-        from devhost.replay import make_batches, replay
-        from devhost.runtime import prepare
+        from devhost.app.host import Host
+        from devhost.app.runtime import prepare
+        from devhost.kafka.replay import make_batches, replay
+        from devhost.storage import azurite
 
         prepare()
         try:

@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from devhost.feed import FeedConfig, write_bars  # noqa: E402
+from devhost.market.feed import FeedConfig, write_bars  # noqa: E402
 from training_job import data, intervals  # noqa: E402
 from training_job.config import TrainConfig  # noqa: E402
 from training_job.features import FEATURES, VOL_FLOOR, Windows  # noqa: E402
@@ -108,53 +109,49 @@ def tercile_figures(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Measure both interval methods for the model and persistence; print the figures and the JSON line."""
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bars", type=Path, help="Parquet folder or file, or a CSV file (default: generated bars)")
     parser.add_argument("--symbol", help="the symbol of a CSV file without a symbol column (default: its name)")
     parser.add_argument("--model", choices=("lstm", "ar"), default="lstm")
     parser.add_argument("--level", type=float, default=TrainConfig.interval_level)
     parser.add_argument("--days", type=int, default=20, help="trading days of generated bars without --bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    cfg = replace(TrainConfig(), interval_level=args.level)
+    return parser.parse_args(argv)
+
+
+def _load_bars(source: Path | None, symbol: str | None, days: int) -> pd.DataFrame:
+    """The bars of ``source`` (see :func:`read_bars`), or ``days`` trading days of generated ones."""
     with tempfile.TemporaryDirectory() as tmp:
-        source = args.bars
         if source is None:
-            write_bars(FeedConfig(days=args.days, seed=11), tmp)
+            write_bars(FeedConfig(days=days, seed=11), tmp)
             source = Path(tmp)
-        bars = read_bars(source, args.symbol)
-    prepared = prepare_bars(bars, cfg)
-    val, cal, dec = prepared.validation, prepared.calibration, prepared.decision
-    missing = {s: d for s, d in prepared.without_target.items() if d["in_segment"] or d["at_gap"]}
-    print(
-        f"bars: {len(bars)} of {bars['symbol'].nunique()} symbols from {args.bars or 'the generated feed'}; "
-        f"windows train/validation/calibration/decision: {len(prepared.train)}/{len(val)}/{len(cal)}/{len(dec)}; "
-        f"dropped without a bar at the target minute: {missing}"
-    )
-    start = time.perf_counter()
-    forecaster = model_forecaster(prepared, cfg, args.model)
-    print(f"model: {args.model}, fitted in {time.perf_counter() - start:.1f}s")
-    level, y = cfg.interval_level, dec.y.astype(np.float64)
+        return read_bars(source, symbol)
+
+
+def _interval_figures(who: Forecaster, val: Windows, cal: Windows, dec: Windows, level: float) -> dict[str, Any]:
+    """Both methods' quantiles and decision-slice figures for one forecaster; its meta gains Stockcast's interval."""
+    y = dec.y.astype(np.float64)
     served = dec.volatility  # what the served interval is scaled by, known at forecast time
-    results: dict[str, dict] = {}
-    for name, who in (("stockcast", forecaster), ("persistence", Forecaster.persistence(forecaster.meta))):
-        scale = interval_scale(who, cal, level)
-        predicted = who.forward(dec.x).astype(np.float64)
-        who.meta = with_interval(who.meta, scale)
-        half = who.half_width(dec)  # the function serving draws the interval with
-        errors_val = np.abs(val.y.astype(np.float64) - who.forward(val.x).astype(np.float64))
-        q_ref = intervals.conformal_quantile(errors_val / last_bars_volatility(val), level)
-        half_ref = q_ref * last_bars_volatility(dec)
-        results[name] = {
-            "q": [round(q, 4) for q in scale.q],
-            "edges": [float(f"{e:.4g}") for e in scale.edges],
-            "figures": tercile_figures(served, y, level, predicted, half),
-            "reference": tercile_figures(served, y, level, predicted, half_ref),
-            "reference_own_terciles": tercile_figures(last_bars_volatility(dec), y, level, predicted, half_ref),
-            "reference_q": round(q_ref, 4),
-        }
+    scale = interval_scale(who, cal, level)
+    predicted = who.forward(dec.x).astype(np.float64)
+    who.meta = with_interval(who.meta, scale)
+    half = who.half_width(dec)  # the function serving draws the interval with
+    errors_val = np.abs(val.y.astype(np.float64) - who.forward(val.x).astype(np.float64))
+    q_ref = intervals.conformal_quantile(errors_val / last_bars_volatility(val), level)
+    half_ref = q_ref * last_bars_volatility(dec)
+    return {
+        "q": [round(q, 4) for q in scale.q],
+        "edges": [float(f"{e:.4g}") for e in scale.edges],
+        "figures": tercile_figures(served, y, level, predicted, half),
+        "reference": tercile_figures(served, y, level, predicted, half_ref),
+        "reference_own_terciles": tercile_figures(last_bars_volatility(dec), y, level, predicted, half_ref),
+        "reference_q": round(q_ref, 4),
+    }
+
+
+def _print_results(results: dict[str, dict[str, Any]]) -> None:
+    """One line per forecaster and method: coverage and Winkler score per tercile and overall."""
     for name, r in results.items():
         label = "model" if name == "stockcast" else name
         for method, key in (
@@ -168,28 +165,57 @@ def main(argv: list[str] | None = None) -> None:
                 f"{cov['low']:.3f}/{cov['mid']:.3f}/{cov['high']:.3f} (all {cov['all']:.3f}); Winkler "
                 f"{wink['low']:.4g}/{wink['mid']:.4g}/{wink['high']:.4g} (all {wink['all']:.4g})"
             )
+
+
+def _json_figures(
+    args: argparse.Namespace, level: float, n: int, n_calibration: int, results: dict[str, dict[str, Any]], within: bool
+) -> dict[str, Any]:
+    """The last line's JSON object: the model's figures, with persistence's and the reference's beside them."""
+    ours = results["stockcast"]["figures"]
+    return {
+        "bars": str(args.bars) if args.bars else "generated",
+        "model": args.model,
+        "level": level,
+        "n": n,
+        "n_calibration": n_calibration,
+        "coverage": ours["coverage"],
+        "winkler": ours["winkler"],
+        "q": results["stockcast"]["q"],
+        "within_3_points": within,
+        "persistence": results["persistence"]["figures"],
+        "reference": results["stockcast"]["reference"],
+        "reference_by_own_terciles": results["stockcast"]["reference_own_terciles"],
+        "reference_persistence": results["persistence"]["reference"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure both interval methods for the model and persistence; print the figures and the JSON line."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    cfg = replace(TrainConfig(), interval_level=args.level)
+    bars = _load_bars(args.bars, args.symbol, args.days)
+    prepared = prepare_bars(bars, cfg)
+    val, cal, dec = prepared.validation, prepared.calibration, prepared.decision
+    missing = {s: d for s, d in prepared.without_target.items() if d["in_segment"] or d["at_gap"]}
+    print(
+        f"bars: {len(bars)} of {bars['symbol'].nunique()} symbols from {args.bars or 'the generated feed'}; "
+        f"windows train/validation/calibration/decision: {len(prepared.train)}/{len(val)}/{len(cal)}/{len(dec)}; "
+        f"dropped without a bar at the target minute: {missing}"
+    )
+    start = time.perf_counter()
+    forecaster = model_forecaster(prepared, cfg, args.model)
+    print(f"model: {args.model}, fitted in {time.perf_counter() - start:.1f}s")
+    level = cfg.interval_level
+    results = {
+        name: _interval_figures(who, val, cal, dec, level)
+        for name, who in (("stockcast", forecaster), ("persistence", Forecaster.persistence(forecaster.meta)))
+    }
+    _print_results(results)
     ours = results["stockcast"]["figures"]
     within = all(abs(ours["coverage"][t] - level) <= TARGET_POINTS for t in intervals.TERCILES)
     print(f"every tercile of the model's interval within ±{TARGET_POINTS:.0%} of {level:.0%}: {within}")
-    print(
-        json.dumps(
-            {
-                "bars": str(args.bars) if args.bars else "generated",
-                "model": args.model,
-                "level": level,
-                "n": len(dec),
-                "n_calibration": len(cal),
-                "coverage": ours["coverage"],
-                "winkler": ours["winkler"],
-                "q": results["stockcast"]["q"],
-                "within_3_points": within,
-                "persistence": results["persistence"]["figures"],
-                "reference": results["stockcast"]["reference"],
-                "reference_by_own_terciles": results["stockcast"]["reference_own_terciles"],
-                "reference_persistence": results["persistence"]["reference"],
-            }
-        )
-    )
+    print(json.dumps(_json_figures(args, level, len(dec), len(cal), results, within)))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,147 +131,233 @@ def _post_bodies(folder: Path, bars: int = 90) -> list[bytes]:
     return out
 
 
-def main() -> None:
-    """Set up the local stack, fire the requests, print the figures."""
-    home = Path(tempfile.mkdtemp(prefix="stockcast-bench-"))
-    os.environ.update({"STOCKCAST_HOME": str(home), "STOCKCAST_AZURITE_PORT": "0"})
+_Answer = tuple[float, int, float | None, float | None]  # as _Connections.timed gives it
+_PhaseFigures = tuple[float, float, float, int]  # as _figures gives them
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """The figures of every phase, unrounded."""
+
+    req_per_s: float  # of the cached GETs
+    get: _PhaseFigures  # GETs, answered from the cache where they can be
+    post: _PhaseFigures  # POSTs, every one scored by the endpoint
+    uncached_get: _PhaseFigures  # GETs with PREDICT_CACHE_SECONDS=0
+    memo_post: _PhaseFigures  # POSTs to an endpoint that answers from memory
+    scored_ratio: float  # the share of the uncached GETs that called the endpoint
+    hit_ratio: float  # the share of the cached GETs answered without an endpoint call
+    floor: tuple[float, float]  # GET and POST p50 (ms) against a server that does no work
+
+    @classmethod
+    def of(
+        cls,
+        gets: list[_Answer],
+        wall: float,
+        posts: list[_Answer],
+        uncached_gets: list[_Answer],
+        memo_posts: list[_Answer],
+        floor: tuple[float, float],
+    ) -> _Summary:
+        """The figures of the phases' answers; ``wall``: the seconds the cached GETs took."""
+        return cls(
+            REQUESTS / wall,
+            _figures(gets),
+            _figures(posts),
+            _figures(uncached_gets),
+            _figures(memo_posts),
+            sum(1 for r in uncached_gets if r[3]) / len(uncached_gets),
+            sum(1 for r in gets if r[2] is not None and r[3] == 0.0) / len(gets),
+            floor,
+        )
+
+    def lines(self) -> list[str]:
+        """The figures in words, one printed line each."""
+        p50, p99, o50, errors = self.get
+        u50, u99, uo50, post_errors = self.post
+        g50, g99, go50, get_errors = self.uncached_get
+        m50, m99, mo50, memo_errors = self.memo_post
+        floor_get, floor_post = self.floor
+        return [
+            f"{REQUESTS} requests, {CONCURRENCY} at a time, GET /api/predict/{{symbol}} over loopback: "
+            f"{self.req_per_s:.0f} req/s",
+            f"end to end: p50 {p50:.2f} ms, p99 {p99:.2f} ms; errors: {errors}",
+            f"function overhead (its time minus the endpoint's): p50 {o50:.2f} ms",
+            f"cache hit ratio (answered without an endpoint call): {self.hit_ratio:.1%}",
+            f"uncached (POST /api/predict, every request scored by the endpoint): p50 {u50:.2f} ms, "
+            f"p99 {u99:.2f} ms, function overhead p50 {uo50:.2f} ms; errors: {post_errors}",
+            f"uncached GET (PREDICT_CACHE_SECONDS=0: read latest/ and score): p50 {g50:.2f} ms, "
+            f"p99 {g99:.2f} ms, function overhead p50 {go50:.2f} ms; errors: {get_errors}",
+            f"uncached GETs that called the endpoint (latest/ changed, or another model): {self.scored_ratio:.1%}",
+            f"POST with every answer from memory (benchmarks/memo_score.py: no model work): p50 {m50:.2f} ms, "
+            f"p99 {m99:.2f} ms, function overhead p50 {mo50:.2f} ms; errors: {memo_errors}",
+            f"the same load against a server that does no work: GET p50 {floor_get:.2f} ms, "
+            f"POST p50 {floor_post:.2f} ms",
+        ]
+
+    def json_figures(self) -> dict[str, float | int]:
+        """The figures of the last line's JSON object, rounded."""
+        p50, p99, o50, errors = self.get
+        u50, u99, uo50, post_errors = self.post
+        g50, g99, _, get_errors = self.uncached_get
+        m50, m99, _, memo_errors = self.memo_post
+        floor_get, floor_post = self.floor
+        return {
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+            "overhead_p50_ms": round(o50, 2),
+            "requests": REQUESTS,
+            "errors": errors,
+            "uncached_p50_ms": round(u50, 2),
+            "uncached_p99_ms": round(u99, 2),
+            "uncached_overhead_p50_ms": round(uo50, 2),
+            "uncached_errors": post_errors,
+            "post_p50_ms": round(u50, 2),
+            "post_p99_ms": round(u99, 2),
+            "get_uncached_p50_ms": round(g50, 2),
+            "get_uncached_p99_ms": round(g99, 2),
+            "get_uncached_errors": get_errors,
+            "get_uncached_scored_ratio": round(self.scored_ratio, 3),
+            "post_memo_p50_ms": round(m50, 2),
+            "post_memo_p99_ms": round(m99, 2),
+            "post_memo_errors": memo_errors,
+            "cache_hit_ratio": round(self.hit_ratio, 3),
+            "floor_get_p50_ms": round(floor_get, 2),
+            "floor_post_p50_ms": round(floor_post, 2),
+        }
+
+
+def _start_up(port: int, env: dict[str, str]) -> subprocess.Popen:
+    """``devhost up`` serving the request path only: no timer tick, no live feed, no MLflow UI."""
+    command = ["up", "--port", str(port), "--schedule", "0 0 0 1 1 *", "--no-first-tick"]
+    command += ["--feed-every", "0", "--no-mlflow-ui"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "devhost", *command],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait_answers(base: str) -> None:
+    """Wait (a minute at most) until ``devhost up`` at ``base`` answers a GET."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/AAPL", timeout=10).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def _warm_load(port: int) -> _Connections:
+    """The load on the ``devhost up`` at ``port``, once it answers, warmed up."""
+    _wait_answers(f"http://127.0.0.1:{port}/api/predict")
+    load = _Connections(port)
+    _warm(load)
+    return load
+
+
+def _get(i: int) -> tuple[str, str, None]:
+    """The i-th GET of a phase: the symbols in turn."""
+    return "GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}", None
+
+
+def _set_up(home: Path) -> tuple[Path, Path]:
+    """Two days of bars replayed through ingest into Azurite and a small model saved to serve.
+
+    Returns Azurite's home and the model's folder.
+    """
     from common import save_pyfunc, train_small  # benchmarks/common.py, beside this script
 
-    from devhost import azurite
-    from devhost.feed import FeedConfig, generate, write_bars
-    from devhost.host import Host
-    from devhost.local_rollout import start_scoring_server, wait_healthy
-    from devhost.processes import free_port, stop_group
-    from devhost.replay import make_batches, replay
-    from devhost.runtime import prepare
-    from functions.settings import get_settings
+    from devhost.app.host import Host
+    from devhost.app.runtime import prepare
+    from devhost.kafka.replay import make_batches, replay
+    from devhost.market.feed import FeedConfig, generate, write_bars
     from training_job.config import TrainConfig
 
     runtime = prepare()
-    scoring_port, http_port = free_port(), free_port()
     bodies = list(generate(FeedConfig(symbols=SYMBOLS, days=2, seed=9)))
     replay(Host(), make_batches(bodies, 4, 64, 0))
     cfg = TrainConfig(epochs=2)
     write_bars(FeedConfig(symbols=SYMBOLS, days=2, seed=9), home / "bars")
-    model_dir = save_pyfunc(train_small(home / "bars", cfg), cfg, home)
+    return runtime.home, save_pyfunc(train_small(home / "bars", cfg), cfg, home)
+
+
+def _memo_posts(
+    home: Path, model_dir: Path, workers: int, env: dict[str, str], bodies: list[bytes], started: list[subprocess.Popen]
+) -> list[_Answer]:
+    """The POSTs again, through a ``devhost up`` whose endpoint answers a request it has scored before from memory."""
+    from devhost.serving.local_rollout import start_scoring_server, wait_healthy
+    from devhost.shared.processes import free_port, stop_group
+
+    memo_port, memo_http = free_port(), free_port()
+    memo_script = ROOT / "benchmarks" / "memo_score.py"
+    memo = start_scoring_server(model_dir, memo_port, "bench", "1", home / "memo.log", workers, memo_script)
+    started.append(memo)
+    memo_up = _start_up(memo_http, {**env, "SCORING_PORT": str(memo_port)})
+    started.append(memo_up)
+    wait_healthy(memo_port, memo)
+    memo_posts = _phase(_warm_load(memo_http), lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
+    stop_group(memo_up.pid)
+    stop_group(memo.pid)
+    return memo_posts
+
+
+def _uncached_gets(env: dict[str, str], started: list[subprocess.Popen]) -> list[_Answer]:
+    """The GETs again, through a ``devhost up`` with ``PREDICT_CACHE_SECONDS=0``."""
+    from devhost.shared.processes import free_port
+
+    uncached_port = free_port()
+    started.append(_start_up(uncached_port, {**env, "PREDICT_CACHE_SECONDS": "0"}))
+    return _phase(_warm_load(uncached_port), _get)
+
+
+def _measure(home: Path, model_dir: Path, started: list[subprocess.Popen]) -> _Summary:
+    """Serve the model and run every phase against it; each process started is added to ``started``."""
+    from devhost.serving.local_rollout import start_scoring_server, wait_healthy
+    from devhost.shared.processes import free_port, stop_group
+    from functions.settings import get_settings
+
+    scoring_port, http_port = free_port(), free_port()
     workers = get_settings().scoring_workers  # as devhost's rollout and the Azure deployment run it
     scorer = start_scoring_server(model_dir, scoring_port, "bench", "1", home / "score.log", workers)
+    started.append(scorer)
     env = {**os.environ, "SCORING_PORT": str(scoring_port), "PYTHONPATH": str(ROOT)}
+    up = _start_up(http_port, env)
+    started.append(up)
+    wait_healthy(scoring_port, scorer)
+    load = _warm_load(http_port)
+    bodies = _post_bodies(home / "bars")
+    start = time.perf_counter()
+    gets = _phase(load, _get)
+    wall = time.perf_counter() - start
+    posts = _phase(load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
+    stop_group(up.pid)
+    memo_posts = _memo_posts(home, model_dir, workers, env, bodies, started)
+    uncached_gets = _uncached_gets(env, started)
+    return _Summary.of(gets, wall, posts, uncached_gets, memo_posts, _floor(bodies[0]))
 
-    def start_up(port: int, extra: dict[str, str]) -> subprocess.Popen:
-        """``devhost up`` serving the request path only: no timer tick, no live feed, no MLflow UI."""
-        command = ["up", "--port", str(port), "--schedule", "0 0 0 1 1 *", "--no-first-tick"]
-        command += ["--feed-every", "0", "--no-mlflow-ui"]
-        return subprocess.Popen(
-            [sys.executable, "-m", "devhost", *command],
-            env={**env, **extra},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
 
-    def wait_answers(base: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/AAPL", timeout=10).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
+def main() -> None:
+    """Set up the local stack, fire the requests, print the figures."""
+    home = Path(tempfile.mkdtemp(prefix="stockcast-bench-"))
+    os.environ.update({"STOCKCAST_HOME": str(home), "STOCKCAST_AZURITE_PORT": "0"})
+    from devhost.shared.processes import stop_group
+    from devhost.storage import azurite
 
-    up = start_up(http_port, {})
-    uncached_up = memo = memo_up = None
+    azurite_home, model_dir = _set_up(home)
+    started: list[subprocess.Popen] = []
     try:
-        wait_healthy(scoring_port, scorer)
-        base = f"http://127.0.0.1:{http_port}/api/predict"
-        wait_answers(base)
-        load = _Connections(http_port)
-        _warm(load)
-        bodies = _post_bodies(home / "bars")
-        started = time.perf_counter()
-        results = _phase(load, lambda i: ("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}", None))
-        wall = time.perf_counter() - started
-        posts = _phase(load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
-        stop_group(up.pid)
-        memo_port, memo_http = free_port(), free_port()
-        memo = start_scoring_server(
-            model_dir, memo_port, "bench", "1", home / "memo.log", workers, ROOT / "benchmarks" / "memo_score.py"
-        )
-        memo_up = start_up(memo_http, {"SCORING_PORT": str(memo_port)})
-        wait_healthy(memo_port, memo)
-        wait_answers(f"http://127.0.0.1:{memo_http}/api/predict")
-        memo_load = _Connections(memo_http)
-        _warm(memo_load)
-        memo_posts = _phase(memo_load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
-        stop_group(memo_up.pid)
-        stop_group(memo.pid)
-        uncached_port = free_port()
-        uncached_up = start_up(uncached_port, {"PREDICT_CACHE_SECONDS": "0"})
-        wait_answers(f"http://127.0.0.1:{uncached_port}/api/predict")
-        uncached = _Connections(uncached_port)
-        _warm(uncached)
-        uncached_gets = _phase(uncached, lambda i: ("GET", f"/api/predict/{SYMBOLS[i % len(SYMBOLS)]}", None))
-        floor_get, floor_post = _floor(bodies[0])
+        summary = _measure(home, model_dir, started)
     finally:
-        for proc in (up, uncached_up, memo_up, memo, scorer):
-            if proc is not None:
-                stop_group(proc.pid)
-        azurite.stop(runtime.home)
-    p50, p99, o50, errors = _figures(results)
-    u50, u99, uo50, post_errors = _figures(posts)
-    g50, g99, go50, get_errors = _figures(uncached_gets)
-    m50, m99, mo50, memo_errors = _figures(memo_posts)
-    scored = sum(1 for r in uncached_gets if r[3]) / len(uncached_gets)
-    hits = sum(1 for r in results if r[2] is not None and r[3] == 0.0) / len(results)
-    print(
-        f"{REQUESTS} requests, {CONCURRENCY} at a time, GET /api/predict/{{symbol}} over loopback: "
-        f"{REQUESTS / wall:.0f} req/s"
-    )
-    print(f"end to end: p50 {p50:.2f} ms, p99 {p99:.2f} ms; errors: {errors}")
-    print(f"function overhead (its time minus the endpoint's): p50 {o50:.2f} ms")
-    print(f"cache hit ratio (answered without an endpoint call): {hits:.1%}")
-    print(
-        f"uncached (POST /api/predict, every request scored by the endpoint): p50 {u50:.2f} ms, "
-        f"p99 {u99:.2f} ms, function overhead p50 {uo50:.2f} ms; errors: {post_errors}"
-    )
-    print(
-        f"uncached GET (PREDICT_CACHE_SECONDS=0: read latest/ and score): p50 {g50:.2f} ms, "
-        f"p99 {g99:.2f} ms, function overhead p50 {go50:.2f} ms; errors: {get_errors}"
-    )
-    print(f"uncached GETs that called the endpoint (latest/ changed, or another model): {scored:.1%}")
-    print(
-        f"POST with every answer from memory (benchmarks/memo_score.py: no model work): p50 {m50:.2f} ms, "
-        f"p99 {m99:.2f} ms, function overhead p50 {mo50:.2f} ms; errors: {memo_errors}"
-    )
-    print(f"the same load against a server that does no work: GET p50 {floor_get:.2f} ms, POST p50 {floor_post:.2f} ms")
-    print(
-        json.dumps(
-            {
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(p99, 2),
-                "overhead_p50_ms": round(o50, 2),
-                "requests": REQUESTS,
-                "errors": errors,
-                "uncached_p50_ms": round(u50, 2),
-                "uncached_p99_ms": round(u99, 2),
-                "uncached_overhead_p50_ms": round(uo50, 2),
-                "uncached_errors": post_errors,
-                "post_p50_ms": round(u50, 2),
-                "post_p99_ms": round(u99, 2),
-                "get_uncached_p50_ms": round(g50, 2),
-                "get_uncached_p99_ms": round(g99, 2),
-                "get_uncached_errors": get_errors,
-                "get_uncached_scored_ratio": round(scored, 3),
-                "post_memo_p50_ms": round(m50, 2),
-                "post_memo_p99_ms": round(m99, 2),
-                "post_memo_errors": memo_errors,
-                "cache_hit_ratio": round(hits, 3),
-                "floor_get_p50_ms": round(floor_get, 2),
-                "floor_post_p50_ms": round(floor_post, 2),
-            }
-        )
-    )
+        for proc in reversed(started):
+            stop_group(proc.pid)
+        azurite.stop(azurite_home)
+    for line in summary.lines():
+        print(line)
+    print(json.dumps(summary.json_figures()))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,12 +28,16 @@ import numpy as np
 import orjson
 from common import save_pyfunc, train_small  # benchmarks/common.py, beside this script
 
-from devhost import local_rollout as scoring
-from devhost.feed import FeedConfig, write_bars
-from devhost.processes import free_port
+from devhost.market.feed import FeedConfig, write_bars
+from devhost.serving import local_rollout as scoring
+from devhost.shared.processes import free_port
 from training_job import data
 from training_job.config import TrainConfig
 from training_job.forecaster import ForecasterMeta
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -50,75 +56,89 @@ def timed(fn, n: int) -> list[float]:  # noqa: ANN001
     return out
 
 
-def main() -> None:
-    """Train a model, then time the three scoring paths."""
-    cfg = TrainConfig(epochs=3)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        write_bars(FeedConfig(days=3, seed=5), tmp_path / "bars")
-        bars = data.read_bars(tmp_path / "bars")
-        result = train_small(tmp_path / "bars", cfg)
-        meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
-        model_dir = save_pyfunc(result, cfg, tmp_path)
-        rows = bars[bars["symbol"] == "AAPL"].tail(meta.bars_needed + 10)
-        payload = {
-            "bars": [
-                {
-                    "symbol": "AAPL",
-                    "ts": r.ts.isoformat(),
-                    "open": r.open,
-                    "high": r.high,
-                    "low": r.low,
-                    "close": r.close,
-                    "volume": int(r.volume),
-                }
-                for r in rows.itertuples()
-            ]
-        }
-        body = orjson.dumps(payload)
+class _Durations(NamedTuple):
+    """Seconds of each call timed, per scoring path."""
 
-        os.environ["AZUREML_MODEL_DIR"] = str(model_dir)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training_job"))
-        import score  # the entry script, as azmlinfsrv imports it
+    in_process: list[float]  # score.score, JSON in and out
+    http: list[float]  # POST /score to azmlinfsrv
+    keras_predict: list[float]  # the reference: Keras model.predict
+    keras_call: list[float]  # Keras model(x, training=False)
 
-        start = time.perf_counter()
-        score.init()  # loads the pyfunc and the TensorFlow Lite flatbuffer saved with it
-        init_s = time.perf_counter() - start
-        single_window = score._state["forecaster"].single_window  # "tflite", or "xla" where that failed
-        # a second of calls first: the figure is the steady state, not the first calls after a short init
-        for _ in range(1000):
-            score.score(orjson.loads(body))
-        in_process = timed(lambda: score.score(orjson.loads(body)), 1000)
-        window = result.model  # Keras on the same window the forecaster builds
-        x = score._state["forecaster"].windows(score._state["series"](payload["bars"]), True).x
-        window.predict(x, verbose=0)
-        keras_predict = timed(lambda: window.predict(x, verbose=0), 100)
-        for _ in range(20):
-            window(x, training=False)
-        keras_call = timed(lambda: window(x, training=False).numpy(), 300)
 
-        port = free_port()
-        proc = scoring.start_scoring_server(model_dir, port, "bench", "1", tmp_path / "score.log")
-        try:
-            scoring.wait_healthy(port, proc)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-                for _ in range(20):
-                    client.post("/score", content=body, headers={"Content-Type": "application/json"})
-                http = timed(
-                    lambda: client.post(
-                        "/score", content=body, headers={"Content-Type": "application/json"}
-                    ).raise_for_status(),
-                    500,
-                )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+def _payload(bars: pd.DataFrame, count: int) -> dict[str, list[dict[str, Any]]]:
+    """A request body for AAPL's newest ``count`` bars, as a client sends it."""
+    rows = bars[bars["symbol"] == "AAPL"].tail(count)
+    return {
+        "bars": [
+            {
+                "symbol": "AAPL",
+                "ts": r.ts.isoformat(),
+                "open": r.open,
+                "high": r.high,
+                "low": r.low,
+                "close": r.close,
+                "volume": int(r.volume),
+            }
+            for r in rows.itertuples()
+        ]
+    }
 
-    p50, p99 = percentiles(in_process)
-    h50, h99 = percentiles(http)
-    r50, r99 = percentiles(keras_predict)
-    c50, c99 = percentiles(keras_call)
-    print(f"request: 1 symbol, {len(payload['bars'])} bars (window {cfg.window} + indicator warm-up)")
+
+def _load_score(model_dir: Path) -> tuple[ModuleType, float]:
+    """The entry script, imported as azmlinfsrv imports it and initialised, and the seconds init took."""
+    os.environ["AZUREML_MODEL_DIR"] = str(model_dir)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training_job"))
+    import score  # the entry script, as azmlinfsrv imports it
+
+    start = time.perf_counter()
+    score.init()  # loads the pyfunc and the TensorFlow Lite flatbuffer saved with it
+    return score, time.perf_counter() - start
+
+
+def _time_in_process(score: ModuleType, body: bytes) -> list[float]:
+    """Durations of ``score.score`` on ``body``, parsed as the server parses it."""
+    # a second of calls first: the figure is the steady state, not the first calls after a short init
+    for _ in range(1000):
+        score.score(orjson.loads(body))
+    return timed(lambda: score.score(orjson.loads(body)), 1000)
+
+
+def _time_keras(window: keras.Model, x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Durations of Keras ``model.predict`` and of a plain ``model(x, training=False)`` on ``x``."""
+    window.predict(x, verbose=0)
+    keras_predict = timed(lambda: window.predict(x, verbose=0), 100)
+    for _ in range(20):
+        window(x, training=False)
+    return keras_predict, timed(lambda: window(x, training=False).numpy(), 300)
+
+
+def _time_http(model_dir: Path, log_path: Path, body: bytes) -> list[float]:
+    """Durations of ``POST /score`` with ``body`` to azmlinfsrv serving ``model_dir``, over one keep-alive client."""
+    port = free_port()
+    proc = scoring.start_scoring_server(model_dir, port, "bench", "1", log_path)
+    try:
+        scoring.wait_healthy(port, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(20):
+                client.post("/score", content=body, headers={"Content-Type": "application/json"})
+            return timed(
+                lambda: client.post(
+                    "/score", content=body, headers={"Content-Type": "application/json"}
+                ).raise_for_status(),
+                500,
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _report(window: int, bars: int, init_s: float, single_window: str, durations: _Durations) -> None:
+    """Print the figures, then the JSON line."""
+    p50, p99 = percentiles(durations.in_process)
+    h50, h99 = percentiles(durations.http)
+    r50, r99 = percentiles(durations.keras_predict)
+    c50, c99 = percentiles(durations.keras_call)
+    print(f"request: 1 symbol, {bars} bars (window {window} + indicator warm-up)")
     print(f"score.py init (load the pyfunc and its flatbuffer):  {init_s:.1f} s; one window runs {single_window}")
     print(f"score.py in-process (JSON -> features -> {single_window:6s}):  p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     print(f"score.py over HTTP (azmlinfsrv, keep-alive):         p50 {h50:.3f} ms, p99 {h99:.3f} ms")
@@ -141,6 +161,28 @@ def main() -> None:
             }
         )
     )
+
+
+def main() -> None:
+    """Train a model, then time the three scoring paths."""
+    cfg = TrainConfig(epochs=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        write_bars(FeedConfig(days=3, seed=5), tmp_path / "bars")
+        bars = data.read_bars(tmp_path / "bars")
+        result = train_small(tmp_path / "bars", cfg)
+        meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes)
+        model_dir = save_pyfunc(result, cfg, tmp_path)
+        payload = _payload(bars, meta.bars_needed + 10)
+        body = orjson.dumps(payload)
+        score, init_s = _load_score(model_dir)
+        single_window = score._state["forecaster"].single_window  # "tflite", or "xla" where that failed
+        in_process = _time_in_process(score, body)
+        x = score._state["forecaster"].windows(score._state["series"](payload["bars"]), True).x
+        keras_predict, keras_call = _time_keras(result.model, x)  # Keras on the same window the forecaster builds
+        http = _time_http(model_dir, tmp_path / "score.log", body)
+    durations = _Durations(in_process, http, keras_predict, keras_call)
+    _report(cfg.window, len(payload["bars"]), init_s, single_window, durations)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,14 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,6 +37,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
+
+if TYPE_CHECKING:
+    from devhost.kafka.broker import Broker
+    from devhost.kafka.publish import Producer
+    from devhost.market.feed import Day, Market
+    from functions.settings import Settings
 
 SYMBOLS = tuple(f"S{i:02d}" for i in range(50))
 FIRST_MINUTE = 70  # the first message carries 70 bars: more than the 60 the benchmark model needs
@@ -46,126 +55,187 @@ def _epoch(iso: str) -> int:
     return int(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
 
 
-def main() -> None:
-    """Train, serve, run both triggers, publish at a steady rate and print the figures."""
-    home = Path(tempfile.mkdtemp(prefix="stockcast-bench-stream-"))
-    from devhost.processes import free_port, stop_group
+class _Reads:
+    """When each forecast was read from ``stock_forecasts`` (ms), by (symbol, as_of): one time per copy read."""
 
-    os.environ.update({"STOCKCAST_HOME": str(home), "STOCKCAST_AZURITE_PORT": "0", "SCORING_PORT": str(free_port())})
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at: dict[tuple[str, int], list[float]] = {}
+
+    def collect(self, bootstrap: str, topic: str, stop: threading.Event) -> None:
+        """Follow ``topic`` until ``stop``, stamping each forecast with the time it was read."""
+        from devhost.kafka.forecast_stream import read
+
+        for doc in read(bootstrap, topic, stop, follow=True):
+            now = time.time() * 1000
+            with self.lock:
+                self.at.setdefault((doc["symbol"], _epoch(doc["as_of"])), []).append(now)
+
+    def count_at(self, ts: int) -> int:
+        """How many forecasts for the minute ``ts`` (of any symbol) were read."""
+        with self.lock:
+            return sum(1 for (_, at) in self.at if at == ts)
+
+    def have_all(self, keys: Iterable[tuple[str, int]]) -> bool:
+        """Whether a forecast was read for every one of ``keys``."""
+        with self.lock:
+            return all(key in self.at for key in keys)
+
+
+def _serve_model(home: Path, settings: Settings) -> subprocess.Popen:
+    """A small model trained on the simulated feed, served by azmlinfsrv on the scoring port."""
     from common import save_pyfunc, train_small  # benchmarks/common.py, beside this script
 
-    from devhost import azurite, kafka
-    from devhost.feed import SESSION_MINUTES, FeedConfig, Market, trading_days, write_bars
-    from devhost.forecast_stream import forecast_trigger, read
-    from devhost.host import Host
-    from devhost.kafka_trigger import KafkaTrigger
-    from devhost.local_rollout import start_scoring_server, wait_healthy
-    from devhost.publish import kafka_producer, producer_config
-    from devhost.runtime import prepare
-    from functions.predict.live import close_workers
-    from functions.settings import get_settings
+    from devhost.market.feed import FeedConfig, write_bars
+    from devhost.serving.local_rollout import start_scoring_server
     from training_job.config import TrainConfig
 
-    runtime = prepare()
-    settings = get_settings()
     cfg = TrainConfig(epochs=1, units=8, window=20, seeds=1, batch_size=256, min_windows_per_symbol=100, patience=1)
     write_bars(FeedConfig(symbols=SYMBOLS[:5], days=2, seed=9), home / "bars")
     model_dir = save_pyfunc(train_small(home / "bars", cfg), cfg, home)
-    scorer = start_scoring_server(
+    return start_scoring_server(
         model_dir, settings.scoring_port, "bench", "1", home / "score.log", settings.scoring_workers
     )
+
+
+def _start_triggers(home: Path, broker: Broker, stop: threading.Event) -> list[threading.Thread]:
+    """Both Event Hubs functions consuming in this process, ``ingest`` and ``forecast_stream``, until ``stop``."""
+    from devhost.app.host import Host
+    from devhost.kafka import broker as kafka
+    from devhost.kafka.forecast_stream import forecast_trigger
+    from devhost.kafka.trigger import KafkaTrigger
+
+    host = Host()
+    ingest = KafkaTrigger(host, broker.bootstrap, broker.topic, broker.group, owner_lock=kafka.owner_lock(home))
+    forecasts = forecast_trigger(host, home, broker.bootstrap)
+    threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in (ingest, forecasts)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _symbol(message: dict) -> str:
+    """The symbol of a sync message."""
+    return message["_airbyte_data"]["chart"]["result"][0]["meta"]["symbol"]
+
+
+def _warm_up(producer: Producer, topic: str, market: Market, day: Day, reads: _Reads) -> None:
+    """One minute published and its forecasts awaited (not timed): connections, the model and the caches warm."""
+    warm = FIRST_MINUTE - 1
+    for message in market.sync(day, warm):
+        producer.produce(topic, orjson.dumps(message), key=_symbol(message))
+    producer.flush(10)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if reads.count_at(int(day.paths[SYMBOLS[0]].ts[warm])) >= len(SYMBOLS):
+            break
+        time.sleep(0.1)
+
+
+def _publish_steady(
+    producer: Producer, topic: str, market: Market, day: Day
+) -> tuple[dict[tuple[str, int], float], int, float]:
+    """The measured minutes' messages, evenly spread: (produce time in ms by (symbol, bar), messages, seconds)."""
+    produced: dict[tuple[str, int], float] = {}
+    gap = 1.0 / (MINUTES_PER_S * len(SYMBOLS))
+    started = time.monotonic()
+    sent = 0
+    for k in range(FIRST_MINUTE, FIRST_MINUTE + MINUTES):
+        for message in market.sync(day, k):
+            symbol = _symbol(message)
+            wait = started + sent * gap - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            produced[(symbol, int(day.paths[symbol].ts[k]))] = time.time() * 1000
+            producer.produce(topic, orjson.dumps(message), key=symbol)
+            producer.poll(0)
+            sent += 1
+    producer.flush(10)
+    return produced, sent, time.monotonic() - started
+
+
+def _publish(broker: Broker, reads: _Reads) -> tuple[dict[tuple[str, int], float], int, float]:
+    """Publish the warm-up minute, then the measured ones at a steady rate (see :func:`_publish_steady`)."""
+    from devhost.kafka.publish import kafka_producer, producer_config
+    from devhost.market.feed import SESSION_MINUTES, Market, trading_days
+
+    market = Market(SYMBOLS, seed=5, null_rate=0.0)  # no empty minute: every bar is forecast
+    day = market.simulate(trading_days(dt.date(2026, 11, 2), 1)[0])  # a Monday in the past
+    assert FIRST_MINUTE + MINUTES + 1 < SESSION_MINUTES  # every target minute is in the session
+    producer = kafka_producer({**producer_config(broker.bootstrap, "PLAINTEXT"), "linger.ms": 0})
+    _warm_up(producer, broker.topic, market, day, reads)
+    return _publish_steady(producer, broker.topic, market, day)
+
+
+def _drain(reads: _Reads, produced: Iterable[tuple[str, int]]) -> None:
+    """Wait until every message's forecast is read (``DRAIN_S`` at most), then a second more."""
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        if reads.have_all(produced):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # late duplicates, if any
+
+
+def _report(reads: _Reads, produced: dict[tuple[str, int], float], sent: int, publish_s: float) -> None:
+    """Print the latency figures, then the JSON line."""
+    with reads.lock:
+        lags = np.array([reads.at[key][0] - at for key, at in produced.items() if key in reads.at])
+        missing = sum(1 for key in produced if key not in reads.at)
+        duplicates = sum(len(v) - 1 for v in reads.at.values())
+        total = sum(len(v) for v in reads.at.values())
+    p50, p99 = float(np.percentile(lags, 50)), float(np.percentile(lags, 99))
+    print(
+        f"{sent} bar messages ({len(SYMBOLS)} symbols x {MINUTES} minutes) in {publish_s:.1f}s "
+        f"({sent / publish_s:.0f}/s): forecast readable after p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+        f"max {lags.max():.0f} ms; missing {missing}, duplicates {duplicates}"
+    )
+    print(
+        json.dumps(
+            {
+                "bar_to_forecast_p50_ms": round(p50, 1),
+                "bar_to_forecast_p99_ms": round(p99, 1),
+                "forecasts": len(lags),
+                "missing": missing,
+                "duplicates": duplicates,
+                "forecast_messages_read": total,
+                "bars_published": sent,
+                "rate_messages_per_s": round(sent / publish_s, 1),
+                "symbols": len(SYMBOLS),
+            }
+        )
+    )
+
+
+def main() -> None:
+    """Train, serve, run both triggers, publish at a steady rate and print the figures."""
+    home = Path(tempfile.mkdtemp(prefix="stockcast-bench-stream-"))
+    from devhost.shared.processes import free_port, stop_group
+
+    os.environ.update({"STOCKCAST_HOME": str(home), "STOCKCAST_AZURITE_PORT": "0", "SCORING_PORT": str(free_port())})
+    from devhost.app.runtime import prepare
+    from devhost.kafka import broker as kafka
+    from devhost.serving.local_rollout import wait_healthy
+    from devhost.storage import azurite
+    from functions.predict.live import close_workers
+    from functions.settings import get_settings
+
+    runtime = prepare()
+    settings = get_settings()
+    scorer = _serve_model(home, settings)
     broker = kafka.ensure(home, settings.bars_eventhub_name, settings.bars_consumer_group)
     stop, reader_stop = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
     try:
         wait_healthy(settings.scoring_port, scorer)
-        host = Host()
-        ingest = KafkaTrigger(host, broker.bootstrap, broker.topic, broker.group, owner_lock=kafka.owner_lock(home))
-        forecasts = forecast_trigger(host, home, broker.bootstrap)
-        threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in (ingest, forecasts)]
-        for thread in threads:
-            thread.start()
-        read_at: dict[tuple[str, int], list[float]] = {}
-        lock = threading.Lock()
-
-        def collect() -> None:
-            for doc in read(broker.bootstrap, settings.forecasts_eventhub_name, reader_stop, follow=True):
-                now = time.time() * 1000
-                with lock:
-                    read_at.setdefault((doc["symbol"], _epoch(doc["as_of"])), []).append(now)
-
-        reader = threading.Thread(target=collect, daemon=True)
-        reader.start()
+        threads = _start_triggers(home, broker, stop)
+        reads = _Reads()
+        reader_args = (broker.bootstrap, settings.forecasts_eventhub_name, reader_stop)
+        threading.Thread(target=reads.collect, args=reader_args, daemon=True).start()
         kafka.ensure_topic(broker.bootstrap, settings.forecasts_eventhub_name)
-
-        market = Market(SYMBOLS, seed=5, null_rate=0.0)  # no empty minute: every bar is forecast
-        day = market.simulate(trading_days(dt.date(2026, 11, 2), 1)[0])  # a Monday in the past
-        assert FIRST_MINUTE + MINUTES + 1 < SESSION_MINUTES  # every target minute is in the session
-        producer = kafka_producer({**producer_config(broker.bootstrap, "PLAINTEXT"), "linger.ms": 0})
-        produced: dict[tuple[str, int], float] = {}
-        # warm-up (not timed): one minute, so that connections, the model and the caches are warm
-        warm = FIRST_MINUTE - 1
-        for message in market.sync(day, warm):
-            producer.produce(
-                broker.topic,
-                orjson.dumps(message),
-                key=message["_airbyte_data"]["chart"]["result"][0]["meta"]["symbol"],
-            )
-        producer.flush(10)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with lock:
-                if sum(1 for (_, ts) in read_at if ts == int(day.paths[SYMBOLS[0]].ts[warm])) >= len(SYMBOLS):
-                    break
-            time.sleep(0.1)
-        gap = 1.0 / (MINUTES_PER_S * len(SYMBOLS))
-        started = time.monotonic()
-        sent = 0
-        for k in range(FIRST_MINUTE, FIRST_MINUTE + MINUTES):
-            for message in market.sync(day, k):
-                symbol = message["_airbyte_data"]["chart"]["result"][0]["meta"]["symbol"]
-                wait = started + sent * gap - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                produced[(symbol, int(day.paths[symbol].ts[k]))] = time.time() * 1000
-                producer.produce(broker.topic, orjson.dumps(message), key=symbol)
-                producer.poll(0)
-                sent += 1
-        producer.flush(10)
-        publish_s = time.monotonic() - started
-        deadline = time.monotonic() + DRAIN_S
-        while time.monotonic() < deadline:
-            with lock:
-                if all(key in read_at for key in produced):
-                    break
-            time.sleep(0.2)
-        time.sleep(1.0)  # late duplicates, if any
-        with lock:
-            lags = np.array([read_at[key][0] - at for key, at in produced.items() if key in read_at])
-            missing = sum(1 for key in produced if key not in read_at)
-            duplicates = sum(len(v) - 1 for v in read_at.values())
-            total = sum(len(v) for v in read_at.values())
-        p50, p99 = float(np.percentile(lags, 50)), float(np.percentile(lags, 99))
-        print(
-            f"{sent} bar messages ({len(SYMBOLS)} symbols x {MINUTES} minutes) in {publish_s:.1f}s "
-            f"({sent / publish_s:.0f}/s): forecast readable after p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
-            f"max {lags.max():.0f} ms; missing {missing}, duplicates {duplicates}"
-        )
-        print(
-            json.dumps(
-                {
-                    "bar_to_forecast_p50_ms": round(p50, 1),
-                    "bar_to_forecast_p99_ms": round(p99, 1),
-                    "forecasts": len(lags),
-                    "missing": missing,
-                    "duplicates": duplicates,
-                    "forecast_messages_read": total,
-                    "bars_published": sent,
-                    "rate_messages_per_s": round(sent / publish_s, 1),
-                    "symbols": len(SYMBOLS),
-                }
-            )
-        )
+        produced, sent, publish_s = _publish(broker, reads)
+        _drain(reads, produced)
+        _report(reads, produced, sent, publish_s)
     finally:
         reader_stop.set()
         stop.set()

@@ -103,6 +103,22 @@ def equals(key: str, value: Any, label: str) -> Target:
     return Target(label, _compare(key, "==", value))
 
 
+def completed_at_most(key: str, bound: float, label: str) -> Target:
+    """``key`` ≤ ``bound``; a null ``key`` is not met where the result lists runs that did not complete.
+
+    A figure that could not be measured because a run it needs failed (out of memory, say) is a
+    target missed, not a figure missing.
+    """
+    plain = _compare(key, "<=", bound)
+
+    def check(result: Mapping[str, Any]) -> bool | None:
+        if _at(result, key) is None and _at(result, "failed") not in (MISSING, None, {}):
+            return False
+        return plain(result)
+
+    return Target(label, check)
+
+
 def terciles_within(points: float, label: str) -> Target:
     """Every volatility tercile's coverage within ``points`` of the result's ``level``."""
 
@@ -252,10 +268,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "scale",
         "scale.py",
         PY + "scale.py",
-        "`history_growth` {history_growth:.2f}, `per_symbol_growth` {per_symbol_growth:.2f}",
+        "`history_growth` {history_growth:.2f} (50 symbols, 5 → 20 trading days stored); {note}; "
+        "50 symbols × 20 days: tick {tick_s[50x20]:.0f} s, peak {peak_rss_mb[50x20]:,} MB",
         (
             at_most("history_growth", 1.2, "`history_growth` ≤ 1.2"),
-            at_most("per_symbol_growth", 1.0, "`per_symbol_growth` ≤ 1.0"),
+            completed_at_most("per_symbol_growth", 1.0, "`per_symbol_growth` ≤ 1.0"),
         ),
     ),
 )

@@ -60,6 +60,11 @@ param amlComputeVmSize string = 'Standard_DS3_v2'
 @description('Maximum node count of the Azure ML CPU compute cluster (it scales to 0 between jobs).')
 param amlComputeMaxNodes int = 1
 
+@minValue(1)
+@maxValue(4)
+@description('Nodes one training job runs on (TRAINING_NODES: Azure ML TensorFlow distribution, one worker per node); the cluster may scale to at least this many.')
+param trainingNodes int = 1
+
 @description('Whether the AKS cluster exists already (AKS_EXISTS, set by the preprovision hook): an existing cluster is read, never PUT again (a stopped cluster refuses updates; its pool size is fixed).')
 param aksExists bool = false
 
@@ -173,7 +178,7 @@ module ml 'modules/ml.bicep' = {
     trainingIdentityId: identities.outputs.trainingIdentityId
     computeName: amlComputeName
     computeVmSize: amlComputeVmSize
-    computeMaxNodes: amlComputeMaxNodes
+    computeMaxNodes: max(amlComputeMaxNodes, trainingNodes)
     computeExists: amlComputeExists
     aksNodeVmSize: aksNodeVmSize
     aksNodeCount: aksNodeCount
@@ -227,6 +232,7 @@ module functionApp 'modules/functionapp.bicep' = {
     barsDatastoreName: ml.outputs.barsDatastoreName
     endpointName: amlEndpointName
     trainSchedule: trainSchedule
+    trainingNodes: trainingNodes
   }
   // the host starts with its identity: storage, Event Hubs and Azure ML access must exist first
   dependsOn: [

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from devhost import feed, publish
-from devhost.home import stockcast_home
-from devhost.kafka import CLIENT_LOG as KAFKA_CLIENT_LOG
+from devhost.kafka import publish
+from devhost.kafka.broker import CLIENT_LOG as KAFKA_CLIENT_LOG
+from devhost.market import feed
+from devhost.shared.home import stockcast_home
 
 if TYPE_CHECKING:  # pyarrow and the views (httpx, rich's progress) load with the commands that use them
     import pyarrow as pa
@@ -43,8 +44,8 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from devhost import views
-    from devhost.replay import read_lines
-    from devhost.runtime import prepare
+    from devhost.app.runtime import prepare
+    from devhost.kafka.replay import read_lines
 
     prepare()
     views.replay_bodies(list(read_lines(args.files)), args.batch_size, args.partitions, args.seed, console)
@@ -77,9 +78,10 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     import time
     import uuid
 
-    from devhost import compaction, views
-    from devhost.home import running_up
-    from devhost.runtime import prepare
+    from devhost import views
+    from devhost.app.runtime import prepare
+    from devhost.shared.home import running_up
+    from devhost.timers import compaction
     from functions.settings import get_settings
     from functions.shared.compaction import compact
 
@@ -96,8 +98,8 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from devhost.home import running_up
     from devhost.services import stop_children
+    from devhost.shared.home import running_up
 
     home = stockcast_home()
     up = running_up(home)
@@ -173,10 +175,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from devhost import views
-    from devhost.home import running_up
-    from devhost.host import Host
-    from devhost.http import HttpHost, route_prefix
-    from devhost.runtime import prepare
+    from devhost.app.host import Host
+    from devhost.app.runtime import prepare
+    from devhost.http.server import HttpHost, route_prefix
+    from devhost.shared.home import running_up
 
     runtime = prepare()
     up = running_up(runtime.home)
@@ -201,9 +203,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def _cmd_up(args: argparse.Namespace) -> int:
     import threading
 
-    from devhost.home import running_up
-    from devhost.processes import port_taken
-    from devhost.runtime import prepare
+    from devhost.app.runtime import prepare
+    from devhost.shared.home import running_up
+    from devhost.shared.processes import port_taken
     from devhost.up import UpOptions, serve
 
     if running_up(stockcast_home()):
@@ -243,7 +245,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from devhost import views
-    from devhost.runtime import prepare
+    from devhost.app.runtime import prepare
 
     prepare()
     summary = views.train(console)
@@ -267,17 +269,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_forecasts(args: argparse.Namespace) -> int:
-    from devhost import forecast_stream  # the Kafka client and the host load only for this command
+    from devhost.kafka import forecast_stream  # the Kafka client and the host load only for this command
 
     return forecast_stream.run(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a devhost command."""
-    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the functions log")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _data_commands(sub: argparse._SubParsersAction) -> None:
+    """The data commands (feed, replay, bars, compact): generate a feed, ingest it, read and compact what is stored."""
     p = sub.add_parser("feed", help="generate Airbyte price messages as JSON lines")
     p.add_argument("--symbols", default="AAPL,MSFT,NVDA,AMZN,GOOG")
     p.add_argument("--days", type=int, default=3)
@@ -304,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every hour, the current one too (refused while `up` runs)")
     p.set_defaults(run=_cmd_compact)
 
+
+def _model_commands(sub: argparse._SubParsersAction) -> None:
+    """The model commands (demo, train, predict): the whole story once, a training tick, a forecast over HTTP."""
     p = sub.add_parser("demo", help="run the whole offline story once")
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--seed", type=int, default=7)
@@ -320,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("symbol")
     p.set_defaults(run=_cmd_predict)
 
+
+def _stack_commands(sub: argparse._SubParsersAction) -> None:
+    """The stack commands (up, status, stop): the local stack until Ctrl-C, what runs for the home, stopping it."""
     p = sub.add_parser(
         "up", help="the local stack until Ctrl-C: Kafka broker + trigger, HTTP, timers, live feed, endpoint, MLflow UI"
     )
@@ -355,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("stop", help="stop everything devhost started for $STOCKCAST_HOME")
     p.set_defaults(run=_cmd_stop)
 
+
+def _kafka_commands(sub: argparse._SubParsersAction) -> None:
+    """The Kafka commands (publish, forecasts): bars to the broker as Airbyte sends them, the forecast stream back."""
     publish.add_parser(sub)  # send a feed over the Kafka protocol, as Airbyte does
     p = sub.add_parser("forecasts", help="print the forecast stream (topic stock_forecasts), one line per forecast")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new forecasts until Ctrl-C")
@@ -362,16 +369,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="default: the home's local broker")
     p.set_defaults(run=_cmd_forecasts)
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s"
-    )
+
+def _parser() -> argparse.ArgumentParser:
+    """Every command, in the order ``--help`` lists them."""
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the functions log")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data_commands(sub)
+    _model_commands(sub)
+    _stack_commands(sub)
+    _kafka_commands(sub)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Warnings only (everything the functions log with ``--verbose``), without the libraries' noise."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     for noisy in ("azure", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not args.verbose:  # librdkafka logs every refused reconnect; devhost says what matters itself
+    if not verbose:  # librdkafka logs every refused reconnect; devhost says what matters itself
         logging.getLogger(KAFKA_CLIENT_LOG).setLevel(logging.CRITICAL)
     # the SDK warns about HTTP auth levels on every app without an HTTP function; not our concern
     logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Auth level is not applied"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a devhost command."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
     return args.run(args)
 
 

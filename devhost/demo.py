@@ -20,13 +20,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from devhost import feed, views
-from devhost.home import stockcast_home
+from devhost import views
+from devhost.market import feed
+from devhost.shared.home import stockcast_home
 
 STATE = ("azurite", "demo", "jobs", "mlflow", "serving", "run")
 
@@ -91,8 +93,8 @@ def hold_back(bodies: list[bytes], minutes: int) -> tuple[list[bytes], list[byte
 
 def reset(console: Console, keep: bool) -> None:
     """Start clean (stop what runs for the home, remove its state) unless ``keep``; say which."""
-    from devhost.home import running_up
     from devhost.services import stop_children
+    from devhost.shared.home import running_up
 
     home = stockcast_home()
     up = running_up(home)
@@ -109,10 +111,8 @@ def reset(console: Console, keep: bool) -> None:
 
 def run(options: DemoOptions, console: Console) -> DemoResult:
     """Run the five stages; return what they did."""
-    from devhost.host import Host
-    from devhost.http import HttpHost
-    from devhost.local_rollout import serving_state
-    from devhost.runtime import prepare
+    from devhost.app.runtime import prepare
+    from devhost.serving.local_rollout import serving_state
     from functions.settings import get_settings
 
     reset(console, options.keep)
@@ -120,25 +120,13 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
     result = DemoResult()
     runtime = prepare()
     settings = get_settings()
-
-    @contextmanager
-    def stage(name: str, title: str) -> Iterator[None]:
-        console.rule(f"[bold]{title}")
-        started = time.perf_counter()
-        yield
-        result.timings[name] = time.perf_counter() - started
-
-    cfg = feed.FeedConfig(
-        symbols=options.symbols, days=options.days + 1, seed=options.seed, bad_events=options.bad_events
-    )
-    first, extra = split_last_day(list(feed.generate(cfg)))
     folder = runtime.home / "demo"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, bodies in (("feed-days-1.jsonl", first), ("feed-next-day.jsonl", extra)):
-        (folder / name).write_bytes(b"".join(b + b"\n" for b in bodies))
-
-    with stage(
-        "1 ingest", f"1. ingest: {options.days} trading days of 1-minute bars for {len(options.symbols)} symbols"
+    first, extra = _write_feed(options, folder)
+    with _stage(
+        console,
+        result,
+        "1 ingest",
+        f"1. ingest: {options.days} trading days of 1-minute bars for {len(options.symbols)} symbols",
     ):
         console.print(
             f"{len(first)} Airbyte messages (every sync re-sends the day so far; "
@@ -146,29 +134,12 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
         )
         views.ingest_through_kafka(first, console)
         views.show_bars(console)
-    with stage("2 train", "2. timer: persistence as version 1, train version 2, serve the champion"):
+    with _stage(console, result, "2 train", "2. timer: persistence as version 1, train version 2, serve the champion"):
         result.decisions.append(views.train(console) or {})
-    http = HttpHost(Host(), 0).start()
-    try:
-        with stage("3 predict", "3. predict: GET /api/predict/{symbol} over HTTP"):
-            result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
-            result.mid_session = views.mid_session_forecast(http.base_url, options.symbols[0], 30, console)
-        # the day's last syncs wait until after the GETs of stage 5: they stand inside the session, with intervals
-        day, last_syncs = hold_back(extra, 35)
-        with stage("4 train again", "4. one more day, then train version 3 against the champion"):
-            console.print(
-                f"{len(day)} more messages -> {folder / 'feed-next-day.jsonl'} (replayed directly; "
-                f"its last {len(last_syncs)}, the half hour before the close, after stage 5)"
-            )
-            views.replay_bodies(day, options.batch_size, 4, options.seed + 1, console)
-            result.decisions.append(views.train(console) or {})
-        with stage("5 predict", "5. predict again inside the session, with whichever version is champion now"):
-            result.forecasts = views.forecasts(http.base_url, options.symbols, console)
-            console.print(f"the day's last {len(last_syncs)} messages, to the close (replayed directly)")
-            views.replay_bodies(last_syncs, options.batch_size, 4, options.seed + 2, console)
-    finally:
-        http.stop()
-    with stage("6 compact", "6. compaction: each hour's raw/ blobs merged into one, the bars unchanged"):
+    _predict_and_train_again(options, extra, folder, result, console)
+    with _stage(
+        console, result, "6 compact", "6. compaction: each hour's raw/ blobs merged into one, the bars unchanged"
+    ):
         result.compaction_kept_bars = views.compact_all(console)
     stored = views.show_bars(console)
     result.bars_stored, result.dead_letters = stored.bars.num_rows, stored.dead_letters
@@ -177,6 +148,57 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
     result.served_version = serving["version"] if serving else None
     _summary(result, str(settings.mlflow_tracking_uri), console)
     return result
+
+
+@contextmanager
+def _stage(console: Console, result: DemoResult, name: str, title: str) -> Iterator[None]:
+    """Open a stage with its title; its time goes to ``result.timings[name]``."""
+    console.rule(f"[bold]{title}")
+    started = time.perf_counter()
+    yield
+    result.timings[name] = time.perf_counter() - started
+
+
+def _write_feed(options: DemoOptions, folder: Path) -> tuple[list[bytes], list[bytes]]:
+    """Generate the demo's feed into ``folder``: all but its last trading day, and that day (one more than asked)."""
+    cfg = feed.FeedConfig(
+        symbols=options.symbols, days=options.days + 1, seed=options.seed, bad_events=options.bad_events
+    )
+    first, extra = split_last_day(list(feed.generate(cfg)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, bodies in (("feed-days-1.jsonl", first), ("feed-next-day.jsonl", extra)):
+        (folder / name).write_bytes(b"".join(b + b"\n" for b in bodies))
+    return first, extra
+
+
+def _predict_and_train_again(
+    options: DemoOptions, extra: list[bytes], folder: Path, result: DemoResult, console: Console
+) -> None:
+    """Stages 3 to 5 over the HTTP functions served in-process: predict, one more day and a tick, predict again."""
+    from devhost.app.host import Host
+    from devhost.http.server import HttpHost
+
+    http = HttpHost(Host(), 0).start()
+    try:
+        with _stage(console, result, "3 predict", "3. predict: GET /api/predict/{symbol} over HTTP"):
+            result.first_forecasts = views.forecasts(http.base_url, options.symbols, console)
+            result.mid_session = views.mid_session_forecast(http.base_url, options.symbols[0], 30, console)
+        # the day's last syncs wait until after the GETs of stage 5: they stand inside the session, with intervals
+        day, last_syncs = hold_back(extra, 35)
+        with _stage(console, result, "4 train again", "4. one more day, then train version 3 against the champion"):
+            console.print(
+                f"{len(day)} more messages -> {folder / 'feed-next-day.jsonl'} (replayed directly; "
+                f"its last {len(last_syncs)}, the half hour before the close, after stage 5)"
+            )
+            views.replay_bodies(day, options.batch_size, 4, options.seed + 1, console)
+            result.decisions.append(views.train(console) or {})
+        title = "5. predict again inside the session, with whichever version is champion now"
+        with _stage(console, result, "5 predict", title):
+            result.forecasts = views.forecasts(http.base_url, options.symbols, console)
+            console.print(f"the day's last {len(last_syncs)} messages, to the close (replayed directly)")
+            views.replay_bodies(last_syncs, options.batch_size, 4, options.seed + 2, console)
+    finally:
+        http.stop()
 
 
 def _summary(result: DemoResult, tracking_uri: str, console: Console) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from devhost.kafka_trigger import BatchDone
-from devhost.local_jobs import running_job
-from devhost.local_rollout import serving_state
+from devhost.jobs.local_jobs import running_job
+from devhost.kafka.trigger import BatchDone
+from devhost.serving.local_rollout import serving_state
 
 
 def tick_line(job: str, summary: dict[str, Any] | None, serves: str | None, log_path: Path) -> str:

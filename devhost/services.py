@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devhost import azurite, kafka
-from devhost.home import running_up
-from devhost.local_jobs import running_job
-from devhost.local_rollout import serving_state, stop_serving
-from devhost.mlflow_ui import mlflow_ui, stop_mlflow_ui
-from devhost.processes import stop_group
+from devhost.jobs.local_jobs import running_job
+from devhost.kafka import broker as kafka
+from devhost.serving.local_rollout import serving_state, stop_serving
+from devhost.serving.mlflow_ui import mlflow_ui, stop_mlflow_ui
+from devhost.shared.home import running_up
+from devhost.shared.processes import stop_group
+from devhost.storage import azurite
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def live_skill(home: Path) -> dict[str, Any] | None:
         return None
     from azure.storage.blob import ContainerClient
 
-    from devhost.home import local_settings
+    from devhost.shared.home import local_settings
     from functions.shared.ledger import read_skill
 
     name = os.environ.get("BARS_CONTAINER") or local_settings().get("BARS_CONTAINER", "bars")

@@ -16,16 +16,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from devhost.processes import command_path
+from devhost.shared.processes import command_path
 
 if TYPE_CHECKING:  # the replay path imports the host and the storage SDK: `devhost status` needs neither
-    from devhost.replay import ReplayStats
+    from devhost.kafka.broker import Broker
+    from devhost.kafka.replay import ReplayStats
+    from devhost.kafka.trigger import BatchDone
 
 
 def replay_bodies(bodies: list[bytes], batch_size: int, partitions: int, seed: int, console: Console) -> ReplayStats:
     """Replay Airbyte bodies through the registered ingest function, with a progress bar."""
-    from devhost.host import Host
-    from devhost.replay import make_batches, replay
+    from devhost.app.host import Host
+    from devhost.kafka.replay import make_batches, replay
 
     batches = make_batches(bodies, partitions, batch_size, seed, start_sequence=time.time_ns() // 1_000_000)
     with Progress(
@@ -33,8 +35,8 @@ def replay_bodies(bodies: list[bytes], batch_size: int, partitions: int, seed: i
     ) as progress:
         task = progress.add_task("events", total=len(bodies))
         stats = replay(Host(), batches, on_batch=lambda n: progress.advance(task, n))
-    from devhost import azurite
-    from devhost.home import stockcast_home
+    from devhost.shared.home import stockcast_home
+    from devhost.storage import azurite
 
     azurite.flush(stockcast_home())  # "replayed" means saved: Azurite keeps its blob index in memory between saves
     console.print(
@@ -59,48 +61,14 @@ class KafkaIngest:
 
 def ingest_through_kafka(bodies: list[bytes], console: Console, timeout: float = 600.0) -> KafkaIngest:
     """Publish Airbyte bodies to the home's broker, run the trigger until its group caught up (lag 0)."""
-    import threading
-
-    from devhost import kafka
-    from devhost.host import Host
-    from devhost.kafka_trigger import BatchDone, KafkaTrigger
-    from devhost.publish import publish_local
-    from devhost.runtime import prepare
+    from devhost.app.runtime import prepare
+    from devhost.kafka import broker as kafka
     from functions.settings import get_settings
 
     runtime = prepare()
     settings = get_settings()
     broker = kafka.ensure(runtime.home, settings.bars_eventhub_name, settings.bars_consumer_group)
-    done: list[BatchDone] = []
-    stop = threading.Event()
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        sent = progress.add_task("publish", total=len(bodies))
-        ingested = progress.add_task("ingest ", total=len(bodies))
-
-        def on_batch(result: BatchDone) -> None:
-            done.append(result)
-            progress.advance(ingested, result.batch.events)
-
-        trigger = KafkaTrigger(
-            Host(),
-            broker.bootstrap,
-            broker.topic,
-            broker.group,
-            on_batch=on_batch,
-            owner_lock=kafka.owner_lock(runtime.home),
-        )
-        thread = threading.Thread(target=trigger.run, args=(stop,), name="kafka-trigger", daemon=True)
-        thread.start()
-        try:
-            ends = publish_local(broker.bootstrap, broker.topic, bodies).ends
-            progress.update(sent, completed=len(bodies))
-            if not trigger.wait_for(ends, timeout):
-                raise RuntimeError(f"the consumer group {broker.group} did not catch up within {timeout:.0f}s")
-        finally:
-            stop.set()
-            thread.join(timeout=30)
+    done = _publish_and_ingest(broker, runtime.home, bodies, console, timeout)
     runtime.persist()  # "ingested" means saved: Azurite keeps its blob index in memory between saves
     lag = kafka.lag(broker.bootstrap, broker.topic, broker.group).total
     result = KafkaIngest(
@@ -120,6 +88,50 @@ def ingest_through_kafka(bodies: list[bytes], console: Console, timeout: float =
     return result
 
 
+def _publish_and_ingest(
+    broker: Broker, home: Path, bodies: list[bytes], console: Console, timeout: float
+) -> list[BatchDone]:
+    """Publish ``bodies`` to ``broker`` and run the trigger until its group caught up, each with a progress bar."""
+    import threading
+
+    from devhost.app.host import Host
+    from devhost.kafka import broker as kafka
+    from devhost.kafka.publish import publish_local
+    from devhost.kafka.trigger import KafkaTrigger
+
+    done: list[BatchDone] = []
+    stop = threading.Event()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        sent = progress.add_task("publish", total=len(bodies))
+        ingested = progress.add_task("ingest ", total=len(bodies))
+
+        def on_batch(result: BatchDone) -> None:
+            done.append(result)
+            progress.advance(ingested, result.batch.events)
+
+        trigger = KafkaTrigger(
+            Host(),
+            broker.bootstrap,
+            broker.topic,
+            broker.group,
+            on_batch=on_batch,
+            owner_lock=kafka.owner_lock(home),
+        )
+        thread = threading.Thread(target=trigger.run, args=(stop,), name="kafka-trigger", daemon=True)
+        thread.start()
+        try:
+            ends = publish_local(broker.bootstrap, broker.topic, bodies).ends
+            progress.update(sent, completed=len(bodies))
+            if not trigger.wait_for(ends, timeout):
+                raise RuntimeError(f"the consumer group {broker.group} did not catch up within {timeout:.0f}s")
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    return done
+
+
 @dataclass(frozen=True)
 class StoredSummary:
     """The true bars in storage, the dead-letter counts and the raw/ blobs skipped as unreadable."""
@@ -132,8 +144,8 @@ class StoredSummary:
 
 def show_bars(console: Console, symbol: str | None = None) -> StoredSummary:
     """Print the true bars per symbol, the dead-letter count and the unreadable raw/ blobs skipped; return them."""
-    from devhost.runtime import prepare
-    from devhost.store import dead_letters, read_raw
+    from devhost.app.runtime import prepare
+    from devhost.storage.store import dead_letters, read_raw
 
     runtime = prepare()
     raw = read_raw(runtime.container, symbol)
@@ -162,9 +174,9 @@ def show_bars(console: Console, symbol: str | None = None) -> StoredSummary:
 
 def compact_all(console: Console) -> bool:
     """Compact every hour of raw/ (no writer is left), print what it did; return whether the true bars are unchanged."""
-    from devhost.compaction import compact_everything, show
-    from devhost.runtime import prepare
-    from devhost.store import read_raw
+    from devhost.app.runtime import prepare
+    from devhost.storage.store import read_raw
+    from devhost.timers.compaction import compact_everything, show
 
     runtime = prepare()
     before = read_raw(runtime.container).bars
@@ -186,9 +198,9 @@ def train(console: Console) -> dict | None:
 
     A state devhost cannot heal (a damaged MLflow store) is printed as what to do, not a traceback; None then.
     """
-    from devhost.host import Host
-    from devhost.mlflow_store import StoreDamagedError
-    from devhost.orchestrate import train as run_training
+    from devhost.app.host import Host
+    from devhost.serving.mlflow_store import StoreDamagedError
+    from devhost.timers.orchestrate import train as run_training
 
     with Progress(
         TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -327,8 +339,8 @@ def mid_session_forecast(base: str, symbol: str, minutes_before_close: int, cons
     forecasts nothing; this shows a forecast inside the session, with its interval and the close
     that actually followed.
     """
-    from devhost.runtime import prepare
-    from devhost.store import stored_bars
+    from devhost.app.runtime import prepare
+    from devhost.storage.store import stored_bars
 
     bars = stored_bars(prepare().container, symbol)
     if bars.num_rows < 2:

@@ -150,6 +150,9 @@ class Settings:
     # a tick submits a full retrain (from scratch, on the longer history) when none was submitted within
     # this many hours, else a warm one; the job record keeps when the last full one was submitted
     training_full_every_hours: int = setting("TRAINING_FULL_EVERY_HOURS", _positive_int, default=24)
+    # nodes of the compute cluster one training job runs on (Azure ML's TensorFlow distribution when more than one:
+    # the nodes fit together, the first one alone registers); the cluster's maximum node count must allow as many
+    training_nodes: int = setting("TRAINING_NODES", _positive_int, default=1)
     azure_client_id: str | None = setting("AZURE_CLIENT_ID", default=None)
     # telemetry: custom metrics and events go to App Insights only when this is set
     applicationinsights_connection_string: str | None = setting("APPLICATIONINSIGHTS_CONNECTION_STRING", default=None)

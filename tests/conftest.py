@@ -15,11 +15,12 @@ import pytest
 import stamina
 from azure.storage.blob import ContainerClient
 
-from devhost import azurite, local_rollout
-from devhost.feed import FeedConfig, write_bars
-from devhost.home import home_lock
-from devhost.processes import alive, free_port, stop_group
-from devhost.runtime import Runtime, prepare
+from devhost.app.runtime import Runtime, prepare
+from devhost.market.feed import FeedConfig, write_bars
+from devhost.serving import local_rollout
+from devhost.shared.home import home_lock
+from devhost.shared.processes import alive, free_port, stop_group
+from devhost.storage import azurite
 from functions.settings import get_settings
 from functions.shared.storage import bars_container
 from training_job.config import TrainConfig

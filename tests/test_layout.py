@@ -118,6 +118,45 @@ def test_no_import_cycles():
     assert _cycles(_module_graph()) == []
 
 
+# devhost's top level is its command line: the CLI, its console views and the commands' stories
+DEVHOST_CLI = {
+    "devhost",
+    "devhost.__main__",
+    "devhost.demo",
+    "devhost.narrate",
+    "devhost.services",
+    "devhost.up",
+    "devhost.views",
+}
+
+
+def _devhost_subpackage(module: str) -> str | None:
+    """The devhost subpackage ``module`` belongs to (``kafka`` for devhost.kafka.broker); None for the top level."""
+    parts = module.split(".")
+    if parts[0] != "devhost" or len(parts) < 2 or not ROOT.joinpath("devhost", parts[1]).is_dir():
+        return None
+    return parts[1]
+
+
+def test_devhost_subpackages_never_import_the_command_line():
+    """Only the CLI sits at devhost's top level, and no module of a subpackage imports it (no upward imports)."""
+    graph = _module_graph()
+    top = {m for m in graph if m.split(".")[0] == "devhost" and _devhost_subpackage(m) is None}
+    assert top == DEVHOST_CLI
+    offenders = [f"{m} -> {t}" for m, imports in graph.items() if _devhost_subpackage(m) for t in imports if t in top]
+    assert offenders == []
+
+
+def test_devhost_subpackages_import_one_another_without_cycles():
+    """The devhost subpackages form a layered graph: none imports itself through the others, lazily or not."""
+    packages: dict[str, set[str]] = {}
+    for module, imports in _module_graph().items():
+        if part := _devhost_subpackage(module):
+            targets = {_devhost_subpackage(t) for t in imports} - {None, part}
+            packages.setdefault(part, set()).update(t for t in targets if t)
+    assert len(packages) > 1 and _cycles(packages) == []
+
+
 @pytest.mark.parametrize(
     ("graph", "expected"),
     [

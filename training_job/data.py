@@ -58,6 +58,7 @@ REACH_S = 86_400 + 86_400 + 2 * 3600
 _HOUR_FOLDER = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})")
 # a file listed but gone by its read was compacted meanwhile: its folder is scanned again, this often
 _SCAN_ATTEMPTS = 4
+NEWEST_FILES = 16  # files of the newest partition read to find where the history window ends
 
 
 class NoDataError(RuntimeError):
@@ -209,6 +210,45 @@ def read_bars(folder: Path, now: float | None = None, since: float | None = None
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     df = df.sort_values(_ORDER, kind="stable").drop_duplicates(["symbol", "ts"], keep="last")
     return df.reset_index(drop=True)
+
+
+def _newest_partition(folder: Path) -> list[Path]:
+    """The Parquet files of the newest partition under ``folder``, at most :data:`NEWEST_FILES` of them.
+
+    Names sort by time in every layout the job reads (``raw/date=…/hour=…/``, one file per date), so
+    the greatest-named folder is descended at each level: a few listings, however long the history.
+    A folder's files are those a reader reads (:func:`folder_files`: compaction).
+    """
+    try:
+        folders = sorted((e.path for e in os.scandir(folder) if e.is_dir()), reverse=True)
+        for sub in folders:
+            found = _newest_partition(Path(sub))
+            if found:
+                return found
+        return folder_files(Path(folder))[::-1][:NEWEST_FILES]
+    except OSError:  # a folder gone or unreadable mid-scan (compaction, a mount): no hint from it
+        return []
+
+
+def newest_bar_hint(folder: Path, now: float | None = None) -> int | None:
+    """A time (unix s) no later than the newest bar under ``folder``: the newest of its newest partition's.
+
+    Only a lower bound matters: the history read from it may hold more than the window, never less,
+    and is cut again at the newest bar read. Its rows pass the bar contract first, so a bad row
+    cannot move the window past the bars. None where nothing there is readable.
+    """
+    newest = None
+    for path in _newest_partition(Path(folder)):
+        try:
+            table = _read(str(path))  # read_bars' own reader: the same columns, schema and skips
+        except FileNotFoundError:  # compacted since it was listed: the compacted file holds its bars
+            continue
+        if table is None or not table.num_rows:
+            continue
+        ts = epoch_seconds(table.filter(contract_mask(table, now)).column("ts").to_pandas())
+        if len(ts):
+            newest = int(ts.max()) if newest is None else max(newest, int(ts.max()))
+    return newest
 
 
 def epoch_seconds(values: pd.Series | pd.Index) -> np.ndarray:

@@ -465,52 +465,89 @@ def decide(
     """
     as_of = np.asarray(as_of)
     actual = np.asarray(actual, dtype=np.float64)
-    unscorable = not champion_is_persistence and champion is None
     if evidence.champion is None:
         known = (champion_version, champion_is_persistence, persistence_version)
         return _first_decision(as_of, actual, challenger, champion, known, alpha, horizon)
     record = evidence
     if evidence.champion != champion_version:  # the record is about another champion: its own record starts now
         record = replace(evidence, champion=champion_version, vs_champion=Bets(), champion_worse=Bets())
+    trained = None if champion_is_persistence else champion
+    reached, minutes = _bet_fresh_minutes(record, as_of, actual, challenger, trained, variance, horizon)
+    unscorable = not champion_is_persistence and champion is None
+    demoted = unscorable or (not champion_is_persistence and reached.champion_worse.crossed(1.0 / alpha))
+    promoted, reason = _promotion(
+        reached, record.watermark, minutes, champion_is_persistence or demoted, demoted and not unscorable, alpha
+    )
+    scored = not champion_is_persistence and not unscorable
+    if promoted:
+        after = Evidence(SELF, reached.watermark)
+        return Verdict(PROMOTED, demoted, reason, SELF, after, reached, minutes, None, scored)
+    if demoted:
+        after = replace(reached, champion=persistence_version, vs_champion=Bets(), champion_worse=Bets())
+        return Verdict(RETAINED, True, reason, persistence_version, after, reached, minutes, None, scored)
+    return Verdict(RETAINED, False, reason, champion_version, reached, reached, minutes, None, scored)
+
+
+def _bet_fresh_minutes(
+    record: Evidence,
+    as_of: np.ndarray,
+    actual: np.ndarray,
+    challenger: np.ndarray,
+    trained: np.ndarray | None,
+    variance: np.ndarray,
+    horizon: int,
+) -> tuple[Evidence, int]:
+    """The record after betting the minutes not used before, and how many minutes that was.
+
+    ``trained`` is the trained champion's predictions, None when the champion is persistence or
+    could not be scored: its own bets then stay as they were.
+    """
     fresh = fresh_windows(as_of, record.watermark, horizon)
     a, y, v = as_of[fresh], actual[fresh], np.asarray(variance, dtype=np.float64)[fresh]
     mine = np.asarray(challenger, dtype=np.float64)[fresh]
     minutes, outcomes = minute_outcomes(np.zeros(len(y)), mine, y, v, a)
     challengers, vs_champion, worse = record.challengers.after(outcomes), record.vs_champion, record.champion_worse
-    if not champion_is_persistence and champion is not None:
-        theirs = np.asarray(champion, dtype=np.float64)[fresh]
+    if trained is not None:
+        theirs = np.asarray(trained, dtype=np.float64)[fresh]
         vs_champion = vs_champion.after(minute_outcomes(theirs, mine, y, v, a)[1])
         worse = worse.after(minute_outcomes(theirs, np.zeros(len(y)), y, v, a)[1])
     since = record.since if record.since is not None or not len(minutes) else int(minutes[0])
     watermark = int(minutes[-1]) if len(minutes) else record.watermark
-    reached = Evidence(champion_version, watermark, since, challengers, vs_champion, worse)
+    return Evidence(record.champion, watermark, since, challengers, vs_champion, worse), len(minutes)
+
+
+def _promotion(
+    reached: Evidence,
+    watermark: int | None,
+    minutes: int,
+    against_persistence: bool,
+    demoted_as_worse: bool,
+    alpha: float,
+) -> tuple[bool, str]:
+    """Whether the record ``reached`` promotes the challenger, and the reason in words.
+
+    ``watermark`` is the newest minute used before this tick; ``against_persistence``: the champion
+    to beat is persistence (it is, or it was just demoted); ``demoted_as_worse``: a trained champion
+    was just demoted on its own record, which the reason names last.
+    """
     threshold = promotion_threshold(alpha)
-    notes = []
-    demoted = unscorable or (not champion_is_persistence and worse.crossed(1.0 / alpha))
-    if demoted and not unscorable:
-        notes.append(f"champion demoted: worse than persistence ({_record(worse, since)} ≥ {1 / alpha:g})")
-    against_persistence = champion_is_persistence or demoted
+    challengers, vs_champion, since = reached.challengers, reached.vs_champion, reached.since
     beats_persistence = challengers.crossed(threshold)
     beats_champion = against_persistence or vs_champion.crossed(threshold)
-    if not len(minutes):
-        notes.insert(0, f"no minute after {utc_minute(record.watermark)} yet: nothing new to decide on")
+    if not minutes:
+        notes = [f"no minute after {utc_minute(watermark)} yet: nothing new to decide on"]
     elif beats_persistence and beats_champion:
-        notes.insert(0, f"challengers beat persistence ({_record(challengers, since)} ≥ {threshold:g})")
+        notes = [f"challengers beat persistence ({_record(challengers, since)} ≥ {threshold:g})"]
         if not against_persistence:
-            notes.insert(1, f"and the champion ({_record(vs_champion, since)} ≥ {threshold:g})")
+            notes.append(f"and the champion ({_record(vs_champion, since)} ≥ {threshold:g})")
     elif not beats_persistence:
-        notes.insert(0, f"challengers do not yet beat persistence ({_record(challengers, since)} < {threshold:g})")
+        notes = [f"challengers do not yet beat persistence ({_record(challengers, since)} < {threshold:g})"]
     else:
-        notes.insert(0, f"challengers do not yet beat the champion ({_record(vs_champion, since)} < {threshold:g})")
-    reason = "; ".join(notes)
-    scored = not champion_is_persistence and not unscorable
-    if len(minutes) and beats_persistence and beats_champion:
-        after = Evidence(SELF, watermark)
-        return Verdict(PROMOTED, demoted, reason, SELF, after, reached, len(minutes), None, scored)
-    if demoted:
-        after = replace(reached, champion=persistence_version, vs_champion=Bets(), champion_worse=Bets())
-        return Verdict(RETAINED, True, reason, persistence_version, after, reached, len(minutes), None, scored)
-    return Verdict(RETAINED, False, reason, champion_version, reached, reached, len(minutes), None, scored)
+        notes = [f"challengers do not yet beat the champion ({_record(vs_champion, since)} < {threshold:g})"]
+    if demoted_as_worse:
+        worse = reached.champion_worse
+        notes.append(f"champion demoted: worse than persistence ({_record(worse, since)} ≥ {1 / alpha:g})")
+    return bool(minutes) and beats_persistence and beats_champion, "; ".join(notes)
 
 
 def _first_decision(

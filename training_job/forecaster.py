@@ -57,6 +57,8 @@ PERSISTENCE = "persistence"
 LSTM_ATTENTION = "lstm_attention"
 INPUT_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
 log = logging.getLogger(__name__)
+# windows per forward call when scoring many: bounds the activations' memory (about 135 MB a call)
+FORWARD_BATCH = 4096
 
 
 def ready(symbol: str, ts: np.ndarray, meta: ForecasterMeta, limit: int = 100_000) -> tuple[int, int | None]:
@@ -370,7 +372,11 @@ class Forecaster:
             return self._forward_one(x)
         if self.model is None:  # served from the saved flatbuffer alone, which takes one window
             return np.concatenate([self._forward_one(x[i : i + 1]) for i in range(len(x))])
-        return self._forward(x).numpy().reshape(-1)
+        # in slices: the network's activations take ~33 KB a window, so scoring a history at once
+        # would need memory in proportion to it (gigabytes at 50 symbols x 10 days)
+        return np.concatenate(
+            [self._forward(x[i : i + FORWARD_BATCH]).numpy().reshape(-1) for i in range(0, len(x), FORWARD_BATCH)]
+        )
 
     def windows(self, series: Mapping[str, SeriesArrays], latest_only: bool) -> Windows:
         """Input windows of each symbol: the last one, or every one (for evaluation)."""

@@ -16,10 +16,14 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 from keras import layers, ops
+
+if TYPE_CHECKING:
+    from training_job.cluster import Workers
 
 log = logging.getLogger(__name__)
 RET_1 = 0  # column of the 1-minute log return in the feature matrix (features.FEATURES)
@@ -189,6 +193,23 @@ def build_member(
     return model
 
 
+class _Best:
+    """The lowest validation loss so far (the start included), its weights and epoch; patience counts the rest."""
+
+    def __init__(self, initial: float, weights: list[np.ndarray], patience: int) -> None:
+        self.best = self.initial = initial
+        self.best_weights = weights
+        self.best_epoch, self.wait, self.patience = 0, 0, patience
+
+    def update(self, epoch: int, current: float, weights: Callable[[], list[np.ndarray]]) -> bool:
+        """Record epoch ``epoch``'s (0-based) validation loss; True once ``patience`` epochs have not improved."""
+        if current < self.best:
+            self.best, self.best_weights, self.best_epoch, self.wait = current, weights(), epoch + 1, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+
 class _KeepBest(keras.callbacks.Callback):
     """Early stopping that also counts the starting point: weights never end worse than before training."""
 
@@ -196,33 +217,58 @@ class _KeepBest(keras.callbacks.Callback):
         super().__init__()
         self.val = (x_val, y_val, w_val)
         self.patience = patience
+        self.tracker: _Best | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Record the initial validation loss and weights."""
         x, y, w = self.val
-        self.best = self.initial = float(self.model.evaluate(x, y, sample_weight=w, verbose=0, batch_size=4096))
-        self.best_weights = self.model.get_weights()
-        self.best_epoch, self.wait = 0, 0
+        initial = float(self.model.evaluate(x, y, sample_weight=w, verbose=0, batch_size=4096))
+        self.tracker = _Best(initial, self.model.get_weights(), self.patience)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Keep the best weights; stop after ``patience`` epochs without improvement."""
-        current = float((logs or {})["val_loss"])
-        if current < self.best:
-            self.best, self.best_weights, self.best_epoch, self.wait = current, self.model.get_weights(), epoch + 1, 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.model.stop_training = True
+        if self.tracker.update(epoch, float((logs or {})["val_loss"]), self.model.get_weights):
+            self.model.stop_training = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Restore the best weights seen, the initial ones included."""
-        self.model.set_weights(self.best_weights)
+        self.model.set_weights(self.tracker.best_weights)
 
 
 def shrinkage(predicted: np.ndarray, actual: np.ndarray) -> float:
     """λ∈[0, 1] minimising Σ(actual − λ·predicted)²: least squares, clipped."""
     denom = float(np.dot(predicted, predicted))
     return 0.0 if denom <= 0 else float(np.clip(np.dot(predicted, actual) / denom, 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Windows a member learns from or stops on: inputs, targets in the members' units, per-window loss weights."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How a member is trained: most epochs, batch size, patience of early stopping, Adam's learning rate."""
+
+    epochs: int
+    batch_size: int
+    patience: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class _MemberFit:
+    """What training one member left: per-epoch losses, the best epoch (0: none improved) and its loss, the start's."""
+
+    loss: list[float]
+    val_loss: list[float]
+    best_epoch: int
+    best: float
+    initial: float
 
 
 def fit(
@@ -243,6 +289,7 @@ def fit(
     seeds: int = 1,
     on_epoch: Callable[[int, dict], None] | None = None,
     warm: WarmStart | None = None,
+    workers: Workers | None = None,
 ) -> FitResult:
     """Train ``seeds`` members with early stopping, average them and fit λ on validation.
 
@@ -251,44 +298,103 @@ def fit(
     matching member of a champion (its normalisation included) and predicts in the champion's
     target scale; early stopping then counts the champion's own weights as the starting point.
     A ``warm`` whose weights do not fit these members raises :class:`WarmStartError` before any training.
+    With several ``workers`` (each calling this with the chief's arguments), every member trains on
+    all of them at once (:func:`_fit_together`); alone, with Keras' own ``fit``.
     """
-    window, n_features = x_train.shape[1], x_train.shape[2]
-    lags = min(ar_lags, window)
-    y_scale = warm.y_scale if warm else float(np.std(y_train)) or 1.0
-    w_train = symbol_weights(symbols_train, y_train)
-    w_val = symbol_weights(symbols_val, y_val)
     if warm is not None and len(warm.members) != max(seeds, 1):
         raise WarmStartError(f"{len(warm.members)} members to start from, {max(seeds, 1)} to train")
-    ridge = lags and warm is None  # a warm start keeps the champion's AR path, fitted and tuned
-    coef, intercept = ridge_ar(x_train, y_train / y_scale, w_train, lags, y_scale) if ridge else (None, 0.0)
+    lags = min(ar_lags, x_train.shape[1])
+    y_scale = _target_scale(y_train, warm, workers)
+    train = _Slice(x_train, y_train / y_scale, symbol_weights(symbols_train, y_train))
+    val = _Slice(x_val, y_val / y_scale, symbol_weights(symbols_val, y_val))
+    ar = _ridge_start(train, lags, y_scale) if lags and warm is None else None  # a warm start keeps the champion's
+    schedule = _Schedule(epochs, batch_size, patience, learning_rate)
     members, first = [], None
     for k in range(max(seeds, 1)):
-        keras.utils.set_random_seed(seed + k)
-        member = build_member(window, n_features, units, lags, learning_rate, x_train, y_scale, k)
-        if warm is not None:
-            _set_member_weights(member, warm.members[k])
-        elif lags:
-            weights = [coef.reshape(-1, 1).astype(np.float32), np.array([intercept], np.float32)]
-            member.get_layer("ar").set_weights(weights)
-        keep = _KeepBest(x_val, y_val / y_scale, w_val, patience)
-        callbacks: list[keras.callbacks.Callback] = [keep]
-        if on_epoch is not None and k == 0:
-            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch))
-        history = member.fit(
-            x_train,
-            y_train / y_scale,
-            sample_weight=w_train,
-            validation_data=(x_val, y_val / y_scale, w_val),
-            epochs=epochs,
-            batch_size=batch_size,
-            shuffle=True,
-            verbose=0,
-            callbacks=callbacks,
-        )
-        if first is None:
-            first = (history.history["loss"], history.history["val_loss"], keep.best_epoch, keep.best, keep.initial)
+        member = _start_member(k, seed, x_train, units, lags, learning_rate, y_scale, ar, warm, workers)
+        trained = _train_member(member, train, val, schedule, seed + k, on_epoch if k == 0 else None, workers)
+        first = first or trained
         members.append(member)
-    inputs = keras.Input(shape=(window, n_features), name="features")
+    return _export(members, first, x_val, y_val, y_scale, warm is not None)
+
+
+def _alone(workers: Workers | None) -> bool:
+    """Whether this fit runs on one worker only."""
+    return workers is None or workers.single
+
+
+def _target_scale(y_train: np.ndarray, warm: WarmStart | None, workers: Workers | None) -> float:
+    """The scale members predict in: the champion's when warm, else the targets' std; everywhere the chief's."""
+    scale = warm.y_scale if warm else float(np.std(y_train)) or 1.0
+    return scale if _alone(workers) else float(workers.from_chief([np.array([scale])])[0][0])
+
+
+def _ridge_start(train: _Slice, lags: int, y_scale: float) -> list[np.ndarray]:
+    """The AR path's starting weights: the weighted ridge fit of the scaled targets on the last ``lags`` returns."""
+    coef, intercept = ridge_ar(train.x, train.y, train.w, lags, y_scale)
+    return [coef.reshape(-1, 1).astype(np.float32), np.array([intercept], np.float32)]
+
+
+def _start_member(
+    index: int,
+    seed: int,
+    x_train: np.ndarray,
+    units: int,
+    lags: int,
+    learning_rate: float,
+    y_scale: float,
+    ar: list[np.ndarray] | None,
+    warm: WarmStart | None,
+    workers: Workers | None,
+) -> keras.Model:
+    """Member ``index``, built from ``seed + index``, at its start: the champion's member, or its ridge AR path."""
+    keras.utils.set_random_seed(seed + index)
+    member = build_member(x_train.shape[1], x_train.shape[2], units, lags, learning_rate, x_train, y_scale, index)
+    if warm is not None:
+        _set_member_weights(member, warm.members[index])
+    elif ar is not None:
+        member.get_layer("ar").set_weights(ar)
+    if not _alone(workers):  # every worker starts from the chief's weights, to the bit
+        member.set_weights(workers.from_chief(member.get_weights()))
+    return member
+
+
+def _train_member(
+    member: keras.Model,
+    train: _Slice,
+    val: _Slice,
+    schedule: _Schedule,
+    shuffle_seed: int,
+    on_epoch: Callable[[int, dict], None] | None,
+    workers: Workers | None,
+) -> _MemberFit:
+    """Train one member, ending at its best weights: alone with Keras' ``fit``, else on every worker at once."""
+    if not _alone(workers):
+        return _fit_together(member, train, val, schedule, shuffle_seed, on_epoch, workers)
+    keep = _KeepBest(val.x, val.y, val.w, schedule.patience)
+    callbacks: list[keras.callbacks.Callback] = [keep]
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch))
+    history = member.fit(
+        train.x,
+        train.y,
+        sample_weight=train.w,
+        validation_data=(val.x, val.y, val.w),
+        epochs=schedule.epochs,
+        batch_size=schedule.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    best = keep.tracker
+    return _MemberFit(history.history["loss"], history.history["val_loss"], best.best_epoch, best.best, best.initial)
+
+
+def _export(
+    members: list[keras.Model], first: _MemberFit, x_val: np.ndarray, y_val: np.ndarray, y_scale: float, warm: bool
+) -> FitResult:
+    """Average the members, fit the shrinkage λ on validation, and export the model that outputs log returns."""
+    inputs = keras.Input(shape=x_val.shape[1:], name="features")
     outs = [m(inputs) for m in members]
     mean = outs[0] if len(outs) == 1 else layers.Average(name="seed_average")(outs)
     averaged = keras.Model(inputs, mean, name="lstm_attention_ar_scaled")
@@ -297,19 +403,109 @@ def fit(
     exported = keras.Model(
         inputs, layers.Rescaling(y_scale * lam, name="shrunk_log_return")(mean), name="lstm_attention"
     )
-    loss, val_loss, best_epoch, best_val, initial = first
-    log.info("members=%d warm=%s best_epoch=%d shrinkage=%.3f", len(members), warm is not None, best_epoch, lam)
+    log.info("members=%d warm=%s best_epoch=%d shrinkage=%.3f", len(members), warm, first.best_epoch, lam)
     return FitResult(
         exported,
-        [float(v) for v in loss],
-        [float(v) for v in val_loss],
-        best_epoch,
+        [float(v) for v in first.loss],
+        [float(v) for v in first.val_loss],
+        first.best_epoch,
         lam,
         len(members),
-        best_val,
-        initial,
-        warm is not None,
+        first.best,
+        first.initial,
+        warm,
     )
+
+
+def _fit_together(
+    member: keras.Model,
+    train: _Slice,
+    val: _Slice,
+    schedule: _Schedule,
+    shuffle_seed: int,
+    on_epoch: Callable[[int, dict], None] | None,
+    workers: Workers,
+) -> _MemberFit:
+    """Train ``member`` on every worker at once (synchronous data parallel), ending at its best weights.
+
+    Keras' ``fit`` cannot run under MultiWorkerMirroredStrategy in Keras 3 (keras-team/keras#20585),
+    so this is its loop written out: the same weighted MSE, Adam and early stopping. Every worker
+    draws the same permutation each epoch and takes its contiguous share of each global batch; the
+    gradients are summed across workers, so a step is the step of the whole batch. The validation
+    loss is summed across workers too, and the chief's stop decision is shared, so every worker runs
+    the same epochs: a worker that stopped alone would leave the others waiting in a collective.
+    """
+    replica, step = _replica(member, schedule.learning_rate, workers)
+    val_loss = _shared_loss(replica, val, workers)
+    best = _Best(val_loss(), replica.get_weights(), schedule.patience)
+    losses: list[float] = []
+    val_losses: list[float] = []
+    for epoch in range(schedule.epochs):
+        order = np.random.default_rng([shuffle_seed, epoch]).permutation(len(train.y))
+        losses.append(_shared_epoch(step, train, order, schedule.batch_size, workers))
+        val_losses.append(val_loss())
+        if on_epoch is not None:
+            on_epoch(epoch, {"loss": losses[-1], "val_loss": val_losses[-1]})
+        stop = best.update(epoch, val_losses[-1], replica.get_weights)
+        if workers.from_chief([np.array([float(stop)])])[0][0]:
+            break
+    member.set_weights(best.best_weights)
+    return _MemberFit(losses, val_losses, best.best_epoch, best.best, best.initial)
+
+
+def _replica(member: keras.Model, learning_rate: float, workers: Workers) -> tuple[keras.Model, Callable]:
+    """A copy of ``member`` mirrored on every worker, from its weights, and its traced training step."""
+    import tensorflow as tf
+
+    with workers.scope():
+        replica = keras.models.clone_model(member)
+        replica.set_weights(member.get_weights())
+        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer.build(replica.trainable_variables)
+    strategy = workers.strategy
+
+    def local_step(x: Any, y: Any, w: Any, n: Any) -> Any:
+        with tf.GradientTape() as tape:
+            # this worker's share of the batch's weighted MSE: the shares add up to Keras' loss of the batch
+            loss = tf.reduce_sum(w * tf.square(y - replica(x, training=True)[:, 0])) / n
+        grads = tape.gradient(loss, replica.trainable_variables)
+        optimizer.apply_gradients(zip(grads, replica.trainable_variables, strict=True))  # summed over workers
+        return loss
+
+    shape = [None, *member.input_shape[1:]]
+    spec = [tf.TensorSpec(shape, tf.float32), *(tf.TensorSpec([None], tf.float32),) * 2, tf.TensorSpec([], tf.float32)]
+
+    @tf.function(input_signature=spec)
+    def step(x: Any, y: Any, w: Any, n: Any) -> Any:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(local_step, args=(x, y, w, n)), axis=None)
+
+    return replica, step
+
+
+def _shared_epoch(step: Callable, train: _Slice, order: np.ndarray, batch_size: int, workers: Workers) -> float:
+    """One epoch of global batches in ``order``, each split across the workers; the mean loss, as Keras logs it."""
+    y, w = train.y.astype(np.float32), train.w.astype(np.float32)
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        mine = batch[workers.shard(len(batch))]
+        total += float(step(train.x[mine], y[mine], w[mine], np.float32(len(batch)))) * len(batch)
+    return total / max(len(order), 1)
+
+
+def _shared_loss(replica: keras.Model, val: _Slice, workers: Workers) -> Callable[[], float]:
+    """The validation loss of the replica's weights: each worker scores its part, the sums are added across workers."""
+    part = workers.shard(len(val.y))
+    x, y, w = val.x[part], val.y[part].astype(np.float64), val.w[part]
+
+    def loss() -> float:
+        total = 0.0
+        for start in range(0, len(y), 4096):
+            predicted = np.asarray(replica(x[start : start + 4096], training=False), np.float64).reshape(-1)
+            total += float(np.sum(w[start : start + 4096] * (y[start : start + 4096] - predicted) ** 2))
+        return float(workers.all_sum(np.array([total]))[0]) / max(len(val.y), 1)
+
+    return loss
 
 
 def _set_member_weights(member: keras.Model, weights: list[np.ndarray]) -> None:

@@ -1,7 +1,9 @@
 """Entry point of the training job: bars → features → LSTM-Attention → decision → MLflow.
 
 ``python -m training_job.train --bars PATH [options]``; MLflow comes from ``MLFLOW_TRACKING_URI``
-(Azure ML sets it inside a job; locally it is ``sqlite:///…``).
+(Azure ML sets it inside a job; locally it is ``sqlite:///…``). Where ``TF_CONFIG`` names several
+workers (Azure ML's TensorFlow distribution over several nodes), they fit together and the chief
+alone does the rest (:mod:`training_job.cluster`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from training_job import data, evaluate, intervals
+from training_job.cluster import STOP, Workers
 from training_job.config import TrainConfig, parse_args
 from training_job.features import FEATURES, WARMUP, Windows, concat, symbol_windows, window_ends
 from training_job.forecaster import (
@@ -60,7 +63,6 @@ ARCHITECTURE_TAG = "architecture"
 TRAINED_UNTIL_TAG = "trained_until"
 WARM, FULL = "warm", "full"
 DAY = 86_400
-NEWEST_FILES = 16  # files of the newest partition read to find where the history window ends
 
 
 class NotEnoughDataError(SystemExit):
@@ -136,45 +138,6 @@ def history_start(newest: int, days: int) -> int | None:
     return int(first.astype("datetime64[s]").astype(np.int64))
 
 
-def _newest_partition(folder: Path) -> list[Path]:
-    """The Parquet files of the newest partition under ``folder``, at most :data:`NEWEST_FILES` of them.
-
-    Names sort by time in every layout the job reads (``raw/date=…/hour=…/``, one file per date), so
-    the greatest-named folder is descended at each level: a few listings, however long the history.
-    A folder's files are those a reader reads (:func:`training_job.data.folder_files`: compaction).
-    """
-    try:
-        folders = sorted((e.path for e in os.scandir(folder) if e.is_dir()), reverse=True)
-        for sub in folders:
-            found = _newest_partition(Path(sub))
-            if found:
-                return found
-        return data.folder_files(Path(folder))[::-1][:NEWEST_FILES]
-    except OSError:  # a folder gone or unreadable mid-scan (compaction, a mount): no hint from it
-        return []
-
-
-def newest_bar_hint(folder: Path, now: float | None = None) -> int | None:
-    """A time (unix s) no later than the newest bar under ``folder``: the newest of its newest partition's.
-
-    Only a lower bound matters: the history read from it may hold more than the window, never less,
-    and is cut again at the newest bar read. Its rows pass the bar contract first, so a bad row
-    cannot move the window past the bars. None where nothing there is readable.
-    """
-    newest = None
-    for path in _newest_partition(Path(folder)):
-        try:
-            table = data._read(str(path))  # read_bars' own reader: the same columns, schema and skips
-        except FileNotFoundError:  # compacted since it was listed: the compacted file holds its bars
-            continue
-        if table is None or not table.num_rows:
-            continue
-        ts = data.epoch_seconds(table.filter(data.contract_mask(table, now)).column("ts").to_pandas())
-        if len(ts):
-            newest = int(ts.max()) if newest is None else max(newest, int(ts.max()))
-    return newest
-
-
 @dataclass(frozen=True)
 class History:
     """The bars a tick read: the mode that chose the window, its trading days and the span they cover."""
@@ -201,7 +164,7 @@ def read_history(folder: Path, cfg: TrainConfig, now: float | None = None) -> tu
     The window ends at the newest bar, not the clock, so a replay of old bars trains as live ones do.
     """
     days = cfg.full_history_days if cfg.mode == FULL else cfg.history_days
-    hint = newest_bar_hint(folder, now) if days > 0 else None
+    hint = data.newest_bar_hint(folder, now) if days > 0 else None
     bars = data.read_bars(folder, now=now, since=None if hint is None else history_start(hint, days))
     ts = data.epoch_seconds(bars["ts"])
     newest = int(ts.max())
@@ -418,28 +381,146 @@ def prepare_bars(bars: pd.DataFrame, cfg: TrainConfig, history: History | None =
     return Prepared(bars, windows, split, skipped, *fitted, *rest, without_target, history, sampled)
 
 
+def fit_settings(cfg: TrainConfig, warm: bool) -> dict[str, Any]:
+    """The config's hyper-parameters as :func:`training_job.model.fit` takes them; fewer epochs when ``warm``."""
+    return {
+        "units": cfg.units,
+        "ar_lags": cfg.ar_lags,
+        "learning_rate": cfg.learning_rate,
+        "epochs": max_epochs(cfg, warm),
+        "batch_size": cfg.batch_size,
+        "patience": cfg.patience,
+        "seed": cfg.seed,
+        "seeds": cfg.seeds,
+    }
+
+
 def fit_model(
-    train: Windows, val: Windows, cfg: TrainConfig, on_epoch: Any = None, warm: WarmStart | None = None
+    train: Windows,
+    val: Windows,
+    cfg: TrainConfig,
+    on_epoch: Any = None,
+    warm: WarmStart | None = None,
+    workers: Workers | None = None,
+    run_name: str = "-",
 ) -> FitResult:
-    """Train the model with the config's hyper-parameters; from ``warm`` for fewer epochs (:func:`max_epochs`)."""
-    return fit(
-        train.x,
-        train.y,
-        val.x,
-        val.y,
-        symbols_train=train.symbol,
-        symbols_val=val.symbol,
-        units=cfg.units,
-        ar_lags=cfg.ar_lags,
-        learning_rate=cfg.learning_rate,
-        epochs=max_epochs(cfg, warm is not None),
-        batch_size=cfg.batch_size,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        seeds=cfg.seeds,
-        on_epoch=on_epoch,
-        warm=warm,
-    )
+    """Train the model with the config's hyper-parameters; from ``warm`` for fewer epochs (:func:`max_epochs`).
+
+    With several ``workers`` the chief first shares what the fit learns from (:class:`FitInputs`),
+    and every worker fits on exactly that, together.
+    """
+    if workers is None or workers.single:
+        return fit(
+            train.x,
+            train.y,
+            val.x,
+            val.y,
+            symbols_train=train.symbol,
+            symbols_val=val.symbol,
+            **fit_settings(cfg, warm is not None),
+            on_epoch=on_epoch,
+            warm=warm,
+        )
+    inputs = FitInputs.of(train, val, cfg, warm, run_name)
+    workers.share(*inputs.shared())
+    try:
+        result = inputs.fit(on_epoch, workers)
+    except WarmStartError:  # the others met it at the same point, before any epoch: they wait for the next fit
+        workers.awaiting = True
+        raise
+    # no collective runs after the fit: TensorFlow's later report that the others stopped sending
+    # heartbeats ("tasks are unhealthy") touches nothing the chief still does
+    log.info("run=%s fitted on %d workers; the others exit now, the chief goes on alone", run_name, workers.role.count)
+    return result
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fit learns from, as the chief shares it with the other workers (symbols as numbers, JSON settings)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    symbols_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    symbols_val: np.ndarray
+    settings: dict[str, Any]  # fit's keyword arguments (fit_settings)
+    warm: WarmStart | None
+    run_name: str
+
+    @classmethod
+    def of(cls, train: Windows, val: Windows, cfg: TrainConfig, warm: WarmStart | None, run_name: str) -> FitInputs:
+        """The inputs of a fit on ``train`` and ``val`` with ``cfg``, from ``warm`` where given."""
+        # symbol weights only group windows by symbol, so a symbol's number weighs exactly as its name does
+        _, codes = np.unique(np.concatenate([train.symbol, val.symbol]).astype(str), return_inverse=True)
+        fitted = (train.x, train.y, codes[: len(train)], val.x, val.y, codes[len(train) :])
+        return cls(*fitted, fit_settings(cfg, warm is not None), warm, run_name)
+
+    def shared(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The header and arrays that carry these inputs to the other workers (:meth:`Workers.share`)."""
+        warm = self.warm
+        header = {
+            "run_name": self.run_name,
+            "settings": self.settings,
+            "warm": None if warm is None else {"y_scale": warm.y_scale, "members": [len(m) for m in warm.members]},
+        }
+        members = [] if warm is None else [w for member in warm.members for w in member]
+        arrays = [self.x_train, self.y_train, self.symbols_train, self.x_val, self.y_val, self.symbols_val]
+        return header, [*arrays, *members]
+
+    @classmethod
+    def received(cls, header: dict[str, Any], arrays: list[np.ndarray]) -> FitInputs:
+        """The inputs :meth:`shared` sent."""
+        fitted, weights = arrays[:6], arrays[6:]
+        warm = None
+        if header["warm"] is not None:
+            counts = header["warm"]["members"]
+            members = [list(weights[end - n : end]) for n, end in zip(counts, np.cumsum(counts), strict=True)]
+            warm = WarmStart(members, float(header["warm"]["y_scale"]))
+        return cls(*fitted, header["settings"], warm, header["run_name"])
+
+    def fit(self, on_epoch: Any, workers: Workers) -> FitResult:
+        """Fit on these inputs, on every worker at once."""
+        return fit(
+            self.x_train,
+            self.y_train,
+            self.x_val,
+            self.y_val,
+            symbols_train=self.symbols_train,
+            symbols_val=self.symbols_val,
+            **self.settings,
+            on_epoch=on_epoch,
+            warm=self.warm,
+            workers=workers,
+        )
+
+
+def follow_chief(workers: Workers) -> dict[str, Any]:
+    """A worker other than the chief: fit with it whenever it shares a fit, until it has one; nothing else.
+
+    The chief alone reads bars and MLflow, registers and writes the summary; this returns what the
+    worker did. A warm start whose weights do not fit fails on every worker at the same point,
+    before any epoch, and the chief then shares the fit from scratch.
+    """
+    while True:
+        header, arrays = workers.share()
+        if STOP in header:
+            log.info("worker=%s run=%s the chief fits nothing: %s", workers.role, header.get("run_name", "-"), header)
+            return {"worker": str(workers.role), "trained": False, "reason": header.get("reason")}
+        inputs = FitInputs.received(header, arrays)
+        try:
+            result = inputs.fit(None, workers)
+        except WarmStartError as exc:
+            log.warning("worker=%s run=%s the warm start failed (%s): from scratch", workers.role, inputs.run_name, exc)
+            continue
+        log.info(
+            "worker=%s run=%s trained %d members with the chief (%d epochs of the first); the chief registers",
+            workers.role,
+            inputs.run_name,
+            result.seeds,
+            len(result.loss),
+        )
+        return {"worker": str(workers.role), "run_name": inputs.run_name, "trained": True, "epochs": len(result.loss)}
 
 
 def max_epochs(cfg: TrainConfig, warm: bool) -> int:
@@ -592,17 +673,113 @@ def warm_start(
         return None, replace(plan, use=False, source=None, reason=reason)
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, test against champion and persistence on the decision slice, register, and decide."""
+@dataclass(frozen=True)
+class Job:
+    """One run of the job as the chief runs it: its config, registry, workers and MLflow run, and a scratch folder."""
+
+    cfg: TrainConfig
+    registry: ModelRegistry
+    workers: Workers
+    run_name: str
+    run_id: str
+    artifact_uri: str
+    tmp: Path
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What this run is judged against: persistence's version, and the champion's version, kind, tags and model."""
+
+    persistence: str
+    champion: str
+    kind: str
+    tags: dict[str, str]
+    model: Any  # the champion's loaded pyfunc; None for persistence or where it could not be loaded
+    error: str | None  # why the champion could not be loaded
+    evidence: evaluate.Evidence  # the record the last committed decision left
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The fit of this run: its result, the warm start it used (or why not), and the summary's ``training``."""
+
+    result: FitResult
+    plan: WarmPlan
+    warm: bool
+    trained_until: int
+    spec: dict[str, Any]
+    training: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The trained forecaster with its interval scale, and persistence's scale on the same calibration windows."""
+
+    forecaster: Forecaster
+    scale: intervals.IntervalScale
+    persistence_scale: intervals.IntervalScale
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The decision slice's verdict: the windows every predictor scored, their forecasts, the tests and the figures."""
+
+    windows: Windows  # the decision windows that every compared predictor forecast
+    y: np.ndarray
+    model_ret: np.ndarray
+    champion_ret: np.ndarray | None  # None: no trained champion could be scored
+    tested: evaluate.Decision
+    verdict: evaluate.Verdict
+    reason: str
+    evidence: dict[str, Any]  # the verdict's figures (the summary's "evidence")
+    figures: dict[str, Any]  # the summary's "metrics"
+
+
+def run(cfg: TrainConfig, workers: Workers | None = None) -> dict[str, Any]:
+    """Train, test against champion and persistence on the decision slice, register, and decide.
+
+    With several ``workers`` (:mod:`training_job.cluster`) the chief does all that and the others
+    only fit with it (:func:`follow_chief`); alone, the job is the chief.
+    """
+    workers = workers or Workers()
+    if not workers.chief:
+        return follow_chief(workers)
+    with workers.leading():
+        return lead(cfg, workers)
+
+
+def lead(cfg: TrainConfig, workers: Workers) -> dict[str, Any]:
+    """The chief's run: prepare, fit, calibrate, judge, register and summarise; or skip when nothing is new."""
     prepared = prepare(cfg.bars, cfg)
-    bars, windows, skipped = prepared.bars, prepared.windows, prepared.skipped
-    train, val, cal, dec = prepared.train, prepared.validation, prepared.calibration, prepared.decision
-    profile = data.profile(bars, cfg.max_gap_minutes)
+    profile = data.profile(prepared.bars, cfg.max_gap_minutes)
     for symbol, dropped in prepared.without_target.items():
         profile["symbols"][symbol]["windows_without_target"] = dropped
     mlflow.set_experiment(cfg.experiment)
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     registry = ModelRegistry(MlflowClient(), cfg.model_name)
+    log_history(run_name, cfg, prepared)
+    last = read_evidence(registry)
+    dec = prepared.decision
+    if last.watermark is not None and not evaluate.fresh_windows(dec.as_of, last.watermark, cfg.horizon).any():
+        return nothing_new(cfg, registry, last, prepared.skipped, prepared.history)
+    with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp_name:
+        job = Job(cfg, registry, workers, run_name, active.info.run_id, active.info.artifact_uri, Path(tmp_name))
+        log_inputs(job, prepared, profile)
+        roles = settle_roles(job, prepared)
+        fitted = fit_members(job, prepared, roles)
+        calibrated = calibrate(job, prepared, fitted.result)
+        judged = judge(job, prepared, roles, calibrated.forecaster)
+        # not named `interval`: tests/infra/test_docs.py reads the summary's interval keys off that dict literal
+        interval_summary = interval_figures(cfg, judged, calibrated)
+        log_judgement(job, fitted.result, judged, interval_summary, calibrated)
+        summary = register_and_summarise(job, prepared, roles, fitted, calibrated, judged, interval_summary)
+    if cfg.summary_out:
+        Path(cfg.summary_out).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    return summary
+
+
+def log_history(run_name: str, cfg: TrainConfig, prepared: Prepared) -> None:
+    """Log the window of bars this tick read."""
     history = prepared.history
     log.info(
         "run=%s mode=%s history %s..%s (%s trading days, %d bars)",
@@ -611,318 +788,400 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         evaluate.utc_minute(history.since) if history else "-",
         evaluate.utc_minute(history.until) if history else "-",
         history.days if history and history.days else "all",
-        len(bars),
+        len(prepared.bars),
     )
-    last = read_evidence(registry)
-    if last.watermark is not None and not evaluate.fresh_windows(dec.as_of, last.watermark, cfg.horizon).any():
-        return nothing_new(cfg, registry, last, skipped, history)
-    with mlflow.start_run(run_name=run_name) as active, tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
-        log.info(
-            "run=%s windows train=%d of %d val=%d of %d calibration=%d decision=%d",
-            run_name,
-            len(train),
-            prepared.sampled["train_available"],
-            len(val),
-            prepared.sampled["validation_available"],
-            len(cal),
-            len(dec),
-        )
-        for symbol, dropped in prepared.without_target.items():
-            if dropped["in_segment"] or dropped["at_gap"]:
-                log.info(
-                    "run=%s symbol=%s windows without a bar at their target minute: %d in a segment, %d at a gap",
-                    run_name,
-                    symbol,
-                    dropped["in_segment"],
-                    dropped["at_gap"],
-                )
-        mlflow.log_params({k: str(v) for k, v in cfg.__dict__.items()})
-        mlflow.log_params(
-            {
-                "symbols": ",".join(sorted(set(windows.symbol))),
-                "windows_train": len(train),
-                "windows_train_available": prepared.sampled["train_available"],
-                "windows_validation": len(val),
-                "windows_validation_available": prepared.sampled["validation_available"],
-                "history_since": evaluate.utc_minute(history.since) if history else "-",
-                "history_until": evaluate.utc_minute(history.until) if history else "-",
-                "windows_calibration": len(cal),
-                "windows_decision": len(dec),
-                "skipped_symbols": ",".join(skipped) or "-",
-            }
-        )
-        mlflow.log_dict({**profile, "skipped": skipped}, "data_profile.json")
 
-        persistence_version = registry.persistence_version()
-        if persistence_version is None:
-            persistence_version = register_persistence(registry, prepared, cfg, run_id, artifact_uri, tmp)
-            if registry.version_for(CHAMPION) is None:
-                registry.assign(CHAMPION, persistence_version)
-        evidence = read_evidence(registry)  # what the last committed decision left; its champion is the champion
-        champion_version = evidence.champion or registry.version_for(CHAMPION) or persistence_version
-        champion_tags = registry.tags_of(champion_version)
-        champion_kind = champion_tags.get(KIND_TAG, LSTM_ATTENTION)
-        champion, champion_error = None, None
-        if champion_kind != PERSISTENCE:
-            champion, champion_error = _load_champion(registry, champion_version, run_name)
-        spec = config_architecture(cfg)
-        plan = plan_warm_start(
-            cfg.mode, champion_version, champion_kind, champion_tags, spec, prepared.split.calibration_start
-        )
-        warm, plan = warm_start(plan, champion, champion_error, cfg, run_name)
-        log.info("run=%s %s: %s", run_name, "warm start" if warm else "from scratch", plan.reason)
 
-        def on_epoch(epoch: int, logs: dict) -> None:
-            mlflow.log_metrics({"loss": logs["loss"], "val_loss": logs["val_loss"]}, step=epoch + 1)
-            log.info("run=%s epoch=%d loss=%.3g val_loss=%.3g", run_name, epoch + 1, logs["loss"], logs["val_loss"])
+def log_inputs(job: Job, prepared: Prepared, profile: dict[str, Any]) -> None:
+    """Log and record what the run learns from: the windows of each slice, those dropped, the config, the profile."""
+    train, val, history, skipped = prepared.train, prepared.validation, prepared.history, prepared.skipped
+    sampled = prepared.sampled
+    log.info(
+        "run=%s windows train=%d of %d val=%d of %d calibration=%d decision=%d",
+        job.run_name,
+        len(train),
+        sampled["train_available"],
+        len(val),
+        sampled["validation_available"],
+        len(prepared.calibration),
+        len(prepared.decision),
+    )
+    for symbol, dropped in prepared.without_target.items():
+        if dropped["in_segment"] or dropped["at_gap"]:
+            log.info(
+                "run=%s symbol=%s windows without a bar at their target minute: %d in a segment, %d at a gap",
+                job.run_name,
+                symbol,
+                dropped["in_segment"],
+                dropped["at_gap"],
+            )
+    mlflow.log_params({k: str(v) for k, v in job.cfg.__dict__.items()})
+    mlflow.log_params(
+        {
+            "symbols": ",".join(sorted(set(prepared.windows.symbol))),
+            "windows_train": len(train),
+            "windows_train_available": sampled["train_available"],
+            "windows_validation": len(val),
+            "windows_validation_available": sampled["validation_available"],
+            "history_since": evaluate.utc_minute(history.since) if history else "-",
+            "history_until": evaluate.utc_minute(history.until) if history else "-",
+            "windows_calibration": len(prepared.calibration),
+            "windows_decision": len(prepared.decision),
+            "skipped_symbols": ",".join(skipped) or "-",
+            "workers": job.workers.role.count,
+        }
+    )
+    mlflow.log_dict({**profile, "skipped": skipped}, "data_profile.json")
 
-        try:
-            result = fit_model(train, val, cfg, on_epoch, warm)
-        except WarmStartError as exc:  # raised before any epoch: the fit starts again from scratch
-            log.warning("run=%s champion v%s cannot start the fit: %s", run_name, plan.source, exc)
-            reason = f"champion v{plan.source}'s weights cannot start this fit ({exc}): from scratch"
-            warm, plan = None, replace(plan, use=False, source=None, reason=reason)
-            result = fit_model(train, val, cfg, on_epoch)
-        trained_until = lineage_trained_until(fitted_until(train, val), plan.source_trained_until if warm else None)
-        training = {
-            "mode": cfg.mode,
-            "history": history.as_dict() if history else None,
-            "windows": {**prepared.sampled, "max_train_windows": cfg.max_train_windows},
-            "warm_start": {"used": warm is not None, "from": plan.source if warm else None, "reason": plan.reason},
-            "epochs": {
-                "max": max_epochs(cfg, warm is not None),
-                "run": len(result.loss),
-                "best": result.best_epoch,
-            },
-            "trained_until": evaluate.utc_minute(trained_until),
-            "fingerprint": fingerprint(spec),
-        }
-        mlflow.log_params({"warm_start_from": plan.source if warm else "-", FINGERPRINT_TAG: fingerprint(spec)})
-        mlflow.log_metrics(
-            {
-                "best_epoch": result.best_epoch,
-                "shrinkage": result.shrinkage,
-                "seeds": result.seeds,
-                "initial_val_loss": result.initial_val_loss,
-                "warm_start": float(warm is not None),
-            }
-        )
-        meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes, interval_level=cfg.interval_level)
-        forecaster = Forecaster(result.model, meta)
-        scale = interval_scale(forecaster, cal, cfg.interval_level)
-        forecaster.meta = meta = with_interval(meta, scale)
-        persistence_scale = interval_scale(Forecaster.persistence(meta), cal, cfg.interval_level)
 
-        # every predictor is scored through the pyfunc path on the same unseen windows: each window's
-        # features come from exactly the bars a live request sends, so this scores what is served
-        model_ret = predicted_returns(forecaster.predict_frame(bars, latest_only=False), dec)
-        champion_ret = np.zeros(len(dec))
-        if champion_kind != PERSISTENCE:
-            champion_ret = None
-            if champion is not None:
-                champion_ret, champion_error = _score_champion(champion, champion_version, bars, dec, run_name)
-        common = np.isfinite(model_ret) & (np.isfinite(champion_ret) if champion_ret is not None else True)
-        d = dec.take(np.flatnonzero(common))
-        model_ret = model_ret[common]
-        y = d.y.astype(np.float64)
-        losses = {"model": (model_ret - y) ** 2, "persistence": y**2}
-        if champion_ret is not None:
-            losses["champion"] = (champion_ret[common] - y) ** 2
-        # the slice's Diebold–Mariano tests on per-minute means: the figures each tick reports
-        tested = evaluate.gate(
-            losses["model"],
-            losses["persistence"],
-            losses.get("champion"),
-            champion_kind == PERSISTENCE,
-            cfg.alpha,
-            cfg.horizon,
-            as_of=d.as_of,
-        )
-        # the decision: the first one on the whole slice, every later one on minutes no decision has used
-        verdict = evaluate.decide(
-            evidence,
-            d.as_of,
-            y,
-            model_ret,
-            None if champion_ret is None else champion_ret[common],
-            d.volatility**2,
-            champion_version,
-            champion_kind == PERSISTENCE,
-            persistence_version,
-            cfg.alpha,
-            cfg.horizon,
-        )
-        demoted = verdict.demoted
-        reason = verdict.reason if champion_error is None else f"{champion_error}: demoted; {verdict.reason}"
-        evidence_figures = verdict.figures(cfg.alpha)
-        mlflow.log_metrics(
-            {
-                "e_value": evidence_figures["e_value"],
-                "fresh_minutes": verdict.minutes,
-                "n_minutes": tested.vs_persistence.n,
-                **{
-                    f"e_{name}": evidence_figures[name]["e"]
-                    for name in ("vs_persistence", "vs_champion", "champion_worse")
-                    if evidence_figures[name]
-                },
-            }
-        )
-        figures = {
-            "model": evaluate.metrics(model_ret, y, d.last_close),
-            "champion": None
-            if champion_ret is None
-            else evaluate.metrics(champion_ret[common], y, d.last_close, champion_kind == PERSISTENCE),
-            "persistence": evaluate.metrics(np.zeros(len(d)), y, d.last_close, persistence=True),
-        }
-        half = forecaster.half_width(d)  # exactly what serving computes for these windows
-        persistence_half = persistence_scale.half_width(d.volatility)
-        interval = {
-            "level": cfg.interval_level,
-            "q": list(scale.q),
-            "edges": list(scale.edges),
-            "coverage": intervals.coverage(model_ret, y, half),
-            "winkler": intervals.winkler(model_ret, y, half, cfg.interval_level),
-            "persistence_coverage": intervals.coverage(np.zeros(len(d)), y, persistence_half),
-            "persistence_winkler": intervals.winkler(np.zeros(len(d)), y, persistence_half, cfg.interval_level),
-            "by_volatility": intervals.by_volatility(
-                d.volatility, y, cfg.interval_level, (model_ret, half), (np.zeros(len(d)), persistence_half)
-            ),
-        }
-        tests = {
-            "vs_champion": tested.vs_champion.as_dict() if tested.vs_champion else None,
-            "vs_persistence": tested.vs_persistence.as_dict(),
-            "champion_vs_persistence": tested.champion_vs_persistence.as_dict()
-            if tested.champion_vs_persistence
-            else None,
-        }
-        for who, values in figures.items():
-            if values:
-                mlflow.log_metrics({f"{who}_{k}": v for k, v in values.items() if v is not None})
-        for name, test in tests.items():
-            if test:
-                mlflow.log_metrics({f"{name}_{k}": v for k, v in test.items() if v is not None})
-        mlflow.log_metrics(
-            {
-                "interval_coverage": interval["coverage"],
-                "interval_winkler": interval["winkler"],
-                "n_decision": len(d),
-                **{f"interval_q_{b}": q for b, q in enumerate(scale.q)},
-                **{
-                    f"interval_{prefix}{key}_{row['tercile']}": row[f"{prefix}{key}"]
-                    for row in interval["by_volatility"]
-                    for prefix in ("", "persistence_")
-                    for key in ("coverage", "winkler")
-                    if row[f"{prefix}{key}"] is not None
-                },
-            }
-        )
-        for png in _plots(result.loss, result.val_loss, d, model_ret, tmp):
-            mlflow.log_artifact(str(png), "plots")
-        table = pd.DataFrame(
-            {
-                "symbol": d.symbol.astype(str),
-                "as_of": d.as_of,
-                "actual_return": y,
-                "model": model_ret,
-                "champion": np.nan if champion_ret is None else champion_ret[common],
-                "half_width": half,
-            }
-        )
-        table.to_parquet(tmp / "decision_forecasts.parquet")
-        mlflow.log_artifact(str(tmp / "decision_forecasts.parquet"))
+def settle_roles(job: Job, prepared: Prepared) -> Roles:
+    """Persistence's version (registered first where there is none) and the champion the record names, loaded."""
+    registry, cfg = job.registry, job.cfg
+    persistence_version = registry.persistence_version()
+    if persistence_version is None:
+        persistence_version = register_persistence(registry, prepared, cfg, job.run_id, job.artifact_uri, job.tmp)
+        if registry.version_for(CHAMPION) is None:
+            registry.assign(CHAMPION, persistence_version)
+    evidence = read_evidence(registry)  # what the last committed decision left; its champion is the champion
+    champion_version = evidence.champion or registry.version_for(CHAMPION) or persistence_version
+    champion_tags = registry.tags_of(champion_version)
+    champion_kind = champion_tags.get(KIND_TAG, LSTM_ATTENTION)
+    champion, champion_error = None, None
+    if champion_kind != PERSISTENCE:
+        champion, champion_error = _load_champion(registry, champion_version, job.run_name)
+    return Roles(
+        persistence_version, champion_version, champion_kind, champion_tags, champion, champion_error, evidence
+    )
 
-        forecaster.meta = meta = replace(
-            meta,
-            skill=skill(
-                figures["model"]["log_rmse"], figures["persistence"]["log_rmse"], tested.vs_persistence, len(d)
-            ),
-        )
-        save_pyfunc(forecaster, input_example(bars, d, meta), tmp / "model")
-        mlflow.log_artifacts(str(tmp / "model"), "model")
-        tags = {
-            KIND_TAG: LSTM_ATTENTION,
-            "decision": verdict.decision,
-            "reason": reason[:4000],
-            "run_name": run_name,
-            "decision_rmse": f"{figures['model']['rmse']:.6g}",
-            "decision_log_rmse": f"{figures['model']['log_rmse']:.6g}",
-            "persistence_rmse": f"{figures['persistence']['rmse']:.6g}",
-            "persistence_log_rmse": f"{figures['persistence']['log_rmse']:.6g}",
-            "n_decision": str(len(d)),
-            "p_vs_persistence": _fmt(tested.vs_persistence.p_value),
-            "p_vs_champion": _fmt(tested.vs_champion.p_value if tested.vs_champion else None),
-            "n_minutes": str(tested.vs_persistence.n),
-            "fresh_minutes": str(verdict.minutes),
-            "e_value": _fmt(evidence_figures["e_value"]),
-            "e_vs_champion": _fmt(evidence_figures["vs_champion"] and evidence_figures["vs_champion"]["e"]),
-            "e_champion_worse": _fmt(evidence_figures["champion_worse"] and evidence_figures["champion_worse"]["e"]),
-            "evidence_since": evidence_figures["since"] or "-",
-            # the record the next tick decides from: registering this version with it commits the decision
-            EVIDENCE_TAG: verdict.evidence.to_tag(),
-            "interval_coverage": f"{interval['coverage']:.4f}",
-            # what the next tick's warm start is decided on (plan_warm_start)
-            "mode": cfg.mode,
-            FINGERPRINT_TAG: fingerprint(spec),
-            ARCHITECTURE_TAG: json.dumps(spec, separators=(",", ":")),
-            TRAINED_UNTIL_TAG: str(trained_until),
-            "warm_start_from": plan.source if warm else "-",
-        }
-        if figures["champion"]:  # the Function App reports all three figures from the version's tags
-            tags["champion_rmse"] = f"{figures['champion']['rmse']:.6g}"
-        version = registry.register(f"{artifact_uri}/model", run_id, tags)
-        registry.assign(CHALLENGER, version)
-        champion_after = version if verdict.champion == evaluate.SELF else verdict.champion
-        # the roles follow the committed record; a job that stopped before moving them is completed here
-        if champion_after != champion_version or registry.version_for(CHAMPION) != champion_after:
-            registry.assign(CHAMPION, champion_after)
-        after_kind = LSTM_ATTENTION if champion_after == version else registry.kind_of(champion_after)
-        mlflow.set_tags(
-            {**tags, "model_version": version, "champion_version": champion_version, "champion_after": champion_after}
-        )
-        summary = {
-            "version": version,
-            "kind": LSTM_ATTENTION,
-            "decision": verdict.decision,
-            "reason": reason,
-            "champion_version": champion_version,
-            "champion_after": {"version": champion_after, "kind": after_kind},
-            "demoted": demoted,
-            "n_decision": len(d),
-            "n_minutes": tested.vs_persistence.n,
-            "alpha": cfg.alpha,
-            "evidence": evidence_figures,
-            "tests": tests,
-            "interval": interval,
+
+def fit_members(job: Job, prepared: Prepared, roles: Roles) -> Fitted:
+    """Fit the members, from the champion's weights where the warm-start plan allows; record how it went."""
+    cfg, run_name = job.cfg, job.run_name
+    spec = config_architecture(cfg)
+    plan = plan_warm_start(cfg.mode, roles.champion, roles.kind, roles.tags, spec, prepared.split.calibration_start)
+    warm, plan = warm_start(plan, roles.model, roles.error, cfg, run_name)
+    log.info("run=%s %s: %s", run_name, "warm start" if warm else "from scratch", plan.reason)
+    result, warm, plan = _fit_or_start_over(job, prepared, warm, plan)
+    train, val = prepared.train, prepared.validation
+    trained_until = lineage_trained_until(fitted_until(train, val), plan.source_trained_until if warm else None)
+    training = {
+        "mode": cfg.mode,
+        "history": prepared.history.as_dict() if prepared.history else None,
+        "windows": {**prepared.sampled, "max_train_windows": cfg.max_train_windows},
+        "warm_start": {"used": warm is not None, "from": plan.source if warm else None, "reason": plan.reason},
+        "epochs": {"max": max_epochs(cfg, warm is not None), "run": len(result.loss), "best": result.best_epoch},
+        "trained_until": evaluate.utc_minute(trained_until),
+        "fingerprint": fingerprint(spec),
+        "workers": job.workers.role.count,
+    }
+    mlflow.log_params({"warm_start_from": plan.source if warm else "-", FINGERPRINT_TAG: fingerprint(spec)})
+    mlflow.log_metrics(
+        {
+            "best_epoch": result.best_epoch,
             "shrinkage": result.shrinkage,
-            "metrics": figures,
-            "skipped": skipped,  # symbol -> why it gave no windows (devhost up says it in the tick's line)
-            "training": training,
+            "seeds": result.seeds,
+            "initial_val_loss": result.initial_val_loss,
+            "warm_start": float(warm is not None),
         }
-        mlflow.log_dict(summary, "summary.json")
-        log.info(
-            "run=%s version=%s decision=%s champion=%s(%s) mode=%s history=%s..%s windows train=%d/%d "
-            "validation=%d/%d warm_start=%s (%s) reason=%s",
-            run_name,
-            version,
-            verdict.decision,
-            champion_after,
-            after_kind,
-            cfg.mode,
-            training["history"] and training["history"]["since"],
-            training["history"] and training["history"]["until"],
-            len(train),
-            prepared.sampled["train_available"],
-            len(val),
-            prepared.sampled["validation_available"],
-            f"v{plan.source}" if warm else "no",
-            plan.reason,
-            reason,
-        )
-    if cfg.summary_out:
-        Path(cfg.summary_out).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    )
+    return Fitted(result, plan, warm is not None, trained_until, spec, training)
+
+
+def _fit_or_start_over(
+    job: Job, prepared: Prepared, warm: WarmStart | None, plan: WarmPlan
+) -> tuple[FitResult, WarmStart | None, WarmPlan]:
+    """Fit from ``warm``; where its weights do not fit these members, from scratch: (result, warm used, plan)."""
+    cfg, run_name = job.cfg, job.run_name
+
+    def on_epoch(epoch: int, logs: dict) -> None:
+        mlflow.log_metrics({"loss": logs["loss"], "val_loss": logs["val_loss"]}, step=epoch + 1)
+        log.info("run=%s epoch=%d loss=%.3g val_loss=%.3g", run_name, epoch + 1, logs["loss"], logs["val_loss"])
+
+    train, val, workers = prepared.train, prepared.validation, job.workers
+    try:
+        return fit_model(train, val, cfg, on_epoch, warm, workers, run_name), warm, plan
+    except WarmStartError as exc:  # raised before any epoch: the fit starts again from scratch
+        log.warning("run=%s champion v%s cannot start the fit: %s", run_name, plan.source, exc)
+        reason = f"champion v{plan.source}'s weights cannot start this fit ({exc}): from scratch"
+        plan = replace(plan, use=False, source=None, reason=reason)
+        return fit_model(train, val, cfg, on_epoch, None, workers, run_name), None, plan
+
+
+def calibrate(job: Job, prepared: Prepared, result: FitResult) -> Calibrated:
+    """The trained forecaster with its interval scale, calibrated on windows no fit saw; persistence's likewise."""
+    cfg, cal = job.cfg, prepared.calibration
+    meta = ForecasterMeta(cfg.window, cfg.horizon, cfg.max_gap_minutes, interval_level=cfg.interval_level)
+    forecaster = Forecaster(result.model, meta)
+    scale = interval_scale(forecaster, cal, cfg.interval_level)
+    forecaster.meta = meta = with_interval(meta, scale)
+    persistence_scale = interval_scale(Forecaster.persistence(meta), cal, cfg.interval_level)
+    return Calibrated(forecaster, scale, persistence_scale)
+
+
+def judge(job: Job, prepared: Prepared, roles: Roles, forecaster: Forecaster) -> Judged:
+    """Score the model, the champion and persistence on the decision slice, test them and decide."""
+    cfg, dec, bars = job.cfg, prepared.decision, prepared.bars
+    persistence_champion = roles.kind == PERSISTENCE
+    # every predictor is scored through the pyfunc path on the same unseen windows: each window's
+    # features come from exactly the bars a live request sends, so this scores what is served
+    model_ret = predicted_returns(forecaster.predict_frame(bars, latest_only=False), dec)
+    champion_ret, champion_error = np.zeros(len(dec)), roles.error
+    if not persistence_champion:
+        champion_ret = None
+        if roles.model is not None:
+            champion_ret, champion_error = _score_champion(roles.model, roles.champion, bars, dec, job.run_name)
+    common = np.isfinite(model_ret) & (np.isfinite(champion_ret) if champion_ret is not None else True)
+    d = dec.take(np.flatnonzero(common))
+    model_ret = model_ret[common]
+    champion_ret = None if champion_ret is None else champion_ret[common]
+    y = d.y.astype(np.float64)
+    tested = evaluate.gate(  # the slice's Diebold–Mariano tests on per-minute means: the figures each tick reports
+        (model_ret - y) ** 2,
+        y**2,
+        None if champion_ret is None else (champion_ret - y) ** 2,
+        persistence_champion,
+        cfg.alpha,
+        cfg.horizon,
+        as_of=d.as_of,
+    )
+    # the decision: the first one on the whole slice, every later one on minutes no decision has used
+    verdict = evaluate.decide(
+        roles.evidence,
+        d.as_of,
+        y,
+        model_ret,
+        champion_ret,
+        d.volatility**2,
+        roles.champion,
+        persistence_champion,
+        roles.persistence,
+        cfg.alpha,
+        cfg.horizon,
+    )
+    reason = verdict.reason if champion_error is None else f"{champion_error}: demoted; {verdict.reason}"
+    figures = {
+        "model": evaluate.metrics(model_ret, y, d.last_close),
+        "champion": None
+        if champion_ret is None
+        else evaluate.metrics(champion_ret, y, d.last_close, persistence_champion),
+        "persistence": evaluate.metrics(np.zeros(len(d)), y, d.last_close, persistence=True),
+    }
+    return Judged(d, y, model_ret, champion_ret, tested, verdict, reason, verdict.figures(cfg.alpha), figures)
+
+
+def interval_figures(cfg: TrainConfig, judged: Judged, calibrated: Calibrated) -> dict[str, Any]:
+    """The forecast interval on the decision slice: its scale, coverage and Winkler score, persistence's beside."""
+    d, y, model_ret = judged.windows, judged.y, judged.model_ret
+    half = calibrated.forecaster.half_width(d)  # exactly what serving computes for these windows
+    persistence_half = calibrated.persistence_scale.half_width(d.volatility)
+    scale, still = calibrated.scale, np.zeros(len(d))
+    interval = {
+        "level": cfg.interval_level,
+        "q": list(scale.q),
+        "edges": list(scale.edges),
+        "coverage": intervals.coverage(model_ret, y, half),
+        "winkler": intervals.winkler(model_ret, y, half, cfg.interval_level),
+        "persistence_coverage": intervals.coverage(still, y, persistence_half),
+        "persistence_winkler": intervals.winkler(still, y, persistence_half, cfg.interval_level),
+        "by_volatility": intervals.by_volatility(
+            d.volatility, y, cfg.interval_level, (model_ret, half), (still, persistence_half)
+        ),
+    }
+    return interval
+
+
+def test_figures(tested: evaluate.Decision) -> dict[str, dict[str, Any] | None]:
+    """The slice's three Diebold–Mariano tests as the summary holds them (None where not run)."""
+    return {
+        "vs_champion": tested.vs_champion.as_dict() if tested.vs_champion else None,
+        "vs_persistence": tested.vs_persistence.as_dict(),
+        "champion_vs_persistence": tested.champion_vs_persistence.as_dict() if tested.champion_vs_persistence else None,
+    }
+
+
+def log_judgement(
+    job: Job, result: FitResult, judged: Judged, interval: dict[str, Any], calibrated: Calibrated
+) -> None:
+    """Log the decision's figures as run metrics, and its plots and forecasts as artifacts."""
+    d, evidence, scale = judged.windows, judged.evidence, calibrated.scale
+    records = ("vs_persistence", "vs_champion", "champion_worse")
+    mlflow.log_metrics(
+        {
+            "e_value": evidence["e_value"],
+            "fresh_minutes": judged.verdict.minutes,
+            "n_minutes": judged.tested.vs_persistence.n,
+            **{f"e_{name}": evidence[name]["e"] for name in records if evidence[name]},
+        }
+    )
+    for who, values in judged.figures.items():
+        if values:
+            mlflow.log_metrics({f"{who}_{k}": v for k, v in values.items() if v is not None})
+    for name, test in test_figures(judged.tested).items():
+        if test:
+            mlflow.log_metrics({f"{name}_{k}": v for k, v in test.items() if v is not None})
+    mlflow.log_metrics(
+        {
+            "interval_coverage": interval["coverage"],
+            "interval_winkler": interval["winkler"],
+            "n_decision": len(d),
+            **{f"interval_q_{b}": q for b, q in enumerate(scale.q)},
+            **{
+                f"interval_{prefix}{key}_{row['tercile']}": row[f"{prefix}{key}"]
+                for row in interval["by_volatility"]
+                for prefix in ("", "persistence_")
+                for key in ("coverage", "winkler")
+                if row[f"{prefix}{key}"] is not None
+            },
+        }
+    )
+    log_decision_artifacts(job, result, judged, calibrated.forecaster.half_width(d))
+
+
+def log_decision_artifacts(job: Job, result: FitResult, judged: Judged, half_width: np.ndarray) -> None:
+    """The loss and forecast plots, and every decision window's forecast and interval half-width as Parquet."""
+    d, tmp = judged.windows, job.tmp
+    for png in _plots(result.loss, result.val_loss, d, judged.model_ret, tmp):
+        mlflow.log_artifact(str(png), "plots")
+    table = pd.DataFrame(
+        {
+            "symbol": d.symbol.astype(str),
+            "as_of": d.as_of,
+            "actual_return": judged.y,
+            "model": judged.model_ret,
+            "champion": np.nan if judged.champion_ret is None else judged.champion_ret,
+            "half_width": half_width,
+        }
+    )
+    table.to_parquet(tmp / "decision_forecasts.parquet")
+    mlflow.log_artifact(str(tmp / "decision_forecasts.parquet"))
+
+
+def save_model(job: Job, prepared: Prepared, forecaster: Forecaster, judged: Judged) -> None:
+    """Write the forecaster, carrying its decision-slice skill, as the run's ``model`` artifact."""
+    figures, d = judged.figures, judged.windows
+    model_skill = skill(
+        figures["model"]["log_rmse"], figures["persistence"]["log_rmse"], judged.tested.vs_persistence, len(d)
+    )
+    forecaster.meta = meta = replace(forecaster.meta, skill=model_skill)
+    save_pyfunc(forecaster, input_example(prepared.bars, d, meta), job.tmp / "model")
+    mlflow.log_artifacts(str(job.tmp / "model"), "model")
+
+
+def version_tags(job: Job, fitted: Fitted, judged: Judged, interval: dict[str, Any]) -> dict[str, str]:
+    """The tags the version is registered with: its decision, figures, record and what a warm start reads."""
+    figures, tested, evidence, spec = judged.figures, judged.tested, judged.evidence, fitted.spec
+    tags = {
+        KIND_TAG: LSTM_ATTENTION,
+        "decision": judged.verdict.decision,
+        "reason": judged.reason[:4000],
+        "run_name": job.run_name,
+        "decision_rmse": f"{figures['model']['rmse']:.6g}",
+        "decision_log_rmse": f"{figures['model']['log_rmse']:.6g}",
+        "persistence_rmse": f"{figures['persistence']['rmse']:.6g}",
+        "persistence_log_rmse": f"{figures['persistence']['log_rmse']:.6g}",
+        "n_decision": str(len(judged.windows)),
+        "p_vs_persistence": _fmt(tested.vs_persistence.p_value),
+        "p_vs_champion": _fmt(tested.vs_champion.p_value if tested.vs_champion else None),
+        "n_minutes": str(tested.vs_persistence.n),
+        "fresh_minutes": str(judged.verdict.minutes),
+        "e_value": _fmt(evidence["e_value"]),
+        "e_vs_champion": _fmt(evidence["vs_champion"] and evidence["vs_champion"]["e"]),
+        "e_champion_worse": _fmt(evidence["champion_worse"] and evidence["champion_worse"]["e"]),
+        "evidence_since": evidence["since"] or "-",
+        # the record the next tick decides from: registering this version with it commits the decision
+        EVIDENCE_TAG: judged.verdict.evidence.to_tag(),
+        "interval_coverage": f"{interval['coverage']:.4f}",
+        # what the next tick's warm start is decided on (plan_warm_start)
+        "mode": job.cfg.mode,
+        FINGERPRINT_TAG: fingerprint(spec),
+        ARCHITECTURE_TAG: json.dumps(spec, separators=(",", ":")),
+        TRAINED_UNTIL_TAG: str(fitted.trained_until),
+        "warm_start_from": fitted.plan.source if fitted.warm else "-",
+    }
+    if figures["champion"]:  # the Function App reports all three figures from the version's tags
+        tags["champion_rmse"] = f"{figures['champion']['rmse']:.6g}"
+    return tags
+
+
+def register_version(job: Job, roles: Roles, judged: Judged, tags: dict[str, str]) -> tuple[str, str, str]:
+    """Register the model (committing the decision) and move the roles: (version, champion after, its kind)."""
+    registry = job.registry
+    version = registry.register(f"{job.artifact_uri}/model", job.run_id, tags)
+    registry.assign(CHALLENGER, version)
+    verdict = judged.verdict
+    champion_after = version if verdict.champion == evaluate.SELF else verdict.champion
+    # the roles follow the committed record; a job that stopped before moving them is completed here
+    if champion_after != roles.champion or registry.version_for(CHAMPION) != champion_after:
+        registry.assign(CHAMPION, champion_after)
+    after_kind = LSTM_ATTENTION if champion_after == version else registry.kind_of(champion_after)
+    mlflow.set_tags(
+        {**tags, "model_version": version, "champion_version": roles.champion, "champion_after": champion_after}
+    )
+    return version, champion_after, after_kind
+
+
+def register_and_summarise(
+    job: Job,
+    prepared: Prepared,
+    roles: Roles,
+    fitted: Fitted,
+    calibrated: Calibrated,
+    judged: Judged,
+    interval: dict[str, Any],
+) -> dict[str, Any]:
+    """Save and register the model, move the roles, and log the decision summary (what --summary-out writes)."""
+    save_model(job, prepared, calibrated.forecaster, judged)
+    version, champion_after, after_kind = register_version(
+        job, roles, judged, version_tags(job, fitted, judged, interval)
+    )
+    verdict, tested = judged.verdict, judged.tested
+    summary = {
+        "version": version,
+        "kind": LSTM_ATTENTION,
+        "decision": verdict.decision,
+        "reason": judged.reason,
+        "champion_version": roles.champion,
+        "champion_after": {"version": champion_after, "kind": after_kind},
+        "demoted": verdict.demoted,
+        "n_decision": len(judged.windows),
+        "n_minutes": tested.vs_persistence.n,
+        "alpha": job.cfg.alpha,
+        "evidence": judged.evidence,
+        "tests": test_figures(tested),
+        "interval": interval,
+        "shrinkage": fitted.result.shrinkage,
+        "metrics": judged.figures,
+        "skipped": prepared.skipped,  # symbol -> why it gave no windows (devhost up says it in the tick's line)
+        "training": fitted.training,
+    }
+    mlflow.log_dict(summary, "summary.json")
+    log_decision(job, prepared, fitted, summary)
     return summary
+
+
+def log_decision(job: Job, prepared: Prepared, fitted: Fitted, summary: dict[str, Any]) -> None:
+    """The run's one-line account: version, decision, champion, mode, history, windows, warm start and why."""
+    history, warm_start = fitted.training["history"], fitted.training["warm_start"]
+    log.info(
+        "run=%s version=%s decision=%s champion=%s(%s) mode=%s history=%s..%s windows train=%d/%d "
+        "validation=%d/%d warm_start=%s (%s) workers=%d reason=%s",
+        job.run_name,
+        summary["version"],
+        summary["decision"],
+        summary["champion_after"]["version"],
+        summary["champion_after"]["kind"],
+        job.cfg.mode,
+        history and history["since"],
+        history and history["until"],
+        len(prepared.train),
+        prepared.sampled["train_available"],
+        len(prepared.validation),
+        prepared.sampled["validation_available"],
+        f"v{warm_start['from']}" if warm_start["used"] else "no",
+        warm_start["reason"],
+        job.workers.role.count,
+        summary["reason"],
+    )
 
 
 def nothing_new(
@@ -985,11 +1244,13 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the job from the command line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("mlflow", "absl", "urllib3", "alembic"):
+    # tensorflow: MultiWorkerMirroredStrategy logs every collective it sets up at INFO
+    for noisy in ("mlflow", "absl", "urllib3", "alembic", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = parse_args(argv)
     try:
-        summary = run(cfg)
+        workers = Workers.join(os.environ.get("TF_CONFIG"))  # first: before any other TensorFlow operation
+        summary = run(cfg, workers)
     except (NotEnoughDataError, data.NoDataError) as exc:
         log.error("%s", exc)
         return 2

@@ -72,6 +72,11 @@ param modelName string = 'stockcast-lstm-attention'
 param experimentName string = 'stockcast'
 
 @minValue(1)
+@maxValue(4)
+@description('Nodes of the CPU compute cluster one training job runs on (TRAINING_NODES); at most its maximum node count (amlComputeMaxNodes).')
+param trainingNodes int = 1
+
+@minValue(1)
 @maxValue(1000)
 @description('Most instances Flex Consumption may scale the app to.')
 param maximumInstanceCount int = 40
@@ -262,6 +267,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'TRAINING_FULL_EVERY_HOURS'
           value: '24'
+        }
+        // more than one: the job runs under Azure ML's TensorFlow distribution, one worker a node
+        {
+          name: 'TRAINING_NODES'
+          value: string(trainingNodes)
         }
         {
           name: 'AZURE_SUBSCRIPTION_ID'

@@ -117,6 +117,15 @@ customMetrics
 | order by timestamp asc
 '''
 
+// raw/ compaction (functions/compact): hours per outcome, and the blobs and bytes it moved
+var queryCompaction = '''
+customMetrics
+| where name in ("stockcast.compaction.hours", "stockcast.compaction.blobs", "stockcast.compaction.bytes")
+| extend series = strcat(name, " ", tostring(coalesce(customDimensions.outcome, customDimensions.action, customDimensions.direction)))
+| summarize total = sum(valueSum) by series, bin(timestamp, 1h)
+| order by timestamp asc
+'''
+
 var queryLiveSkill = '''
 customMetrics
 | where name == "stockcast.live.skill_ratio"
@@ -238,6 +247,15 @@ var workbookContent = {
       content: union(appInsightsItem, {
         title: 'Rollout ticks by outcome (succeeded, failed)'
         query: queryRolloutOutcomes
+        visualization: 'barchart'
+      })
+    }
+    {
+      type: 3
+      name: 'compaction'
+      content: union(appInsightsItem, {
+        title: 'raw/ compaction: hours by outcome, blobs merged and deleted, bytes read and written'
+        query: queryCompaction
         visualization: 'barchart'
       })
     }
@@ -365,6 +383,15 @@ union
 var queryAlertRolloutFailed = '''
 AppMetrics
 | where Name == "stockcast.rollout"
+| where tostring(Properties.outcome) == "failed" and Sum > 0
+| summarize failures = sum(Sum)
+'''
+
+// A compaction run left an hour failed (functions/telemetry.py, COMPACTION_HOURS with outcome failed): its
+// compacted blob does not decode, so that hour's raw blobs stay as they are (readers still read them).
+var queryAlertCompactionFailed = '''
+AppMetrics
+| where Name == "stockcast.compaction.hours"
 | where tostring(Properties.outcome) == "failed" and Sum > 0
 | summarize failures = sum(Sum)
 '''
@@ -563,6 +590,42 @@ resource alertRolloutFailed 'Microsoft.Insights/scheduledQueryRules@2023-12-01' 
       allOf: [
         {
           query: queryAlertRolloutFailed
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'failures'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    skipQueryValidation: true
+    actions: alertActions
+  }
+}
+
+resource alertCompactionFailed 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'stockcast-compaction-failed'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Stockcast: compaction failed'
+    description: 'An hour of raw/ could not be compacted (stockcast.compaction.hours outcome failed): its compacted blob does not decode. No bar is lost (the raw blobs stay and are read), but readers read that hour blob by blob until a person repairs it: see docs/operations.md.'
+    severity: 3
+    enabled: true
+    scopes: [
+      logAnalytics.id
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT1H'
+    criteria: {
+      allOf: [
+        {
+          query: queryAlertCompactionFailed
           timeAggregation: 'Total'
           metricMeasureColumn: 'failures'
           operator: 'GreaterThan'

@@ -448,37 +448,58 @@ def _dead_letter(event: RawEvent, problems: list[_RejectError], rejected: list[d
 def _assemble(
     chunks: list[_Chunk], columns: list[np.ndarray], bad: np.ndarray | None, events: Sequence[RawEvent]
 ) -> tuple[pa.Table, int, int, dict[int, list[dict[str, Any]]]]:
+    """Validate the batch's rows, name its rejected bars and build the table of its true bars."""
     lengths = np.fromiter((len(c.ts) for c in chunks), dtype=np.int64, count=len(chunks))
-    symbols = sorted({c.symbol for c in chunks})
-    symbol_code = {s: i for i, s in enumerate(symbols)}
     ts_raw, o, h, lo, c, v = columns
     chunk_of_row = np.repeat(np.arange(len(chunks)), lengths)
     emitted_of_chunk = np.fromiter((ch.emitted_at for ch in chunks), dtype=np.int64, count=len(chunks))
     emitted_of_row = emitted_of_chunk[chunk_of_row]
     null_minute, code = _bar_reasons(o, h, lo, c, v, ts_raw, emitted_of_row, bad)
+    rejected = _rejected_bars(chunks, lengths, chunk_of_row, code)
+    received, null_minutes = int((~null_minute).sum()), int(null_minute.sum())
+    rows = np.flatnonzero((code == 0) & ~null_minute)
+    if len(rows) == 0:
+        return empty_bars(), received, null_minutes, rejected
+    table = _true_bars(chunks, columns, rows, chunk_of_row[rows], emitted_of_row[rows], events)
+    return table, received, null_minutes, rejected
 
+
+def _rejected_bars(
+    chunks: list[_Chunk], lengths: np.ndarray, chunk_of_row: np.ndarray, code: np.ndarray
+) -> dict[int, list[dict[str, Any]]]:
+    """The rejected bars of each event (by event index), each named by symbol, index, ts and reason."""
     rejected: dict[int, list[dict[str, Any]]] = {}
     bad_rows = np.flatnonzero(code)
-    if len(bad_rows):
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        for row in bad_rows.tolist():
-            chunk = chunks[chunk_of_row[row]]
-            index = int(row - starts[chunk_of_row[row]])
-            rejected.setdefault(chunk.event_index, []).append(
-                {
-                    "symbol": chunk.symbol,
-                    "index": index,
-                    "ts": _json_number(chunk.ts[index]),  # as received: it may be no integer at all
-                    "reason": _CODE_REASON[int(code[row])],
-                }
-            )
-    keep = (code == 0) & ~null_minute
-    rows = np.flatnonzero(keep)
-    if len(rows) == 0:
-        return empty_bars(), int((~null_minute).sum()), int(null_minute.sum()), rejected
+    if len(bad_rows) == 0:
+        return rejected
+    # a loop over the rejected rows only: they are rare, and the valid ones never pay for it
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for row in bad_rows.tolist():
+        chunk = chunks[chunk_of_row[row]]
+        index = int(row - starts[chunk_of_row[row]])
+        rejected.setdefault(chunk.event_index, []).append(
+            {
+                "symbol": chunk.symbol,
+                "index": index,
+                "ts": _json_number(chunk.ts[index]),  # as received: it may be no integer at all
+                "reason": _CODE_REASON[int(code[row])],
+            }
+        )
+    return rejected
 
-    chunk_rows = chunk_of_row[rows]
-    emitted = emitted_of_row[rows]
+
+def _true_bars(
+    chunks: list[_Chunk],
+    columns: list[np.ndarray],
+    rows: np.ndarray,
+    chunk_rows: np.ndarray,
+    emitted: np.ndarray,
+    events: Sequence[RawEvent],
+) -> pa.Table:
+    """The table (``BAR_SCHEMA``) of the true bars among the valid ``rows``, with their lineage."""
+    ts_raw, o, h, lo, c, v = columns
+    symbols = sorted({ch.symbol for ch in chunks})
+    symbol_code = {s: i for i, s in enumerate(symbols)}
     sym_idx = np.fromiter((symbol_code[ch.symbol] for ch in chunks), dtype=np.int32, count=len(chunks))[chunk_rows]
     ts = ts_raw[rows].astype(np.int64)  # exact: validated as whole seconds in bounds
     ts -= ts % 60  # Yahoo stamps a live last bar mid-minute
@@ -486,12 +507,7 @@ def _assemble(
     prices = [x[rows] for x in (o, h, lo, c)]
     winners = true_bar_rows(sym_idx, ts, emitted, [volume, prices[3], prices[1], prices[2], prices[0]])
     event_idx = np.fromiter((ch.event_index for ch in chunks), dtype=np.int64, count=len(chunks))[chunk_rows[winners]]
-    lineage = [
-        pa.array([e.partition for e in events], type=pa.string()),
-        pa.array([e.sequence_number for e in events], type=pa.int64()),
-        pa.array([e.enqueued_at_ms for e in events], type=pa.int64()),
-    ]
-    table = pa.Table.from_arrays(
+    return pa.Table.from_arrays(
         [
             pa.DictionaryArray.from_arrays(pa.array(sym_idx[winners]), pa.array(symbols, type=pa.string())).cast(
                 pa.string()
@@ -500,13 +516,23 @@ def _assemble(
             *(pa.array(x[winners]) for x in prices),
             pa.array(volume[winners]),
             pa.array(emitted[winners]),
-            lineage[0].take(event_idx),
-            lineage[1].take(event_idx),
-            lineage[2].take(event_idx).cast(BAR_SCHEMA.field("enqueued_at").type),
+            *_lineage(events, event_idx),
         ],
         schema=BAR_SCHEMA,
     )
-    return table, int((~null_minute).sum()), int(null_minute.sum()), rejected
+
+
+def _lineage(events: Sequence[RawEvent], event_idx: np.ndarray) -> list[pa.Array]:
+    """The partition, sequence number and enqueued time of the event of each bar."""
+    # built once per event and taken per bar: the per-bar Python work stays at zero
+    partition = pa.array([e.partition for e in events], type=pa.string())
+    sequence = pa.array([e.sequence_number for e in events], type=pa.int64())
+    enqueued = pa.array([e.enqueued_at_ms for e in events], type=pa.int64())
+    return [
+        partition.take(event_idx),
+        sequence.take(event_idx),
+        enqueued.take(event_idx).cast(BAR_SCHEMA.field("enqueued_at").type),
+    ]
 
 
 def events_from_bodies(bodies: Iterable[bytes]) -> list[RawEvent]:

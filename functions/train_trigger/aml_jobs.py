@@ -71,11 +71,23 @@ def training_command(mode: str) -> str:
 def build_training_job(
     settings: Settings, tick_id: str, now: dt.datetime, name: str | None = None, mode: str = WARM
 ) -> Any:
-    """The azure-ai-ml command job the timer submits, named ``name`` (the name its tick recorded), in ``mode``."""
-    from azure.ai.ml import Input, Output, command
+    """The azure-ai-ml command job the timer submits, named ``name`` (the name its tick recorded), in ``mode``.
+
+    On more than one node (``TRAINING_NODES``) it runs under Azure ML's TensorFlow distribution, one
+    worker a node: Azure ML starts the command on each with ``TF_CONFIG`` naming them all, and the
+    job fits on all of them while the first alone registers (training_job/cluster.py).
+    """
+    from azure.ai.ml import Input, Output, TensorFlowDistribution, command
     from azure.ai.ml.constants import AssetTypes, InputOutputModes
     from azure.ai.ml.entities import Environment, ManagedIdentityConfiguration
 
+    nodes = settings.training_nodes
+    spread: dict[str, Any] = {}
+    if nodes > 1:  # one node: no distribution at all, so no TF_CONFIG and the job runs as on one machine
+        spread = {
+            "distribution": TensorFlowDistribution(worker_count=nodes, parameter_server_count=0),
+            "instance_count": nodes,
+        }
     return command(
         name=name,
         code=str(TRAINING_CODE),
@@ -104,6 +116,7 @@ def build_training_job(
         },
         identity=ManagedIdentityConfiguration(),
         timeout=settings.training_timeout_s,
+        **spread,
     )
 
 

@@ -301,6 +301,9 @@ class FoldReport:
     pending: int
 
 
+_Scored = tuple[ServedRecord, Resolution]
+
+
 def fold(
     state: LedgerState, served: Sequence[ServedRecord], bars: Mapping[str, SymbolBars | None], now_s: int
 ) -> tuple[LedgerState, FoldReport]:
@@ -310,21 +313,52 @@ def fold(
     twice, is counted once; scored records join their version's sums in (target, symbol) order.
     """
     chosen = _preferred([*state.pending, *served])
-    duplicates = len(state.pending) + len(served) - len(chosen)
-    versions = dict(state.versions)
-    for record in chosen.values():  # every version served gets an entry and its newest serving time
+    versions = _with_servings(state.versions, chosen.values())
+    scored, waiting, dropped, counted_before = _resolve_uncounted(chosen, state.counted, bars, now_s)
+    duplicates = len(state.pending) + len(served) - len(chosen) + counted_before
+    scored.sort(key=lambda pair: (pair[0].target_ts, pair[0].symbol, pair[0].version))
+    by_version: dict[str, list[_Scored]] = {}
+    for record, resolution in scored:
+        by_version.setdefault(record.version, []).append((record, resolution))
+    for version, pairs in by_version.items():
+        versions[version] = _with_scores(versions[version], pairs)
+    counted = _counted_after(state.counted, [record for record, _ in scored], bars)
+    waiting, overflow = _still_waiting(waiting)
+    if overflow:
+        dropped["overflow"] += overflow
+    total = Counter(state.dropped)
+    total.update(dropped)
+    new = LedgerState(state.open_from, state.folded, waiting, counted, versions, dict(total), state.updated_at)
+    report = FoldReport({v: len(p) for v, p in by_version.items()}, dict(dropped), duplicates, len(waiting))
+    return new, report
+
+
+def _with_servings(versions: Mapping[str, VersionLedger], records: Iterable[ServedRecord]) -> dict[str, VersionLedger]:
+    """The ledgers with an entry for every version served in ``records`` and its newest serving time."""
+    ledgers = dict(versions)
+    for record in records:
         horizon = max(1, (record.target_ts - record.as_of) // 60)
-        ledger = versions.get(record.version) or VersionLedger(record.kind, horizon=horizon)
+        ledger = ledgers.get(record.version) or VersionLedger(record.kind, horizon=horizon)
         if ledger.last_served_at_ms is None or record.served_at_ms > ledger.last_served_at_ms:
             ledger = dataclasses.replace(ledger, last_served_at_ms=record.served_at_ms)
-        versions[record.version] = ledger
-    counted = {symbol: dict(by_version) for symbol, by_version in state.counted.items()}
-    dropped: Counter[str] = Counter()
+        ledgers[record.version] = ledger
+    return ledgers
+
+
+def _resolve_uncounted(
+    chosen: Mapping[tuple[str, int, str], ServedRecord],
+    counted: Mapping[str, Mapping[str, frozenset[int]]],
+    bars: Mapping[str, SymbolBars | None],
+    now_s: int,
+) -> tuple[list[_Scored], list[ServedRecord], Counter[str], int]:
+    """Resolve the records not counted before: (scored, still pending, dropped by reason, counted before)."""
+    scored: list[_Scored] = []
     waiting: list[ServedRecord] = []
-    scored: list[tuple[ServedRecord, Resolution]] = []
+    dropped: Counter[str] = Counter()
+    counted_before = 0
     for key, record in chosen.items():
         if key[1] in counted.get(record.symbol, {}).get(record.version, ()):
-            duplicates += 1
+            counted_before += 1
             continue
         resolution = resolve(record, bars.get(record.symbol), now_s)
         if resolution.outcome == "scored":
@@ -333,38 +367,46 @@ def fold(
             waiting.append(record)
         else:
             dropped[resolution.outcome] += 1
-    scored.sort(key=lambda pair: (pair[0].target_ts, pair[0].symbol, pair[0].version))
-    by_version: dict[str, list[tuple[ServedRecord, Resolution]]] = {}
-    for record, resolution in scored:
-        by_version.setdefault(record.version, []).append((record, resolution))
-        as_ofs = counted.setdefault(record.symbol, {}).get(record.version, frozenset())
-        counted[record.symbol][record.version] = as_ofs | {record.as_of}
-    for version, pairs in by_version.items():
-        ledger = versions[version]
-        sums = ledger.sums.extend(
-            [r.model_error**2 for _, r in pairs],
-            [r.persistence_error**2 for _, r in pairs],
-            [r.covered for _, r in pairs],
-        )
-        targets = [record.target_ts for record, _ in pairs]
-        first = min(targets) if ledger.first_target is None else min(ledger.first_target, *targets)
-        last = max(targets) if ledger.last_target is None else max(ledger.last_target, *targets)
-        versions[version] = dataclasses.replace(ledger, sums=sums, first_target=first, last_target=last)
+    return scored, waiting, dropped, counted_before
+
+
+def _with_scores(ledger: VersionLedger, pairs: Sequence[_Scored]) -> VersionLedger:
+    """The version's ledger with its scored records added to its sums and its target range."""
+    sums = ledger.sums.extend(
+        [r.model_error**2 for _, r in pairs],
+        [r.persistence_error**2 for _, r in pairs],
+        [r.covered for _, r in pairs],
+    )
+    targets = [record.target_ts for record, _ in pairs]
+    first = min(targets) if ledger.first_target is None else min(ledger.first_target, *targets)
+    last = max(targets) if ledger.last_target is None else max(ledger.last_target, *targets)
+    return dataclasses.replace(ledger, sums=sums, first_target=first, last_target=last)
+
+
+def _counted_after(
+    counted: Mapping[str, Mapping[str, frozenset[int]]],
+    scored: Iterable[ServedRecord],
+    bars: Mapping[str, SymbolBars | None],
+) -> dict[str, dict[str, frozenset[int]]]:
+    """The counted keys with those of ``scored`` added and those that can never come again forgotten."""
+    after = {symbol: dict(by_version) for symbol, by_version in counted.items()}
+    for record in scored:
+        as_ofs = after.setdefault(record.symbol, {}).get(record.version, frozenset())
+        after[record.symbol][record.version] = as_ofs | {record.as_of}
     for symbol, window in bars.items():  # a key whose as_of left latest/ can never be scored again
-        if window is not None and symbol in counted:
-            kept = {v: frozenset(t for t in keys if t >= window.first_ts) for v, keys in counted[symbol].items()}
-            counted[symbol] = {v: keys for v, keys in kept.items() if keys}
-    counted = {symbol: by_version for symbol, by_version in counted.items() if by_version}
-    if len(waiting) > MAX_PENDING:
-        waiting.sort(key=lambda record: (record.target_ts, record.symbol, record.version))
-        dropped["overflow"] += len(waiting) - MAX_PENDING
+        if window is not None and symbol in after:
+            kept = {v: frozenset(t for t in keys if t >= window.first_ts) for v, keys in after[symbol].items()}
+            after[symbol] = {v: keys for v, keys in kept.items() if keys}
+    return {symbol: by_version for symbol, by_version in after.items() if by_version}
+
+
+def _still_waiting(waiting: list[ServedRecord]) -> tuple[tuple[ServedRecord, ...], int]:
+    """The records to keep waiting, in target order, and how many were dropped past :data:`MAX_PENDING`."""
+    overflow = max(0, len(waiting) - MAX_PENDING)
+    if overflow:
+        waiting = sorted(waiting, key=lambda record: (record.target_ts, record.symbol, record.version))
         waiting = waiting[-MAX_PENDING:]
-    waiting.sort(key=lambda record: (record.target_ts, record.symbol, record.version, record.as_of))
-    total = Counter(state.dropped)
-    total.update(dropped)
-    new = LedgerState(state.open_from, state.folded, tuple(waiting), counted, versions, dict(total), state.updated_at)
-    report = FoldReport({v: len(p) for v, p in by_version.items()}, dict(dropped), duplicates, len(waiting))
-    return new, report
+    return tuple(sorted(waiting, key=lambda r: (r.target_ts, r.symbol, r.version, r.as_of))), overflow
 
 
 def _hour_start(moment: dt.datetime) -> dt.datetime:

@@ -1,7 +1,7 @@
 """What a timer tick needs from an ML backend: the protocols both backends implement, and their values.
 
 Azure ML (``aml_jobs``, ``aml_rollout``) implements them in the Function App; the local backend
-lives with devhost (``devhost/backend.py``) and is provided to :mod:`functions.train_trigger.backends`
+lives with devhost (``devhost/jobs/backend.py``) and is provided to :mod:`functions.train_trigger.backends`
 at run time, so the package Azure runs holds no local-only code.
 """
 

@@ -1,1 +1,1 @@
-"""Tests of devhost, the offline host: broker, trigger emulation, Azurite, serving, jobs, CLI."""
+"""Tests of devhost, one folder per subpackage; the command line's (up, status, stop, narration) at this level."""

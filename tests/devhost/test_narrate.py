@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devhost.kafka_trigger import Batch, BatchDone
+from devhost.kafka.trigger import Batch, BatchDone
 from devhost.narrate import Narrator, tick_line
 
 SUMMARY = {

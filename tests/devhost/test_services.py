@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # what the data and HTTP commands need, and status and stop do not (each cost 0.05-0.2 s to import)
-HEAVY = ("pyarrow", "httpx", "azure", "devhost.host", "devhost.views", "functions.predict", "functions.ingest")
+HEAVY = ("pyarrow", "httpx", "azure", "devhost.app.host", "devhost.views", "functions.predict", "functions.ingest")
 
 
 def _run(home: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:

@@ -27,13 +27,14 @@ import httpx
 import pytest
 from azure.storage.blob import ContainerClient
 
-from devhost import azurite, kafka
-from devhost.feed import FeedConfig, generate
-from devhost.home import running_up
-from devhost.local_rollout import scoring_info, serving_state
-from devhost.processes import alive, free_port
-from devhost.publish import PublishError, publish_local
-from devhost.store import stored_bars
+from devhost.kafka import broker as kafka
+from devhost.kafka.publish import PublishError, publish_local
+from devhost.market.feed import FeedConfig, generate
+from devhost.serving.local_rollout import scoring_info, serving_state
+from devhost.shared.home import running_up
+from devhost.shared.processes import alive, free_port
+from devhost.storage import azurite
+from devhost.storage.store import stored_bars
 from functions.shared.bars import from_parquet
 from functions.shared.latest import latest_blob_name
 from tests.conftest import Trained

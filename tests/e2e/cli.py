@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devhost.processes import free_port
+from devhost.shared.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # a tiny model; whether it is promoted is the gate's call on the data, and the tests follow the decision

@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from devhost.demo import split_last_day
-from devhost.feed import FeedConfig, generate
-from devhost.processes import free_port
+from devhost.market.feed import FeedConfig, generate
+from devhost.shared.processes import free_port
 from tests.e2e.cli import ROOT, devhost, private_env
 from tests.factories import oracle
 
@@ -141,13 +141,15 @@ def test_mid_session_forecast_carries_an_interval_and_the_served_skill(demo):
 
 
 def test_demo_output_tells_every_stage_with_timings(demo):
-    """The printed story names all five stages, the decision with RMSEs, the MLflow UI and timings."""
+    """The printed story names all six stages, the decision with RMSEs, compaction, the MLflow UI and timings."""
     _, _, result, stdout = demo
-    for line in ("1. ingest", "2. timer", "3. predict", "4. one more day", "5. predict again", "summary"):
+    for line in ("1. ingest", "2. timer", "3. predict", "4. one more day", "5. predict again", "6. compaction"):
         assert line in stdout
+    assert "summary" in stdout and "true bars unchanged" in stdout
+    assert result["compaction_kept_bars"] is True
     assert "decision: " in stdout and "persistence" in stdout and "mlflow ui --backend-store-uri" in stdout
     assert "one-sided p = " in stdout and "split-conformal, coverage" in stdout
-    assert list(result["timings"]) == ["1 ingest", "2 train", "3 predict", "4 train again", "5 predict"]
+    assert list(result["timings"]) == ["1 ingest", "2 train", "3 predict", "4 train again", "5 predict", "6 compact"]
     assert all(seconds > 0 for seconds in result["timings"].values())
     left = stdout.split("left running: ", 1)[1].split(";", 1)[0]
     assert [name.split(" (pid ")[0] for name in left.split(", ")] == ["azurite", "kafka broker", "scoring server"]

@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from devhost.host import Host
-from devhost.http import HttpHost
-from devhost.replay import make_batches, replay
+from devhost.app.host import Host
+from devhost.http.server import HttpHost
+from devhost.kafka.replay import make_batches, replay
 from functions.page import blueprint as page
 from functions.settings import get_settings
 from functions.shared.ledger import (

@@ -11,7 +11,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from devhost.feed import FeedConfig, generate
+from devhost.market.feed import FeedConfig, generate
 from tests.e2e.cli import devhost, private_env
 from tests.factories import message, oracle
 
@@ -91,8 +91,8 @@ def test_stored_bars_equal_the_truth_and_partly_bad_events_keep_their_valid_bars
 def test_every_poison_event_is_dead_lettered_once(poisoned):
     """Each hostile event is in deadletter/ exactly once, with a reason."""
     _, env, _, bad = poisoned
-    from devhost.runtime import prepare
-    from devhost.store import dead_letters
+    from devhost.app.runtime import prepare
+    from devhost.storage.store import dead_letters
 
     saved = dict(os.environ)
     os.environ.update({"STOCKCAST_HOME": env["STOCKCAST_HOME"], "STOCKCAST_AZURITE_PORT": "0"})

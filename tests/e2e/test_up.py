@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from devhost.processes import alive, free_port
+from devhost.shared.processes import alive, free_port
 from tests.e2e.cli import ROOT, private_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -8,10 +8,10 @@ import httpx
 import orjson
 import pytest
 
-from devhost.feed import FeedConfig, generate
-from devhost.host import Host
-from devhost.http import HttpHost
-from devhost.replay import make_batches, replay
+from devhost.app.host import Host
+from devhost.http.server import HttpHost
+from devhost.kafka.replay import make_batches, replay
+from devhost.market.feed import FeedConfig, generate
 from functions import telemetry
 from functions.ingest.airbyte import decode_batch, events_from_bodies
 from functions.settings import load_settings

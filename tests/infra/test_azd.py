@@ -719,7 +719,7 @@ def test_example_knobs_show_the_parameter_defaults():
 
 def devhost_commands() -> set[str]:
     """Subcommands registered anywhere in devhost/ (``sub.add_parser("name", ...)``)."""
-    text = "".join(path.read_text() for path in (ROOT / "devhost").glob("*.py"))
+    text = "".join(path.read_text() for path in (ROOT / "devhost").rglob("*.py"))
     return set(re.findall(r"add_parser\(\s*\"([a-z-]+)\"", text))
 
 
@@ -773,7 +773,7 @@ def test_deploy_doc_uses_only_commands_that_exist():
 
 @pytest.mark.parametrize(
     ("marker", "sources"),
-    [("-m devhost ", sorted((ROOT / "devhost").glob("*.py"))), ("bicep/hooks/airbyte.py", [HOOKS / "airbyte.py"])],
+    [("-m devhost ", sorted((ROOT / "devhost").rglob("*.py"))), ("bicep/hooks/airbyte.py", [HOOKS / "airbyte.py"])],
     ids=["devhost", "airbyte.py"],
 )
 def test_deploy_doc_uses_only_options_that_exist(marker, sources):

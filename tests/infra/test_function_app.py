@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from devhost.host import registered_functions
+from devhost.app.host import registered_functions
 from functions.settings import BACKEND_FIELDS, setting_specs
 from tests.infra.bicep_model import app_settings, keys, one, render
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from devhost.host import registered_functions
+from devhost.app.host import registered_functions
 from functions import telemetry
 from tests.infra.bicep_model import BICEP, ROOT, keys, of_type, one, render, resources, run_infra_tool
 
@@ -396,6 +396,7 @@ def workbook_queries(module) -> dict[str, str]:
         ),
         ("aml-jobs", ["AmlRunStatusChangedEvent", "Status"]),
         ("champion-rmse", ["stockcast.model.rmse", "customDimensions.predictor"]),
+        ("compaction", ["stockcast.compaction.hours", "stockcast.compaction.blobs", "customDimensions.outcome"]),
     ],
 )
 def test_workbook_shows(workbook_queries, item, needles):
@@ -477,7 +478,16 @@ def test_alerts_notify_the_action_group_only_when_given(module):
     actions = render(template["variables"]["alertActions"]["value"]["actionGroups"])
     assert actions == "conditional(empty(alertActionGroupId), [], [alertActionGroupId])"
     assert template["parameters"]["alertActionGroupId"]["default"] == ""
-    assert len(_alerts(template)) == 7
+    assert sorted(a["name"] for a in _alerts(template).values()) == [
+        "stockcast-champion-worse-live",
+        "stockcast-compaction-failed",
+        "stockcast-dead-letters",
+        "stockcast-live-fold-failed",
+        "stockcast-no-bars",
+        "stockcast-predict-5xx",
+        "stockcast-rollout-failed",
+        "stockcast-training-failed",
+    ]
 
 
 def test_no_bars_window_matches_the_market_hours():

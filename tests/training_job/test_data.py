@@ -243,6 +243,44 @@ def test_a_file_compacted_away_between_listing_and_reading_is_found_in_the_compa
     assert got == {("AAA", T0): (10.0, 1, T0 * 1000), ("AAA", T0 + 60): (11.0, 2, T0 * 1000)}
 
 
+def _bar_at(ts: int) -> tuple:
+    """One valid bar of AAA at ``ts`` (unix s), as :func:`write` takes it."""
+    return ("AAA", ts, 10.0, 10.5, 9.5, 10.2, 100)
+
+
+def test_the_newest_bar_hint_reads_the_newest_hour_folder_with_files_only(tmp_path):
+    """raw/date=…/hour=…: the greatest-named folder holding files gives the hint; an empty newer one is passed over."""
+    raw = tmp_path / "raw" / "date=2026-11-02"
+    for hour in ("hour=14", "hour=15", "hour=16"):
+        (raw / hour).mkdir(parents=True)
+    write(raw / "hour=14" / "late.parquet", [_bar_at(T0 + 7200)])  # an older folder is not read: a lower bound
+    write(raw / "hour=15" / "a.parquet", [_bar_at(T0 + 1800), _bar_at(T0 + 2040)])
+    assert data.newest_bar_hint(tmp_path, now=NOW) == T0 + 2040
+
+
+def test_the_newest_bar_hint_ignores_rows_that_break_the_bar_contract(tmp_path):
+    """A row dated past now + 1 day in the newest file cannot move the window past the bars."""
+    write(tmp_path / "date=2026-11-01.parquet", [_bar_at(T0 - 86_400)])
+    write(tmp_path / "date=2026-11-02.parquet", [_bar_at(T0), _bar_at(NOW + 2 * 86_400)])
+    assert data.newest_bar_hint(tmp_path, now=NOW) == T0
+
+
+def test_the_newest_bar_hint_skips_files_the_compacted_file_covers(tmp_path):
+    """The newest folder is read by the manifest rule: a covered file's bars count only through the compacted file."""
+    hour = tmp_path / "date=2026-11-02" / "hour=14"
+    _compacted(hour, [COMPACTED_ROW], ["a.parquet"])
+    write(hour / "a.parquet", [_bar_at(T0 + 600)])  # covered: compacted, not yet deleted
+    write(hour / "b.parquet", [_bar_at(T0 + 120)])
+    assert data.newest_bar_hint(tmp_path, now=NOW) == T0 + 120
+
+
+def test_no_newest_bar_hint_where_nothing_is_readable(tmp_path):
+    """An empty folder, or one whose only file is not Parquet, gives no hint (read_bars then says why)."""
+    assert data.newest_bar_hint(tmp_path) is None
+    (tmp_path / "date=2026-11-03.parquet").write_bytes(b"not parquet")
+    assert data.newest_bar_hint(tmp_path) is None
+
+
 @pytest.mark.integration
 def test_bars_written_by_ingest_and_compacted_are_read_by_training_with_the_same_values(container, tmp_path):
     """The contract across compaction: ingest's blobs, compacted (one hour killed after its write), read identically."""

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from devhost.processes import free_port, stop_group
+from devhost.shared.processes import free_port, stop_group
 from functions.train_trigger.aml_jobs import CONDA_FILE, TRAIN_COMMAND
 from functions.train_trigger.aml_rollout import scoring_worker_environment
 from tests import aml_env

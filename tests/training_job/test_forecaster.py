@@ -18,6 +18,7 @@ import orjson
 import pytest
 from keras import layers
 
+from training_job import forecaster as forecaster_module
 from training_job import model as model_module
 from training_job import score
 from training_job.forecaster import (
@@ -124,6 +125,16 @@ def test_served_windows_agree_with_the_batched_graph_of_evaluation(lite, xla):
     assert batched.shape == served.shape == single.shape == (32,)
     assert np.max(np.abs(served - batched)) <= 1e-6 and np.array_equal(served, single)
     assert np.max(np.abs(batched - xla.model.predict(x, verbose=0).reshape(-1))) <= 1e-6
+
+
+@pytest.mark.slow
+def test_many_windows_are_scored_in_slices_with_the_same_returns(xla, monkeypatch):
+    """Windows beyond FORWARD_BATCH are scored slice by slice, each return as the one-call graph gives it."""
+    x = probe_windows(META, 32)
+    whole = xla.forward(x)
+    monkeypatch.setattr(forecaster_module, "FORWARD_BATCH", 5)
+    sliced = xla.forward(x)
+    assert sliced.shape == (32,) and np.max(np.abs(sliced - whole)) <= 1e-6
 
 
 @pytest.mark.slow

@@ -9,11 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from devhost.feed import FeedConfig, write_bars
+from devhost.market.feed import FeedConfig, write_bars
 from tests.conftest import TINY
 from training_job import data
 from training_job.config import TrainConfig, parse_args
@@ -27,7 +25,6 @@ from training_job.train import (
     fair_shares,
     history_start,
     lineage_trained_until,
-    newest_bar_hint,
     plan_warm_start,
     prepare_bars,
     read_history,
@@ -60,48 +57,6 @@ def test_history_start_counts_weekdays_back_from_the_newest_bar(newest, days, st
 def test_a_history_of_no_days_is_all_history(days):
     """0 (or less) trading days: no lower bound at all."""
     assert history_start(_ts("2026-11-06T20:59"), days) is None
-
-
-def _bar_file(path: Path, times: list[int], symbol: str = "AAA") -> None:
-    """Valid bars at ``times`` (unix s) written as the ingest schema holds them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = len(times)
-    table = pa.table(
-        {
-            "symbol": pa.array([symbol] * n, pa.string()),
-            "ts": pa.array(times, pa.timestamp("s", tz="UTC")),
-            "open": pa.array([10.0] * n),
-            "high": pa.array([10.5] * n),
-            "low": pa.array([9.5] * n),
-            "close": pa.array([10.2] * n),
-            "volume": pa.array([100] * n, pa.int64()),
-            "emitted_at": pa.array([t * 1000 for t in times], pa.int64()),
-        }
-    )
-    pq.write_table(table, path)
-
-
-def test_the_hint_is_the_newest_bar_of_the_newest_hour_folder(tmp_path):
-    """raw/date=…/hour=…: the greatest-named folder with files is read, an empty newer one passed over."""
-    _bar_file(tmp_path / "raw/date=2026-11-02/hour=15/a.parquet", [_ts("2026-11-02T15:00"), _ts("2026-11-02T15:09")])
-    _bar_file(tmp_path / "raw/date=2026-11-03/hour=14/b.parquet", [_ts("2026-11-03T14:00"), _ts("2026-11-03T14:04")])
-    (tmp_path / "raw/date=2026-11-03/hour=15").mkdir()
-    assert newest_bar_hint(tmp_path, now=_ts("2026-11-04T00:00")) == _ts("2026-11-03T14:04")
-
-
-def test_the_hint_ignores_rows_that_break_the_bar_contract(tmp_path):
-    """A row dated past now + 1 day in the newest file cannot move the window past the bars."""
-    now = _ts("2026-11-04T00:00")
-    _bar_file(tmp_path / "date=2026-11-02.parquet", [_ts("2026-11-02T15:00")])
-    _bar_file(tmp_path / "date=2026-11-03.parquet", [_ts("2026-11-03T15:00"), _ts("2099-01-01T00:00")])
-    assert newest_bar_hint(tmp_path, now=now) == _ts("2026-11-03T15:00")
-
-
-def test_no_hint_where_nothing_is_readable(tmp_path):
-    """An empty folder, or one whose only file is not Parquet, gives no hint (read_bars then says why)."""
-    assert newest_bar_hint(tmp_path) is None
-    (tmp_path / "date=2026-11-03.parquet").write_bytes(b"not parquet")
-    assert newest_bar_hint(tmp_path) is None
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +96,7 @@ def test_a_hint_that_falls_short_reads_more_and_still_cuts_at_the_window(week, t
         folder = tmp_path / ("z" if "11-02" in path.name else "a")
         folder.mkdir(exist_ok=True)
         (folder / path.name).write_bytes(path.read_bytes())
-    hint = newest_bar_hint(tmp_path, now=NOW)
+    hint = data.newest_bar_hint(tmp_path, now=NOW)
     bars, history = read_history(tmp_path, TrainConfig(bars=tmp_path, history_days=2), now=NOW)
     expected, _ = read_history(week, TrainConfig(bars=week, history_days=2), now=NOW)
     assert hint is not None and hint < _ts("2026-11-03T00:00")

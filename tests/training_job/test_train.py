@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from devhost.feed import FeedConfig, write_bars
+from devhost.market.feed import FeedConfig, write_bars
 from tests.conftest import TINY, mlflow_registry, mlflow_store
 from tests.training_job.azureml_mlflow import registry_uri
 from training_job import data

@@ -10,7 +10,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 from croniter import croniter
 
-from devhost.host import Host
+from devhost.app.host import Host
 from functions import telemetry
 from functions.compact.blueprint import CompactionFailedError
 from functions.settings import Settings, get_settings

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devhost.feed import FeedConfig, generate
+from devhost.market.feed import FeedConfig, generate
 from functions.ingest.airbyte import _CODE_REASON, RawEvent, Reason, _bar_reasons, decode_batch, events_from_bodies
 from functions.shared.bars import true_bars
 from tests.factories import message, oracle, table_bars

@@ -10,9 +10,9 @@ from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 
 import functions.ingest.blueprint
-from devhost.host import Host
-from devhost.replay import make_batches
-from devhost.store import stored_bars
+from devhost.app.host import Host
+from devhost.kafka.replay import make_batches
+from devhost.storage.store import stored_bars
 from functions.settings import get_settings
 from functions.shared.bars import from_parquet, last_bars
 from functions.shared.latest import LatestUpdateError, latest_blob_name, symbol_marker_name

@@ -27,11 +27,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from devhost.feed import FeedConfig, generate
-from devhost.host import Host
-from devhost.http import HttpHost
-from devhost.processes import free_port
-from devhost.replay import make_batches, replay
+from devhost.app.host import Host
+from devhost.http.server import HttpHost
+from devhost.kafka.replay import make_batches, replay
+from devhost.market.feed import FeedConfig, generate
+from devhost.shared.processes import free_port
 from functions.predict import forecasts
 from functions.predict.client import ScoringClient, scoring_client
 from functions.predict.live import close_workers, ledger_worker

@@ -12,8 +12,8 @@ from contextlib import closing
 import orjson
 import pytest
 
-from devhost.host import Host
-from devhost.http import HttpHost
+from devhost.app.host import Host
+from devhost.http.server import HttpHost
 from functions.settings import get_settings
 from tests.factories import LOCAL_APP_SETTINGS
 

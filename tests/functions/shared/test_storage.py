@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from devhost.processes import free_port
+from devhost.shared.processes import free_port
 from functions.settings import load_settings
 from functions.shared.storage import bars_container, client_options, connection_string_client
 from tests.factories import LOCAL_APP_SETTINGS

@@ -97,6 +97,33 @@ def test_only_the_two_modes_reach_the_command(mode):
         training_command(mode)
 
 
+def test_one_training_node_submits_no_distribution():
+    """TRAINING_NODES=1 (the default): no distribution and no instance count, so Azure ML sets no TF_CONFIG."""
+    spec = build_training_job(SETTINGS, "tick-1", NOW)._to_job()._to_dict()
+    assert SETTINGS.training_nodes == 1
+    assert "distribution" not in spec and "resources" not in spec
+
+
+def test_two_training_nodes_submit_a_tensorflow_distribution_with_one_worker_a_node():
+    """TRAINING_NODES=2: Azure ML's TensorFlow distribution of 2 workers, no parameter server, on 2 instances."""
+    settings = load_settings({**AML_APP_SETTINGS, "TRAINING_NODES": "2"})
+    spec = build_training_job(settings, "tick-1", NOW, "j")._to_job()._to_dict()
+    one = build_training_job(SETTINGS, "tick-1", NOW, "j")._to_job()._to_dict()
+    assert dict(spec["distribution"]) == {"type": "tensorflow", "worker_count": 2, "parameter_server_count": 0}
+    assert spec["resources"]["instance_count"] == 2
+    # the rest is the one-node job's: the same command on every node, the same inputs, outputs and limit
+    assert {k: v for k, v in spec.items() if k not in ("distribution", "resources")} == {
+        k: v for k, v in one.items() if k not in ("distribution", "resources")
+    }
+
+
+def test_training_nodes_is_a_positive_integer():
+    """TRAINING_NODES: 1 by default, a positive integer when set."""
+    assert load_settings({**AML_APP_SETTINGS, "TRAINING_NODES": "3"}).training_nodes == 3
+    with pytest.raises(SettingsError, match="TRAINING_NODES='0'"):
+        load_settings({**AML_APP_SETTINGS, "TRAINING_NODES": "0"})
+
+
 def test_job_yml_runs_the_same_command():
     """training_job/job.yml is the CLI twin of the submitted job."""
     spec = yaml.safe_load((ROOT / "training_job" / "job.yml").read_text())

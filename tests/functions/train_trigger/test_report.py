@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from devhost.host import Host
-from devhost.local_rollout import LocalModels
-from devhost.orchestrate import fire_timer
+from devhost.app.host import Host
+from devhost.serving.local_rollout import LocalModels
+from devhost.timers.orchestrate import fire_timer
 from functions.settings import get_settings, load_settings
 from functions.train_trigger import backends
 from functions.train_trigger.aml_rollout import AmlModels

@@ -1,0 +1,1 @@
+"""Tests of devhost.http: the HTTP host over real sockets."""

@@ -1,0 +1,1 @@
+"""Tests of devhost.jobs: the local training job and the local backend the timer drives."""

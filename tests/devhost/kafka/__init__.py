@@ -1,0 +1,1 @@
+"""Tests of devhost.kafka: the local broker, the trigger emulation, publish, replay and the forecast stream."""

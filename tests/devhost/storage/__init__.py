@@ -1,0 +1,1 @@
+"""Tests of devhost.storage: Azurite per home (and under chaos), and reading back the stored bars."""

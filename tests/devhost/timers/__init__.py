@@ -1,0 +1,1 @@
+"""Tests of devhost.timers: the compaction timer and `devhost compact`, offline."""
