@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from training_job import data, evaluate, intervals
 from training_job.cluster import STOP, Workers
 from training_job.config import TrainConfig, parse_args
-from training_job.features import FEATURES, WARMUP, Windows, concat, symbol_windows, window_ends
+from training_job.features import FEATURES, WARMUP, Windows, bars_needed, concat, symbol_windows, window_ends
 from training_job.forecaster import (
     LSTM_ATTENTION,
     MODEL_CONFIG,
@@ -918,9 +918,29 @@ def calibrate(job: Job, prepared: Prepared, result: FitResult) -> Calibrated:
     return Calibrated(forecaster, scale, persistence_scale)
 
 
+def decision_bars(bars: pd.DataFrame, dec: Windows, window: int) -> pd.DataFrame:
+    """The bars the decision windows read: per symbol, from ``bars_needed(window) - 1`` bars before its first one.
+
+    A window's features come from exactly its own ``bars_needed`` bars (training_job.features), so
+    scoring these bars gives the decision windows exactly the forecasts scoring all of them would,
+    at the cost of the decision slice alone rather than of the whole history read.
+    """
+    firsts = pd.Series(dec.as_of).groupby(pd.Series(dec.symbol)).min()
+    need = bars_needed(window)
+    kept = []
+    for symbol, rows in bars.groupby("symbol", sort=True):
+        if symbol not in firsts.index:
+            continue
+        ts = data.epoch_seconds(rows["ts"])
+        first = int(np.searchsorted(ts, int(firsts[symbol])))
+        kept.append(rows.iloc[max(0, first - need + 1) :])
+    return pd.concat(kept, ignore_index=True) if kept else bars.iloc[:0]
+
+
 def judge(job: Job, prepared: Prepared, roles: Roles, forecaster: Forecaster) -> Judged:
     """Score the model, the champion and persistence on the decision slice, test them and decide."""
-    cfg, dec, bars = job.cfg, prepared.decision, prepared.bars
+    cfg, dec = job.cfg, prepared.decision
+    bars = decision_bars(prepared.bars, dec, cfg.window)
     persistence_champion = roles.kind == PERSISTENCE
     # every predictor is scored through the pyfunc path on the same unseen windows: each window's
     # features come from exactly the bars a live request sends, so this scores what is served

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,7 @@ from training_job import data
 from training_job.config import TrainConfig, parse_args
 from training_job.forecaster import Forecaster, ForecasterMeta, ForecastInputError
 from training_job.registry import CHAMPION, ModelRegistry
-from training_job.train import build_windows, input_example, main, read_evidence, run
+from training_job.train import build_windows, decision_bars, input_example, main, read_evidence, run
 
 
 @pytest.mark.integration
@@ -291,3 +292,18 @@ def test_the_input_example_is_the_newest_window_not_bars_after_a_gap(bars_dir):
     assert skipped == {} and len(example) == meta.bars_needed
     assert data.epoch_seconds(example["ts"])[-1] == newest
     assert list(persistence.predict_frame(example)["symbol"]) == [windows.symbol[windows.as_of.argmax()]]
+
+
+@pytest.mark.parametrize("share", [0.2, 0.5])
+def test_decision_bars_give_the_decision_windows_exactly_their_features(bars_dir, share):
+    """Cut to what the decision windows read, the bars give those windows the same features and no earlier window."""
+    bars = data.read_bars(bars_dir)
+    cfg = TrainConfig(bars=bars_dir, **TINY)
+    windows, _, _ = build_windows(bars, cfg)
+    cut_at = np.quantile(windows.as_of, 1 - share)
+    dec = windows.take(np.flatnonzero(windows.as_of >= cut_at))
+    cut = decision_bars(bars, dec, cfg.window)
+    again, _, _ = build_windows(cut, replace(cfg, min_windows_per_symbol=1))
+    assert len(cut) < len(bars)
+    assert list(zip(again.symbol, again.as_of, strict=True)) == list(zip(dec.symbol, dec.as_of, strict=True))
+    assert np.array_equal(again.x, dec.x) and np.array_equal(again.y, dec.y)
