@@ -2,8 +2,9 @@
 
 Set-up (not timed): a temporary home with its own Azurite and Tansu broker (topic ``stock_bars``,
 4 partitions), a small model trained on the simulated feed and served by azmlinfsrv, and both
-Event Hubs functions consuming in this process through the trigger emulation, each on its own
-consumer group: ``ingest`` and ``forecast_stream``, both with host.json's batching; the stream's
+Event Hubs functions consuming through the trigger emulation, each on its own consumer group and
+with host.json's batching: ``forecast_stream`` in this process, ``ingest`` in a process of its own
+(in Azure, Flex Consumption scales each Event Hubs function on instances of its own); the stream's
 own Kafka producer (``functions/forecast/producer.py``) writes its forecasts to the broker.
 
 Measured: 50 symbols, one market minute per ``1 / MINUTES_PER_S`` seconds, each minute's 50 sync
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,20 +99,37 @@ def _serve_model(home: Path, settings: Settings) -> subprocess.Popen:
     )
 
 
-def _start_triggers(home: Path, broker: Broker, stop: threading.Event) -> list[threading.Thread]:
-    """Both Event Hubs functions consuming in this process, ``ingest`` and ``forecast_stream``, until ``stop``."""
-    from devhost.app.host import Host
-    from devhost.kafka import broker as kafka
-    from devhost.kafka.forecast_stream import forecast_trigger
-    from devhost.kafka.trigger import KafkaTrigger
+# ingest's trigger in a process of its own: in Azure (Flex Consumption) every Event Hubs function
+# scales on instances of its own, so ingest's work never shares a Python interpreter with the stream's
+INGEST = """
+import signal, sys, threading
+from pathlib import Path
+from devhost.app.host import Host
+from devhost.app.runtime import prepare
+from devhost.kafka import broker as kafka
+from devhost.kafka.trigger import KafkaTrigger
+runtime = prepare()
+broker = kafka.running(runtime.home)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+trigger = KafkaTrigger(Host(), broker.bootstrap, broker.topic, broker.group, owner_lock=kafka.owner_lock(runtime.home))
+print("READY", flush=True)
+trigger.run(stop)
+"""
 
-    host = Host()
-    ingest = KafkaTrigger(host, broker.bootstrap, broker.topic, broker.group, owner_lock=kafka.owner_lock(home))
-    forecasts = forecast_trigger(host, home, broker.bootstrap)
-    threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in (ingest, forecasts)]
+
+def _start_triggers(home: Path, broker: Broker, stop: threading.Event) -> tuple[list[threading.Thread], Any]:
+    """``forecast_stream`` consuming in this process until ``stop``, and ``ingest`` in a process of its own."""
+    from devhost.app.host import Host
+    from devhost.kafka.forecast_stream import forecast_trigger
+
+    ingest = subprocess.Popen([sys.executable, "-c", INGEST], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert ingest.stdout is not None and ingest.stdout.readline().strip() == "READY"
+    forecasts = forecast_trigger(Host(), home, broker.bootstrap)
+    threads = [threading.Thread(target=forecasts.run, args=(stop,), daemon=True)]
     for thread in threads:
         thread.start()
-    return threads
+    return threads, ingest
 
 
 def _symbol(message: dict) -> str:
@@ -226,9 +244,10 @@ def main() -> None:
     broker = kafka.ensure(home, settings.bars_eventhub_name, settings.bars_consumer_group)
     stop, reader_stop = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
+    ingest = None
     try:
         wait_healthy(settings.scoring_port, scorer)
-        threads = _start_triggers(home, broker, stop)
+        threads, ingest = _start_triggers(home, broker, stop)
         reads = _Reads()
         reader_args = (broker.bootstrap, settings.forecasts_eventhub_name, reader_stop)
         threading.Thread(target=reads.collect, args=reader_args, daemon=True).start()
@@ -241,6 +260,9 @@ def main() -> None:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
+        if ingest is not None:
+            ingest.terminate()
+            ingest.wait(timeout=60)
         stop_group(scorer.pid)
         close_workers()  # the ledger's last flush, while Azurite still runs
         kafka.stop(home)
