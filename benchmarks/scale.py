@@ -537,9 +537,8 @@ def default_memory_limit_mb() -> float:
     return min(16 * 1024, 0.6 * psutil.virtual_memory().available / 2**20)
 
 
-def run_tick(config: Config, work: Path, limit_mb: float, timeout_s: float, profile: bool = False) -> Tick:
-    """Write ``config``'s bars under ``work`` and measure one tick of the job on them in a fresh process."""
-    folder = work / config.name
+def _write_bars(config: Config, folder: Path) -> tuple[Layout, Path]:
+    """Generate ``config``'s bars and write them under ``folder`` as compaction leaves raw/; returns the layout."""
     if folder.exists():
         shutil.rmtree(folder)
     bars_root = folder / "bars" / "raw"
@@ -550,6 +549,42 @@ def run_tick(config: Config, work: Path, limit_mb: float, timeout_s: float, prof
         f"{config.name}: wrote {layout.bars:,} bars in {layout.hours} hour folders ({layout.compacted} compacted "
         f"+ {layout.raw} raw batch blobs, {layout.bytes / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s"
     )
+    return layout, bars_root
+
+
+def _failed(
+    config: Config,
+    layout: Layout,
+    log_path: Path,
+    watch: Watch,
+    returncode: int,
+    process_s: float,
+    peak_mb: float,
+    limit_mb: float,
+) -> Tick:
+    """The record of a tick that did not complete: why, in which phase, at what memory."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    reason = {"memory": "out of memory", "timeout": "timeout"}.get(watch.killed or "", f"exit {returncode}")
+    failed = {
+        "reason": reason,
+        "phase": phase_at_end(lines),
+        "rss_mb": round(peak_mb),
+        "limit_mb": round(limit_mb),
+        "after_s": round(process_s, 1),
+    }
+    console.log(
+        f"[red]{config.name}: the tick did not complete: {reason} after {process_s:.0f} s, "
+        f"peak {peak_mb:,.0f} MB (limit {limit_mb:,.0f} MB), in phase {failed['phase']}[/red]"
+    )
+    if watch.killed is None:  # a failure of its own: show why
+        console.print("\n".join(lines[-15:]), markup=False)
+    return Tick(config, layout, None, process_s, peak_mb, {}, failed)
+
+
+def run_tick(config: Config, work: Path, limit_mb: float, timeout_s: float, profile: bool = False) -> Tick:
+    """Write ``config``'s bars under ``work`` and measure one tick of the job on them in a fresh process."""
+    folder = work / config.name
+    layout, bars_root = _write_bars(config, folder)
     out = folder / "tick.json"
     profile_out = folder / "tick.prof" if profile else None
     env = {
@@ -578,22 +613,7 @@ def run_tick(config: Config, work: Path, limit_mb: float, timeout_s: float, prof
         process_s = time.perf_counter() - start
     peak_mb = max(usage.ru_maxrss / 1024, watch.max_rss_mb)
     if proc.returncode != 0 or not out.exists():
-        lines = log_path.read_text(errors="replace").splitlines()
-        reason = {"memory": "out of memory", "timeout": "timeout"}.get(watch.killed or "", f"exit {proc.returncode}")
-        failed = {
-            "reason": reason,
-            "phase": phase_at_end(lines),
-            "rss_mb": round(peak_mb),
-            "limit_mb": round(limit_mb),
-            "after_s": round(process_s, 1),
-        }
-        console.log(
-            f"[red]{config.name}: the tick did not complete: {reason} after {process_s:.0f} s, "
-            f"peak {peak_mb:,.0f} MB (limit {limit_mb:,.0f} MB), in phase {failed['phase']}[/red]"
-        )
-        if watch.killed is None:  # a failure of its own: show why
-            console.print("\n".join(lines[-15:]), markup=False)
-        return Tick(config, layout, None, process_s, peak_mb, {}, failed)
+        return _failed(config, layout, log_path, watch, proc.returncode, process_s, peak_mb, limit_mb)
     child = json.loads(out.read_text())
     if profile_out is not None:
         child["profile"] = str(profile_out)
