@@ -74,8 +74,10 @@ def test_up_trains_on_its_timer_serves_predictions_and_stops_clean(tmp_path):
         ).stdout
         for service in ("azurite", "kafka broker", "devhost up", "scoring server", "mlflow ui"):
             assert any(service in line and "running" in line for line in status.splitlines()), status
-        children = _pids(home)
-        assert set(children) == {"azurite", "kafka broker", "mlflow ui", "scoring server"}
+        # the rollout records its server once the server has answered its smoke request, which a GET may beat
+        services = {"azurite", "kafka broker", "mlflow ui", "scoring server"}
+        children = _wait_for(lambda: set(found := _pids(home)) == services and found, 60, "every service's record")
+        assert set(children) == services
         # persistence is served while the first job still trains; once it ends, its outcome is one line
         tick = r"^tick: +job \S+: v\d+ lstm_attention (promoted|retained); champion v\d+ \(\w+\); .*serves v\d+$"
         _wait_for(lambda: re.search(tick, log.read_text(), re.M), 300, "the first job's line")
