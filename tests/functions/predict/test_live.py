@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from typing import Any
 
@@ -140,18 +141,31 @@ def test_live_figures_are_read_by_etag_and_change_their_generation(container):
     }
 
 
+class _Slow:
+    """The container, each storage call from another thread slowed by 0.3 s (a remote store's round trip)."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    def __getattr__(self, name: str) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.3)
+        return getattr(self._container, name)
+
+
 def test_the_background_thread_refreshes_at_start_and_flushes_within_its_interval(container):
     """The first use starts the thread: it reads the figures at once and writes the buffer every flush_s."""
     container.upload_blob(
         SKILL_BLOB, encode_skill(SkillDocument("2026-11-02T15:15:00Z", {"2": _figures("2", 5, 1.1)})), overwrite=True
     )
-    worker = LedgerWorker(lambda: container, flush_s=0.2, instance="bg")
+    worker = LedgerWorker(lambda: _Slow(container), flush_s=0.2, instance="bg")
     try:
-        assert worker.live("2") == (0, None)  # never waits: the first answers have no live figures
+        expected = (1, {**_figures("2", 5, 1.1).api("2026-11-02T15:15:00Z")})
+        assert worker.live("2") == (0, None)  # never waits for the (slow) read it starts
         deadline = time.monotonic() + 10
         while worker.live("2")[1] is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert worker.live("2") == (1, {**_figures("2", 5, 1.1).api("2026-11-02T15:15:00Z")})
+        assert worker.live("2") == expected
         worker.record(_doc(), "get", "req-1")
         while not _served(container, "bg") and time.monotonic() < deadline:
             time.sleep(0.02)
