@@ -75,24 +75,17 @@ def _cmd_bars(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    import time
-    import uuid
-
     from devhost import views
     from devhost.app.runtime import prepare
     from devhost.shared.home import running_up
     from devhost.timers import compaction
-    from functions.settings import get_settings
-    from functions.shared.compaction import compact
 
     if args.all:
         if running_up(stockcast_home()):
             console.print("devhost up is running and may still write to raw/: stop it first, or run without --all")
             return 1
         return 0 if views.compact_all(console) else 1
-    runtime, settings = prepare(), get_settings()
-    run = f"devhost-compact-{uuid.uuid4().hex[:8]}"
-    report = compact(runtime.container, time.time(), settings.compact_margin_s, settings.compact_max_hours, run)
+    report = compaction.compact_closed(prepare().container)
     compaction.show(report, console)
     return 0 if not report.outcomes().get("failed") else 1
 

@@ -409,19 +409,9 @@ def fit_model(
     With several ``workers`` the chief first shares what the fit learns from (:class:`FitInputs`),
     and every worker fits on exactly that, together.
     """
-    if workers is None or workers.single:
-        return fit(
-            train.x,
-            train.y,
-            val.x,
-            val.y,
-            symbols_train=train.symbol,
-            symbols_val=val.symbol,
-            **fit_settings(cfg, warm is not None),
-            on_epoch=on_epoch,
-            warm=warm,
-        )
     inputs = FitInputs.of(train, val, cfg, warm, run_name)
+    if workers is None or workers.single:
+        return inputs.fit(on_epoch)
     workers.share(*inputs.shared())
     try:
         result = inputs.fit(on_epoch, workers)
@@ -479,8 +469,8 @@ class FitInputs:
             warm = WarmStart(members, float(header["warm"]["y_scale"]))
         return cls(*fitted, header["settings"], warm, header["run_name"])
 
-    def fit(self, on_epoch: Any, workers: Workers) -> FitResult:
-        """Fit on these inputs, on every worker at once."""
+    def fit(self, on_epoch: Any, workers: Workers | None = None) -> FitResult:
+        """Fit on these inputs: in this process alone, or on every one of ``workers`` at once."""
         return fit(
             self.x_train,
             self.y_train,

@@ -273,9 +273,7 @@ class LocalSubmitter:
         mode, reason = training_mode(last, now, dt.timedelta(hours=self.settings.training_full_every_hours))
         if mode == FULL:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            partial.write_bytes(orjson.dumps({"last_full_at": now.isoformat()}))
-            partial.replace(path)
+            os.replace(_temp_with(path, {"last_full_at": now.isoformat()}), path)
         return mode, reason
 
     def summary(self, job_name: str) -> dict | None:

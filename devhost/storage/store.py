@@ -22,14 +22,10 @@ from functions.shared.rebuild import RAW_PREFIX, CorruptBlobError, decode_bars, 
 log = logging.getLogger("devhost.store")
 
 
-def _download_named(container: ContainerClient, prefix: str) -> list[tuple[str, bytes]]:
+def _download_all(container: ContainerClient, prefix: str) -> list[bytes]:
     names = [b.name for b in container.list_blobs(name_starts_with=prefix)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(zip(names, pool.map(lambda n: container.download_blob(n).readall(), names), strict=True))
-
-
-def _download_all(container: ContainerClient, prefix: str) -> list[bytes]:
-    return [data for _, data in _download_named(container, prefix)]
+        return list(pool.map(lambda n: container.download_blob(n).readall(), names))
 
 
 @dataclass(frozen=True)

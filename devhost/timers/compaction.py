@@ -41,9 +41,19 @@ def run_timer(host: Host, stop: threading.Event, say: Callable[[str], None]) -> 
             say(f"compaction ({due:%H:%M:%S}) failed: {exc}")
 
 
+def _run_id() -> str:
+    return f"devhost-compact-{uuid.uuid4().hex[:8]}"
+
+
+def compact_closed(container: ContainerClient) -> CompactionReport:
+    """One run as the timer's: the hours closed for ``COMPACT_MARGIN_SECONDS``, at most ``COMPACT_MAX_HOURS``."""
+    settings = get_settings()
+    return compact(container, time.time(), settings.compact_margin_s, settings.compact_max_hours, _run_id())
+
+
 def compact_everything(container: ContainerClient, run: str | None = None) -> CompactionReport:
     """Compact every hour of ``raw/``, the current one too (only when no writer is left), as many as there are."""
-    run = run or f"devhost-compact-{uuid.uuid4().hex[:8]}"
+    run = run or _run_id()
     # an hour counts as closed once it ended margin_s ago: with no writer left, every hour has
     return compact(container, time.time() + HOUR_S, 0.0, 10_000, run)
 

@@ -195,23 +195,6 @@ def read_bar_blobs(
     raise RawChangedError(f"{prefix}: blobs vanished between listing and download {_READ_ATTEMPTS} times")
 
 
-def list_bar_blobs(container: ContainerClient, prefix: str = RAW_PREFIX) -> list[str]:
-    """Names of the blobs under ``prefix`` a reader of bars reads (compacted blobs, and raw blobs none covers).
-
-    A name may be gone by the time it is downloaded (compacted and deleted since): a reader that
-    downloads them should use :func:`read_bar_blobs`, which reads again then.
-    """
-    names = sorted(b.name for b in container.list_blobs(name_starts_with=prefix))
-    compacted = [n for n in names if n.rpartition("/")[2] == COMPACTED_NAME]
-    covers: dict[str, frozenset[str]] = {}
-    for name in compacted:
-        try:
-            covers[name.rpartition("/")[0]] = covered_by(container.download_blob(name).readall())
-        except ResourceNotFoundError:
-            continue  # never deleted by compaction; someone removed it, so it covers nothing
-    return bar_blobs_to_read(names, covers)
-
-
 def quarantine(container: ContainerClient, symbol: str, data: bytes, reason: str, batch_id: str) -> str:
     """Keep a copy of a bad latest blob's bytes under ``quarantine/latest/<SYMBOL>/``; return its name."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
