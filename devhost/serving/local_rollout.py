@@ -47,6 +47,7 @@ from devhost.shared.processes import (
     live_record,
     started,
     stop_group,
+    terminate_group,
 )
 from functions.settings import Settings
 from functions.train_trigger.aml_rollout import scoring_worker_environment
@@ -254,7 +255,7 @@ def stop_orphans(home: Path, timeout: float = 15.0) -> list[int]:
     orphans = left()
     for group in orphans:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
+            terminate_group(group)
     deadline = time.monotonic() + timeout
     while orphans and left() and time.monotonic() < deadline:
         time.sleep(0.05)

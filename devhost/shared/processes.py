@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -139,10 +140,20 @@ def environment_of(pid: int) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
+def terminate_group(group: int) -> None:
+    """Send SIGTERM to process group ``group``, then SIGCONT: a stopped member acts on SIGTERM only once continued.
+
+    Raises ProcessLookupError when the group is gone.
+    """
+    os.killpg(group, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGCONT)
+
+
 def stop_group(pid: int, timeout: float = 15.0) -> None:
     """Terminate a process group started with ``start_new_session``; kill it if it lingers."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        terminate_group(pid)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout

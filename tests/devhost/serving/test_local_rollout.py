@@ -278,17 +278,23 @@ def test_a_reconcile_killed_while_its_server_starts_leaves_a_server_the_next_one
 def test_workers_a_killed_server_leaves_on_its_port_are_stopped(
     trained, tmp_path, port, heal: Callable[[LocalRollout, Path], object], outcome: object, servers_after: int
 ):
-    """The server's leader killed (-9) alone leaves its workers on the port: the next reconcile, or stop, ends them."""
+    """The server's leader killed (-9) alone leaves its workers on the port: the next reconcile, or stop, ends them.
+
+    The worker is stopped (SIGSTOP) first: a gunicorn worker notices its leader gone only when a connection or a
+    signal wakes it, so a stopped one stands for a sleeping one that nothing wakes, and the ending must continue it.
+    """
     home = tmp_path / "home"
     rollout = LocalRollout(_settings(home, trained, port))
     assert rollout.reconcile("tick-first") == "rolled out v2"
     leader = serving_state(home)["pid"]
     workers = [pid for pid in _group(leader) if pid != leader]
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
     os.kill(leader, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while alive(leader) and time.monotonic() < deadline:
         time.sleep(0.02)
-    # no server, yet the port is held (read in /proc: a connection would wake the worker, which sees its leader gone)
+    # no server, yet the port is held (read in /proc, where no connection wakes the worker)
     assert (len(workers), serving_state(home), [address for address, _ in _listeners(port)]) == (1, None, ["127.0.0.1"])
     assert heal(rollout, home) == outcome
     assert [pid for pid in workers if alive(pid)] == []
