@@ -1,0 +1,1 @@
+"""Tests of devhost's shared process and home helpers."""
