@@ -68,6 +68,7 @@ from rich.table import Table  # noqa: E402
 
 from functions.shared.bars import BAR_SCHEMA, to_parquet  # noqa: E402
 from functions.shared.compaction import encode_compacted  # noqa: E402
+from training_job.config import MODES  # noqa: E402
 
 SYMBOLS = (5, 50, 500)
 QUICK_SYMBOLS = (5, 50)
@@ -399,7 +400,7 @@ PHASES = (
 )
 
 
-def tick_child(bars: Path, out: Path, profile_out: Path | None) -> int:
+def tick_child(bars: Path, out: Path, profile_out: Path | None, mode: str = "warm") -> int:
     """Run one tick of the job on ``bars`` in this process and write its measurements to ``out`` as JSON."""
     import logging
 
@@ -416,7 +417,7 @@ def tick_child(bars: Path, out: Path, profile_out: Path | None) -> int:
     for phase, module, attr in PHASES:
         clock.wrap(phase, module, attr)
     blobs = BlobCounter(bars).install()
-    cfg = TrainConfig(bars=bars, summary_out=out.with_name("summary.json"))
+    cfg = TrainConfig(bars=bars, summary_out=out.with_name("summary.json"), mode=mode)
     profiler = None
     if profile_out is not None:
         import cProfile
@@ -446,7 +447,9 @@ def tick_child(bars: Path, out: Path, profile_out: Path | None) -> int:
                 "windows": training.get("windows"),
                 "epochs": training.get("epochs"),
                 "warm_start": (training.get("warm_start") or {}).get("used"),
-                "config": {k: getattr(cfg, k) for k in ("history_days", "max_train_windows", "mode")},
+                "config": {
+                    k: getattr(cfg, k) for k in ("history_days", "full_history_days", "max_train_windows", "mode")
+                },
             }
         )
     )
@@ -581,7 +584,9 @@ def _failed(
     return Tick(config, layout, None, process_s, peak_mb, {}, failed)
 
 
-def run_tick(config: Config, work: Path, limit_mb: float, timeout_s: float, profile: bool = False) -> Tick:
+def run_tick(
+    config: Config, work: Path, limit_mb: float, timeout_s: float, profile: bool = False, mode: str = "warm"
+) -> Tick:
     """Write ``config``'s bars under ``work`` and measure one tick of the job on them in a fresh process."""
     folder = work / config.name
     layout, bars_root = _write_bars(config, folder)
@@ -595,6 +600,7 @@ def run_tick(config: Config, work: Path, limit_mb: float, timeout_s: float, prof
     }
     env.pop("MLFLOW_REGISTRY_URI", None)
     command = [sys.executable, str(Path(__file__).resolve()), "--tick", str(bars_root), "--out", str(out)]
+    command += ["--mode", mode]
     if profile_out is not None:
         command += ["--profile-out", str(profile_out)]
     log_path = folder / "tick.log"
@@ -686,7 +692,7 @@ def summarise(ticks: Sequence[Tick], wall_s: float, quick: bool, memory_total_mb
         "epochs_run": {t.config.name: (t.child.get("epochs") or {}).get("run") for t in done},
         "phases_missing": sorted({m for t in done for m in t.child.get("missing", [])}),
         "mode": first.get("mode"),
-        "history_days": first.get("history_days"),
+        "history_days": first.get("full_history_days" if first.get("mode") == "full" else "history_days"),
         "max_train_windows": first.get("max_train_windows"),
         "memory_total_mb": round(memory_total_mb),
         "quick": quick,
@@ -791,13 +797,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="NAME", help="run only this configuration, under cProfile, and print it")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds one tick may take (default 1200)")
     parser.add_argument("--memory-limit-mb", type=float, help="kill a tick past this (default: 60%% of what is free)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="warm",
+        help="the tick's mode: warm (the last history_days) or full (the daily retrain: full_history_days)",
+    )
     parser.add_argument("--keep", type=Path, help="write the bars and MLflow stores here and keep them")
     parser.add_argument("--tick", type=Path, help=argparse.SUPPRESS)  # the child: run one tick on these bars
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tick is not None:
-        return tick_child(args.tick, args.out, args.profile_out)
+        return tick_child(args.tick, args.out, args.profile_out, args.mode)
 
     if args.profile:
         configs, repeat = [Config.parse(args.profile)], 1
@@ -820,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if any(t.failed for t in runs[config]):
                     continue
                 console.rule(f"{config.name} ({config.symbols} symbols × {config.days} days), run {attempt + 1}")
-                tick = run_tick(config, work, limit_mb, args.timeout, profile=bool(args.profile))
+                tick = run_tick(config, work, limit_mb, args.timeout, profile=bool(args.profile), mode=args.mode)
                 runs[config].append(tick)
                 if args.profile and tick.tick_s is not None:
                     print_profile(Path(tick.child["profile"]))

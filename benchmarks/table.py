@@ -216,17 +216,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "score",
         "score.py",
         PY + "score.py",
-        "one request in process p50 {p50_ms} ms, p99 {p99_ms} ms ({single_window}); over HTTP p50 "
-        "{http_p50_ms} ms; Keras `model.predict` {reference_p50_ms:g} ms ({speedup:g}×)",
+        "one request in process p50 {p50_ms:.3g} ms, p99 {p99_ms:.3g} ms ({single_window}); over HTTP p50 "
+        "{http_p50_ms:.3g} ms; Keras `model.predict` {reference_p50_ms:.3g} ms ({speedup:.3g}×)",
         (at_least("speedup", 1, "faster than the reference (`model.predict`)"),),
     ),
     Benchmark(
         "predict",
         "predict.py",
         PY + "predict.py",
-        "GET p50 {p50_ms} ms, p99 {p99_ms} ms ({cache_hit_ratio:pct} cached); POST p50 {post_p50_ms} ms, "
-        "p99 {post_p99_ms} ms, answered from memory p50 {post_memo_p50_ms} ms; uncached GET p50 "
-        "{get_uncached_p50_ms} ms; the load generator's floor {floor_post_p50_ms} ms",
+        "GET p50 {p50_ms:.3g} ms, p99 {p99_ms:.3g} ms ({cache_hit_ratio:pct} cached); POST p50 {post_p50_ms:.3g} ms, "
+        "p99 {post_p99_ms:.3g} ms, answered from memory p50 {post_memo_p50_ms:.3g} ms; uncached GET p50 "
+        "{get_uncached_p50_ms:.3g} ms; the load generator's floor {floor_post_p50_ms:.3g} ms",
         (
             at_most("post_p50_ms", 8, "POST p50 ≤ 8 ms"),
             at_most("post_p99_ms", 25, "POST p99 ≤ 25 ms"),
@@ -274,6 +274,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             at_most("history_growth", 1.2, "`history_growth` ≤ 1.2"),
             completed_at_most("per_symbol_growth", 1.0, "`per_symbol_growth` ≤ 1.0"),
         ),
+    ),
+    Benchmark(
+        "scale-full",
+        "scale.py",
+        PY + "scale.py --mode full --configs 50x20,500x20 --repeat 1",
+        "the daily full retrain ({history_days} trading days, from scratch): 500 symbols tick "
+        "{tick_s[500x20]:.0f} s, peak {peak_rss_mb[500x20]:,} MB; {cost_model[per_symbol_s]:.2f} s and "
+        "{cost_model[per_symbol_mb]:.0f} MB a symbol",
+        (at_least("cost_model.symbols_per_15min_tick", 500, "500 symbols within the 15-minute period"),),
     ),
 )
 

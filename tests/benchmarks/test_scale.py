@@ -183,3 +183,25 @@ def test_the_phase_clock_times_outer_calls_and_records_missing_functions(monkeyp
     assert probe.f(2) == 0 and probe.f(0) == 0
     assert clock.calls == {"f": 2} and 0.08 <= clock.seconds["f"] < 1.0
     assert clock.missing == ["scale_probe.no_such_function"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_full_mode_tick_reads_the_full_retrains_history(tmp_path):
+    """``--mode full`` runs the daily retrain's tick: 20 trading days read where a warm tick reads 10."""
+    import subprocess
+
+    script = Path(scale.__file__)
+    run = subprocess.run(
+        [sys.executable, str(script), "--mode", "full", "--configs", "5x20", "--repeat", "1", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (result["mode"], result["history_days"], result["failed"]) == ("full", 20, {})
+    assert result["bars_read"]["5x20"] == 5 * 20 * scale.SESSION_MINUTES
+    child = json.loads((tmp_path / "5x20" / "tick.json").read_text())
+    assert child["config"] == {"history_days": 10, "full_history_days": 20, "max_train_windows": 20_000, "mode": "full"}
