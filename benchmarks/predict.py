@@ -24,6 +24,7 @@ its own floor, the same load against ``benchmarks/null_server.py``, is reported 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -83,6 +84,30 @@ def _figures(results: list[tuple[float, int, float | None, float | None]]) -> tu
     o50 = float(np.percentile(overhead, 50)) if len(overhead) else float("nan")
     errors = sum(1 for r in results if r[1] != 200)
     return float(np.percentile(latency, 50)), float(np.percentile(latency, 99)), o50, errors
+
+
+class _CpuMeter:
+    """The CPU time a process (and its descendants, with ``tree``) spends from now; a process that ends is lost."""
+
+    def __init__(self, pid: int, tree: bool = True) -> None:
+        import psutil
+
+        self.root, self.tree = psutil.Process(pid), tree
+        self.start = self._total()
+
+    def _total(self) -> float:
+        import psutil
+
+        total = 0.0
+        for proc in [self.root, *(self.root.children(recursive=True) if self.tree else ())]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def spent(self) -> float:
+        """CPU seconds spent since the meter was made."""
+        return self._total() - self.start
 
 
 def _phase(load: _Connections, request: Callable[[int], tuple]) -> list[tuple[float, int, float | None, float | None]]:
@@ -147,6 +172,7 @@ class _Summary:
     scored_ratio: float  # the share of the uncached GETs that called the endpoint
     hit_ratio: float  # the share of the cached GETs answered without an endpoint call
     floor: tuple[float, float]  # GET and POST p50 (ms) against a server that does no work
+    post_cpu: dict[str, float]  # CPU seconds the POST phase cost each process: host, endpoint, load generator
 
     @classmethod
     def of(
@@ -157,6 +183,7 @@ class _Summary:
         uncached_gets: list[_Answer],
         memo_posts: list[_Answer],
         floor: tuple[float, float],
+        post_cpu: dict[str, float],
     ) -> _Summary:
         """The figures of the phases' answers; ``wall``: the seconds the cached GETs took."""
         return cls(
@@ -168,7 +195,13 @@ class _Summary:
             sum(1 for r in uncached_gets if r[3]) / len(uncached_gets),
             sum(1 for r in gets if r[2] is not None and r[3] == 0.0) / len(gets),
             floor,
+            post_cpu,
         )
+
+    def post_cpu_ms(self) -> dict[str, float]:
+        """CPU milliseconds per POST in each process, and their sum."""
+        per = {name: seconds * 1000 / REQUESTS for name, seconds in self.post_cpu.items()}
+        return {**per, "total": sum(per.values())}
 
     def lines(self) -> list[str]:
         """The figures in words, one printed line each."""
@@ -192,6 +225,7 @@ class _Summary:
             f"p99 {m99:.2f} ms, function overhead p50 {mo50:.2f} ms; errors: {memo_errors}",
             f"the same load against a server that does no work: GET p50 {floor_get:.2f} ms, "
             f"POST p50 {floor_post:.2f} ms",
+            "CPU per POST: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in self.post_cpu_ms().items()),
         ]
 
     def json_figures(self) -> dict[str, float | int]:
@@ -223,6 +257,7 @@ class _Summary:
             "cache_hit_ratio": round(self.hit_ratio, 3),
             "floor_get_p50_ms": round(floor_get, 2),
             "floor_post_p50_ms": round(floor_post, 2),
+            "post_cpu_ms": {name: round(ms, 3) for name, ms in self.post_cpu_ms().items()},
         }
 
 
@@ -333,11 +368,13 @@ def _measure(home: Path, model_dir: Path, started: list[subprocess.Popen]) -> _S
     start = time.perf_counter()
     gets = _phase(load, _get)
     wall = time.perf_counter() - start
+    meters = {"host": _CpuMeter(up.pid), "endpoint": _CpuMeter(scorer.pid), "load": _CpuMeter(os.getpid(), tree=False)}
     posts = _phase(load, lambda i: ("POST", "/api/predict", bodies[i % len(bodies)]))
+    post_cpu = {name: meter.spent() for name, meter in meters.items()}
     stop_group(up.pid)
     memo_posts = _memo_posts(home, model_dir, workers, env, bodies, started)
     uncached_gets = _uncached_gets(env, started)
-    return _Summary.of(gets, wall, posts, uncached_gets, memo_posts, _floor(bodies[0]))
+    return _Summary.of(gets, wall, posts, uncached_gets, memo_posts, _floor(bodies[0]), post_cpu)
 
 
 def main() -> None:

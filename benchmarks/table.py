@@ -226,7 +226,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         PY + "predict.py",
         "GET p50 {p50_ms:.3g} ms, p99 {p99_ms:.3g} ms ({cache_hit_ratio:pct} cached); POST p50 {post_p50_ms:.3g} ms, "
         "p99 {post_p99_ms:.3g} ms, answered from memory p50 {post_memo_p50_ms:.3g} ms; uncached GET p50 "
-        "{get_uncached_p50_ms:.3g} ms; the load generator's floor {floor_post_p50_ms:.3g} ms",
+        "{get_uncached_p50_ms:.3g} ms; the load generator's floor {floor_post_p50_ms:.3g} ms; CPU per POST "
+        "{post_cpu_ms[total]:.2g} ms (host {post_cpu_ms[host]:.2g}, endpoint {post_cpu_ms[endpoint]:.2g}, load "
+        "{post_cpu_ms[load]:.2g})",
         (
             at_most("post_p50_ms", 8, "POST p50 ≤ 8 ms"),
             at_most("post_p99_ms", 25, "POST p99 ≤ 25 ms"),
