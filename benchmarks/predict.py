@@ -13,7 +13,10 @@ share that called the endpoint). ``cache_hit_ratio`` is the share of cached-phas
 without an endpoint call. The POSTs are then sent once more through a third ``devhost up`` to an
 ``azmlinfsrv`` running ``benchmarks/memo_score.py``, which answers a request it has scored before
 from memory (``post_memo_*``): the same path with no model work left, the floor that no change to
-the model or its features can go below. Prints the figures, then one JSON object as the last line.
+the model or its features can go below. ``post_cpu_ms`` is the CPU each process spent per POST
+(devhost with the function, the endpoint, this load generator; psutil): with ``CONCURRENCY``
+requests in flight on N cores no p50 can go below ``CONCURRENCY`` × its total ÷ N. Prints the
+figures, then one JSON object as the last line.
 
 The load comes from 8 threads with one keep-alive ``http.client`` connection each. One shared
 ``httpx.Client`` (the first version of this script) spends 1.3–1.8 ms of CPU per request in its

@@ -32,7 +32,8 @@ at the start, at most 16 GiB) is killed rather than let it starve the machine, a
 ``failed`` with the phase it was in; a ratio that needs it is then null, never taken from the
 configurations left. ``cost_model`` is the straight line through the two largest symbol counts
 that completed (time and peak memory per symbol) and how many symbols it lets a tick hold.
-``--quick`` runs 5 and 50 symbols only (``per_symbol_growth`` then compares 50 with 5);
+``--mode full`` runs the daily full retrain's tick instead (the last ``full_history_days``, from
+scratch); ``--quick`` runs 5 and 50 symbols only (``per_symbol_growth`` then compares 50 with 5);
 ``--profile NAME`` runs one configuration's tick under cProfile and prints where its time went.
 Prints progress and a table, then one JSON object as the last line.
 """
