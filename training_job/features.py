@@ -8,7 +8,8 @@ A window never spans a gap longer than ``max_gap_minutes``; its target is exactl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import talib
@@ -172,6 +173,7 @@ def symbol_windows(
     max_gap_minutes: int,
     with_target: bool,
     latest_only: bool = False,
+    features: bool = True,
 ) -> Windows:
     """Every usable window of one symbol (sorted by ts), as :func:`window_ends` says, with its target if asked.
 
@@ -179,21 +181,24 @@ def symbol_windows(
     bars a live request sends, so evaluation scores what serving will compute (the indicators'
     recursive smoothing would otherwise depend on how much history happened to precede it).
     The warm-up bars may lie before a gap; the window may not, and its target is the bar exactly
-    ``horizon`` minutes after its last one.
+    ``horizon`` minutes after its last one. A window with a non-finite feature is left out.
+
+    ``features=False`` gives the windows without computing their features (``x`` is empty, of shape
+    ``(m, 0, len(FEATURES))``, and none is left out): :func:`with_features` computes them later for
+    the windows a caller keeps, the same as here, window by window.
     """
-    need = bars_needed(window)
     close = np.asarray(ohlcv[3], dtype=np.float64)
     found = window_ends(ts, window, horizon, max_gap_minutes, with_target, latest_only)
     ends, targets = found.ends, found.targets
     if len(ends) == 0:
-        return _empty(window, symbol, with_target)
-    columns = [np.ascontiguousarray(x, dtype=np.float64) for x in ohlcv]
-    x = np.empty((len(ends), window, len(FEATURES)), dtype=np.float32)
-    for i, end in enumerate(ends):
-        lo = end - need + 1
-        x[i] = indicator_features(*(col[lo : end + 1] for col in columns))[-window:]
-    finite = np.isfinite(x).all(axis=(1, 2))
-    ends, x = ends[finite], x[finite]
+        return _empty(window if features else 0, symbol, with_target)
+    if features:
+        x = window_features([np.ascontiguousarray(col, dtype=np.float64) for col in ohlcv], ends, window)
+        finite = np.isfinite(x).all(axis=(1, 2))
+        ends, x = ends[finite], x[finite]
+        targets = None if targets is None else targets[finite]
+    else:
+        x = np.empty((len(ends), 0, len(FEATURES)), dtype=np.float32)
     out = Windows(
         x=x,
         as_of=ts[ends],
@@ -202,11 +207,43 @@ def symbol_windows(
         symbol=np.full(len(ends), symbol, dtype=object),
     )
     if targets is not None:
-        targets = targets[finite]
         out.y = (np.log(close[targets]) - np.log(close[ends])).astype(np.float32)
         out.target_ts = ts[targets]
         out.target_close = close[targets]
     return out
+
+
+def window_features(columns: Sequence[np.ndarray], ends: np.ndarray, window: int) -> np.ndarray:
+    """Features (len(ends), window, len(FEATURES)) of the windows ending at the bars ``ends`` of one symbol's series.
+
+    ``columns`` are its open, high, low, close and volume as contiguous float64; each window's rows
+    come from exactly its own ``bars_needed(window)`` bars.
+    """
+    need = bars_needed(window)
+    x = np.empty((len(ends), window, len(FEATURES)), dtype=np.float32)
+    for i, end in enumerate(ends):
+        lo = end - need + 1
+        x[i] = indicator_features(*(col[lo : end + 1] for col in columns))[-window:]
+    return x
+
+
+def with_features(w: Windows, series: Mapping[str, tuple[np.ndarray, Sequence[np.ndarray]]], window: int) -> Windows:
+    """``w`` (from ``symbol_windows(..., features=False)``) with each window's features, as symbol_windows has them.
+
+    ``series`` maps each symbol to its bars' times (unix s, sorted) and ``columns`` as
+    :func:`window_features` takes them; a window is found by its last bar's time. A window with a
+    non-finite feature is left out, as :func:`symbol_windows` leaves it out.
+    """
+    x = np.empty((len(w), window, len(FEATURES)), dtype=np.float32)
+    for symbol in np.unique(w.symbol):
+        rows = np.flatnonzero(w.symbol == symbol)
+        ts, columns = series[symbol]
+        ends = np.searchsorted(ts, w.as_of[rows])
+        if not np.array_equal(ts[np.minimum(ends, len(ts) - 1)], w.as_of[rows]):
+            raise ValueError(f"windows of {symbol} end at bars its series does not hold")
+        x[rows] = window_features(columns, ends, window)
+    finite = np.isfinite(x).all(axis=(1, 2))
+    return replace(w, x=x).take(np.flatnonzero(finite))
 
 
 def _empty(window: int, symbol: str, with_target: bool) -> Windows:

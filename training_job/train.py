@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import zlib
+from collections.abc import Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,16 @@ from mlflow.tracking import MlflowClient
 from training_job import data, evaluate, intervals
 from training_job.cluster import STOP, Workers
 from training_job.config import TrainConfig, parse_args
-from training_job.features import FEATURES, WARMUP, Windows, bars_needed, concat, symbol_windows, window_ends
+from training_job.features import (
+    FEATURES,
+    WARMUP,
+    Windows,
+    bars_needed,
+    concat,
+    symbol_windows,
+    window_ends,
+    with_features,
+)
 from training_job.forecaster import (
     LSTM_ATTENTION,
     MODEL_CONFIG,
@@ -93,18 +103,36 @@ def serving_requirements() -> list[str]:
     return pins
 
 
-def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[str, str], dict[str, dict[str, int]]]:
-    """Windows of every usable symbol, the reason each skipped symbol was skipped, and the windows dropped per symbol.
+@dataclass(frozen=True)
+class WindowIndex:
+    """Every usable window of the bars without its features, and what :func:`with_features` needs to compute them."""
+
+    windows: Windows  # x is empty: (m, 0, features)
+    series: dict[str, tuple[np.ndarray, list[np.ndarray]]]  # per symbol: bar times, and OHLCV as float64
+    skipped: dict[str, str]  # symbol: why it gives no window
+    without_target: dict[str, dict[str, int]]  # symbol: windows dropped for want of a target bar
+
+    def features(self, idx: np.ndarray, cfg: TrainConfig) -> Windows:
+        """The windows at ``idx`` with their features; one with a non-finite feature is left out."""
+        return with_features(self.windows.take(idx), self.series, cfg.window)
+
+
+def index_windows(bars: pd.DataFrame, cfg: TrainConfig) -> WindowIndex:
+    """The windows of every usable symbol, their features not yet computed; why each skipped symbol was skipped.
 
     A window's target is the bar exactly ``cfg.horizon`` minutes after its last one; the windows whose
     target minute has no bar are dropped and counted per symbol: ``in_segment`` (a missing minute while
     the bars go on) and ``at_gap`` (the bars stop for longer than ``max_gap_minutes``: a close, a halt).
+    Features are the tick's largest cost, and most windows of a long history are never fitted on
+    (the fit samples ``max_train_windows``), so they are computed for the windows kept only.
     """
-    parts, skipped, without_target = [], {}, {}
+    parts, series, skipped, without_target = [], {}, {}, {}
     for symbol, rows in bars.groupby("symbol", sort=True):
         try:  # one symbol's bad bars must never stop the others from training
             [(ts, ohlcv)] = series_from_frame(rows).values()
-            w = symbol_windows(symbol, ts, ohlcv, cfg.window, cfg.horizon, cfg.max_gap_minutes, with_target=True)
+            w = symbol_windows(
+                symbol, ts, ohlcv, cfg.window, cfg.horizon, cfg.max_gap_minutes, with_target=True, features=False
+            )
         except (ForecastInputError, ValueError, FloatingPointError) as exc:
             log.warning("symbol %s skipped: %s", symbol, exc)
             skipped[symbol] = f"unusable bars: {exc}"
@@ -115,13 +143,23 @@ def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[s
             skipped[symbol] = f"{len(ts)} bars give {len(w)} windows, need {cfg.min_windows_per_symbol}"
             continue
         parts.append(w)
+        series[symbol] = (ts, [np.ascontiguousarray(col, dtype=np.float64) for col in ohlcv])
     if not parts:
         need = cfg.min_windows_per_symbol + cfg.window + WARMUP + cfg.horizon
         raise NotEnoughDataError(
             f"no symbol has enough data: each needs at least {need} contiguous bars "
             f"({cfg.min_windows_per_symbol} windows of {cfg.window} after {WARMUP} warm-up bars); skipped {skipped}"
         )
-    return concat(parts), skipped, without_target
+    return WindowIndex(concat(parts), series, skipped, without_target)
+
+
+def build_windows(bars: pd.DataFrame, cfg: TrainConfig) -> tuple[Windows, dict[str, str], dict[str, dict[str, int]]]:
+    """Every window of :func:`index_windows` with its features, why each skipped symbol was skipped, and the drops.
+
+    The drops are the windows left out per symbol for want of a target bar (:func:`index_windows`).
+    """
+    index = index_windows(bars, cfg)
+    return index.features(np.arange(len(index.windows)), cfg), index.skipped, index.without_target
 
 
 def history_start(newest: int, days: int) -> int | None:
@@ -328,7 +366,7 @@ class Prepared:
     """Bars turned into windows and split chronologically."""
 
     bars: pd.DataFrame
-    windows: Windows
+    windows: Windows  # every window the split cut, without features (x is (m, 0, features)): the slices have them
     split: evaluate.Split
     skipped: dict[str, str]
     train: Windows
@@ -354,31 +392,36 @@ def prepare_bars(bars: pd.DataFrame, cfg: TrainConfig, history: History | None =
     in the same proportion, so a tick's fit costs the same however many symbols there are; the
     calibration and decision slices keep every window, so every symbol is judged.
     """
-    windows, skipped, without_target = build_windows(bars, cfg)
+    index = index_windows(bars, cfg)
+    windows = index.windows
     split = evaluate.chronological_split(
         windows, cfg.validation_fraction, cfg.decision_fraction, cfg.calibration_fraction
     )
-    slices = (split.train, split.validation, split.calibration, split.decision)
-    if min(len(s) for s in slices) == 0:
-        raise NotEnoughDataError(
-            f"not enough time covered: train={len(split.train)} validation={len(split.validation)} "
-            f"calibration={len(split.calibration)} decision={len(split.decision)} windows"
-        )
+    _enough_time(split.train, split.validation, split.calibration, split.decision)
     train, val = split.train, split.validation
     if 0 < cfg.max_train_windows < len(train):
         share = cfg.max_train_windows / len(train)
         train = train[sample_windows(windows.symbol[train], windows.as_of[train], cfg.max_train_windows, cfg.seed)]
         val_cap = max(1, math.ceil(share * len(val)))
         val = val[sample_windows(windows.symbol[val], windows.as_of[val], val_cap, cfg.seed + 1)]
+    slices = [index.features(idx, cfg) for idx in (train, val, split.calibration, split.decision)]
+    _enough_time(*slices)
     sampled = {
-        "train": len(train),
+        "train": len(slices[0]),
         "train_available": len(split.train),
-        "validation": len(val),
+        "validation": len(slices[1]),
         "validation_available": len(split.validation),
     }
-    fitted = (windows.take(train), windows.take(val))
-    rest = (windows.take(split.calibration), windows.take(split.decision))
-    return Prepared(bars, windows, split, skipped, *fitted, *rest, without_target, history, sampled)
+    return Prepared(bars, windows, split, index.skipped, *slices, index.without_target, history, sampled)
+
+
+def _enough_time(train: Sized, validation: Sized, calibration: Sized, decision: Sized) -> None:
+    """Raise NotEnoughDataError when a slice has no window."""
+    if min(len(train), len(validation), len(calibration), len(decision)) == 0:
+        raise NotEnoughDataError(
+            f"not enough time covered: train={len(train)} validation={len(validation)} "
+            f"calibration={len(calibration)} decision={len(decision)} windows"
+        )
 
 
 def fit_settings(cfg: TrainConfig, warm: bool) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from training_job.features import (
     symbol_windows,
     window_ends,
     window_volatility,
+    with_features,
 )
 
 
@@ -206,3 +207,49 @@ def test_window_volatility_is_the_rms_of_the_windows_own_returns(returns, ranges
     w.x = x[np.zeros(len(w), dtype=int)]
     assert w.volatility[0] == pytest.approx(expected, rel=1e-5)
     assert window_volatility(x)[0] == w.volatility[0]
+
+
+def _unfinished(ts, ohlcv, window=20):
+    """The windows of one symbol without their features, and the series with_features reads."""
+    w = symbol_windows("X", ts, ohlcv, window, 1, 5, True, features=False)
+    return w, {"X": (ts, [np.ascontiguousarray(col, dtype=np.float64) for col in ohlcv])}
+
+
+@pytest.mark.parametrize("bad_bar", [None, 150, 320], ids=["all-finite", "inf-early", "inf-late"])
+def test_features_computed_later_equal_those_computed_at_once_to_the_bit(bad_bar):
+    """with_features gives exactly symbol_windows' windows and features, a window reading a bad bar left out by both."""
+    ts, ohlcv = series(400, gap_at=200)
+    if bad_bar is not None:
+        ohlcv[4][bad_bar] = np.inf  # a volume no validation let through: its windows' volume_z is not finite
+    with np.errstate(invalid="ignore"):  # inf - inf in the bad windows' volume_z: what leaves them out
+        at_once = symbol_windows("X", ts, ohlcv, 20, 1, 5, True)
+        index, source = _unfinished(ts, ohlcv)
+        later = with_features(index, source, 20)
+    ends = np.searchsorted(ts, index.as_of)
+    reading_bad = (
+        0 if bad_bar is None else int(np.count_nonzero((ends - bars_needed(20) < bad_bar) & (bad_bar <= ends)))
+    )
+    assert index.x.shape == (len(index), 0, len(FEATURES))
+    assert (len(index) - len(at_once), reading_bad > 0 or bad_bar is None) == (reading_bad, True)
+    for field in ("x", "as_of", "start", "last_close", "y", "target_ts", "target_close"):
+        assert np.array_equal(getattr(later, field), getattr(at_once, field)), field
+    assert list(later.symbol) == list(at_once.symbol)
+
+
+def test_features_of_a_subset_are_those_windows_features():
+    """Features computed for some windows only equal the same windows' features computed with all the others."""
+    ts, ohlcv = series(400, gap_at=200)
+    at_once = symbol_windows("X", ts, ohlcv, 20, 1, 5, True)
+    index, source = _unfinished(ts, ohlcv)
+    pick = np.array([0, 7, 100, len(index) - 1])
+    some = with_features(index.take(pick), source, 20)
+    assert np.array_equal(some.as_of, at_once.as_of[pick]) and np.array_equal(some.x, at_once.x[pick])
+
+
+def test_windows_ending_at_a_bar_the_series_lacks_are_refused():
+    """A window whose last bar is not in its symbol's series raises rather than take another bar's features."""
+    ts, ohlcv = series(300)
+    index, _ = _unfinished(ts, ohlcv)
+    shifted = {"X": (ts + 30, [np.asarray(col, dtype=np.float64) for col in ohlcv])}
+    with pytest.raises(ValueError, match="windows of X end at bars its series does not hold"):
+        with_features(index, shifted, 20)

@@ -21,7 +21,7 @@ from training_job import data
 from training_job.config import TrainConfig, parse_args
 from training_job.forecaster import Forecaster, ForecasterMeta, ForecastInputError
 from training_job.registry import CHAMPION, ModelRegistry
-from training_job.train import build_windows, decision_bars, input_example, main, read_evidence, run
+from training_job.train import build_windows, decision_bars, input_example, main, prepare_bars, read_evidence, run
 
 
 @pytest.mark.integration
@@ -292,6 +292,23 @@ def test_the_input_example_is_the_newest_window_not_bars_after_a_gap(bars_dir):
     assert skipped == {} and len(example) == meta.bars_needed
     assert data.epoch_seconds(example["ts"])[-1] == newest
     assert list(persistence.predict_frame(example)["symbol"]) == [windows.symbol[windows.as_of.argmax()]]
+
+
+@pytest.mark.parametrize("cap", [0, 500])
+def test_prepared_slices_hold_exactly_the_features_every_window_would_have(bars_dir, cap):
+    """The slices prepare_bars computes features for alone equal, to the bit, those windows built with all the rest."""
+    bars = data.read_bars(bars_dir)
+    cfg = TrainConfig(bars=bars_dir, **TINY, max_train_windows=cap)
+    every, _, _ = build_windows(bars, cfg)
+    position = {(s, int(t)): i for i, (s, t) in enumerate(zip(every.symbol, every.as_of, strict=True))}
+    prepared = prepare_bars(bars, cfg)
+    fitted = len(prepared.train) + len(prepared.validation)
+    assert fitted < len(every) and (cap == 0 or len(prepared.train) == cap)
+    assert prepared.windows.x.shape == (len(every), 0, every.x.shape[2])  # the index: no features kept
+    for name in ("train", "validation", "calibration", "decision"):
+        part = getattr(prepared, name)
+        rows = [position[(s, int(t))] for s, t in zip(part.symbol, part.as_of, strict=True)]
+        assert np.array_equal(part.x, every.x[rows]) and np.array_equal(part.y, every.y[rows]), name
 
 
 @pytest.mark.parametrize("share", [0.2, 0.5])
