@@ -229,7 +229,7 @@ def test_features_computed_later_equal_those_computed_at_once_to_the_bit(bad_bar
     reading_bad = (
         0 if bad_bar is None else int(np.count_nonzero((ends - bars_needed(20) < bad_bar) & (bad_bar <= ends)))
     )
-    assert index.x.shape == (len(index), 0, len(FEATURES))
+    assert (index.x.shape, later.x.dtype) == ((len(index), 0, len(FEATURES)), np.float32)
     assert (len(index) - len(at_once), reading_bad > 0 or bad_bar is None) == (reading_bad, True)
     for field in ("x", "as_of", "start", "last_close", "y", "target_ts", "target_close"):
         assert np.array_equal(getattr(later, field), getattr(at_once, field)), field
@@ -253,3 +253,55 @@ def test_windows_ending_at_a_bar_the_series_lacks_are_refused():
     shifted = {"X": (ts + 30, [np.asarray(col, dtype=np.float64) for col in ohlcv])}
     with pytest.raises(ValueError, match="windows of X end at bars its series does not hold"):
         with_features(index, shifted, 20)
+
+
+@pytest.mark.parametrize("features", [True, False])
+@pytest.mark.parametrize("with_target", [True, False])
+def test_windows_carry_their_bars_facts_with_the_dtypes_the_model_reads(features, with_target):
+    """X and y are float32, symbols objects; start, last close and the target's close are those bars' own."""
+    ts, ohlcv = series(300)
+    w = symbol_windows("X", ts, ohlcv, 20, 2, 5, with_target, features=features)
+    ends = np.searchsorted(ts, w.as_of)
+    assert (w.x.dtype, w.symbol.dtype, w.x.shape[1:]) == (np.float32, object, (20 if features else 0, len(FEATURES)))
+    assert np.array_equal(w.start, ts[ends - 19]) and np.array_equal(w.last_close, ohlcv[3][ends])
+    if with_target:
+        assert w.y.dtype == np.float32 and np.array_equal(w.target_ts, ts[ends + 2])
+        assert np.array_equal(w.target_close, ohlcv[3][ends + 2])
+        assert np.array_equal(w.y, (np.log(ohlcv[3][ends + 2]) - np.log(ohlcv[3][ends])).astype(np.float32))
+    else:
+        assert (w.y, w.target_ts, w.target_close) == (None, None, None)
+
+
+@pytest.mark.parametrize("features", [True, False])
+@pytest.mark.parametrize("with_target", [True, False])
+def test_too_few_bars_give_no_window_in_the_shapes_of_many(features, with_target):
+    """A series shorter than one window's bars gives empty windows shaped as a full result, concatenable with one."""
+    ts, ohlcv = series(bars_needed(20) - 1)
+    w = symbol_windows("X", ts, ohlcv, 20, 1, 5, with_target, features=features)
+    assert (len(w), w.x.shape, w.x.dtype, w.symbol.dtype) == (
+        0,
+        (0, 20 if features else 0, len(FEATURES)),
+        np.float32,
+        object,
+    )
+    assert (w.y is None, w.target_ts is None, w.target_close is None) == (not with_target,) * 3
+    more = symbol_windows("Y", *series(200), 20, 1, 5, with_target, features=features)
+    assert len(concat([w, more])) == len(more) > 0
+
+
+def test_features_of_windows_without_targets_reach_the_last_bar():
+    """Windows to serve (no target) end at the series' last bar, and their later features are symbol_windows'."""
+    ts, ohlcv = series(200)
+    at_once = symbol_windows("X", ts, ohlcv, 20, 1, 5, False)
+    index = symbol_windows("X", ts, ohlcv, 20, 1, 5, False, features=False)
+    later = with_features(index, {"X": (ts, [np.asarray(col, dtype=np.float64) for col in ohlcv])}, 20)
+    assert at_once.as_of[-1] == ts[-1] and np.array_equal(later.x, at_once.x)
+
+
+def test_windows_past_the_end_of_a_shorter_series_are_refused():
+    """A series cut before a window's last bar raises ValueError, never IndexError or another bar's features."""
+    ts, ohlcv = series(300)
+    index = symbol_windows("X", ts, ohlcv, 20, 1, 5, False, features=False)
+    cut = {"X": (ts[:250], [np.asarray(col[:250], dtype=np.float64) for col in ohlcv])}
+    with pytest.raises(ValueError, match="windows of X end at bars its series does not hold"):
+        with_features(index, cut, 20)
