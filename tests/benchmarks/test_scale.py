@@ -193,7 +193,7 @@ def test_a_full_mode_tick_reads_the_full_retrains_history(tmp_path):
 
     script = Path(scale.__file__)
     run = subprocess.run(
-        [sys.executable, str(script), "--mode", "full", "--configs", "5x20", "--repeat", "1", "--keep", str(tmp_path)],
+        [sys.executable, str(script), "--mode", "full", "--configs", "2x20", "--repeat", "1", "--keep", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -202,6 +202,6 @@ def test_a_full_mode_tick_reads_the_full_retrains_history(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert (result["mode"], result["history_days"], result["failed"]) == ("full", 20, {})
-    assert result["bars_read"]["5x20"] == 5 * 20 * scale.SESSION_MINUTES
-    child = json.loads((tmp_path / "5x20" / "tick.json").read_text())
+    assert result["bars_read"]["2x20"] == 2 * 20 * scale.SESSION_MINUTES
+    child = json.loads((tmp_path / "2x20" / "tick.json").read_text())
     assert child["config"] == {"history_days": 10, "full_history_days": 20, "max_train_windows": 20_000, "mode": "full"}
