@@ -196,6 +196,13 @@ class History:
         }
 
 
+def span(history: History | None) -> tuple[str, str]:
+    """The first and last minute a tick's history covers, as logs and params show them ("-" for none)."""
+    if history is None:
+        return "-", "-"
+    return evaluate.utc_minute(history.since), evaluate.utc_minute(history.until)
+
+
 def read_history(folder: Path, cfg: TrainConfig, now: float | None = None) -> tuple[pd.DataFrame, History]:
     """The true bars of the tick's history window: the last ``history_days`` (``full_history_days`` in full mode).
 
@@ -818,8 +825,7 @@ def log_history(run_name: str, cfg: TrainConfig, prepared: Prepared) -> None:
         "run=%s mode=%s history %s..%s (%s trading days, %d bars)",
         run_name,
         cfg.mode,
-        evaluate.utc_minute(history.since) if history else "-",
-        evaluate.utc_minute(history.until) if history else "-",
+        *span(history),
         history.days if history and history.days else "all",
         len(prepared.bars),
     )
@@ -856,8 +862,7 @@ def log_inputs(job: Job, prepared: Prepared, profile: dict[str, Any]) -> None:
             "windows_train_available": sampled["train_available"],
             "windows_validation": len(val),
             "windows_validation_available": sampled["validation_available"],
-            "history_since": evaluate.utc_minute(history.since) if history else "-",
-            "history_until": evaluate.utc_minute(history.until) if history else "-",
+            **dict(zip(("history_since", "history_until"), span(history), strict=True)),
             "windows_calibration": len(prepared.calibration),
             "windows_decision": len(prepared.decision),
             "skipped_symbols": ",".join(skipped) or "-",
@@ -1270,8 +1275,7 @@ def nothing_new(
         "decision=skipped champion=%s mode=%s history=%s..%s reason=%s",
         champion,
         cfg.mode,
-        evaluate.utc_minute(history.since) if history else "-",
-        evaluate.utc_minute(history.until) if history else "-",
+        *span(history),
         reason,
     )
     if cfg.summary_out:

